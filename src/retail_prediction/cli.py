@@ -1,0 +1,156 @@
+"""`retail-prediction` command line: generate | train | evaluate | predict | publish | inspect | serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _week(text: str) -> int:
+    if len(text) != 6 or not text.isdigit() or not 1 <= int(text[4:]) <= 53:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shop week YYYYWW")
+    return int(text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="retail-prediction", description=__doc__)
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write synthetic weekly transaction files in the LGSR schema")
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--weeks", type=int, default=20)
+    g.add_argument("--customers", type=int, default=5000)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--start-week", type=_week, default=200607)
+
+    t = sub.add_parser("train", help="train, validate on the latest weeks, refit and pack model.tar.gz")
+    t.add_argument("--data", nargs="+", required=True, help="folder(s), glob(s) or file(s)")
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--until-week", type=_week, help="ignore lines after this shop week")
+    t.add_argument("--validation-weeks", type=int, default=13)
+    t.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("evaluate", help="score labelled data and write metrics JSON, a PNG and a report")
+    e.add_argument("--model", type=Path, required=True)
+    e.add_argument("--data", nargs="+", required=True)
+    e.add_argument("--json", type=Path, required=True, dest="json_out")
+    e.add_argument("--png", type=Path, help="confusion matrix image (default: next to the JSON)")
+    e.add_argument("--report", type=Path, help="Markdown report (default: next to the JSON)")
+    e.add_argument("--from-week", type=_week)
+    e.add_argument("--until-week", type=_week)
+
+    pr = sub.add_parser("predict", help="score baskets of transaction files into a CSV")
+    pr.add_argument("--model", type=Path, required=True)
+    pr.add_argument("--data", nargs="+", required=True)
+    pr.add_argument("--out", type=Path, required=True)
+
+    pu = sub.add_parser("publish", help="upload model.tar.gz to S3 (AWS_ENDPOINT_URL_S3 honoured)")
+    pu.add_argument("model", type=Path)
+    pu.add_argument("--bucket", required=True)
+    pu.add_argument("--key", required=True)
+
+    i = sub.add_parser("inspect", help="verify a model archive and print its metadata")
+    i.add_argument("model", type=Path)
+
+    s = sub.add_parser("serve", help="run the prediction API (settings from the environment)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--workers", type=int)
+    return p
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .synthetic import generate
+
+    result = generate(args.out, weeks=args.weeks, customers=args.customers, seed=args.seed,
+                      start_week=args.start_week, progress=_say)
+    _say(f"wrote {result}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training import TrainConfig, train
+
+    config = TrainConfig(until_week=args.until_week, validation_weeks=args.validation_weeks, seed=args.seed)
+    result = train(args.data, args.out, config, progress=_say)
+    v = result.validation
+    print(json.dumps({"model": str(result.path), "sha256": result.sha256, "chosen": result.chosen,
+                      "model_version": result.metadata["model_version"],
+                      "validation": {"accuracy": v["accuracy"], "macro_f1": v["macro_f1"],
+                                     "unseen_accuracy": v["unseen_products"]["accuracy"]}}, indent=2))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .scoring import evaluate
+
+    report = evaluate(args.model, args.data, args.json_out, png=args.png, markdown=args.report,
+                      first_week=args.from_week, last_week=args.until_week, progress=_say)
+    print(json.dumps({k: report[k] for k in ("n_baskets", "accuracy", "macro_f1", "log_loss")}, indent=2))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .scoring import predict_files
+
+    n, seconds = predict_files(args.model, args.data, args.out, progress=_say)
+    _say(f"scored {n:,} baskets in {seconds:.2f}s ({n / max(seconds, 1e-9):,.0f} baskets/s) -> {args.out}")
+
+
+def _publish(args: argparse.Namespace) -> None:
+    from .artifact import read_artifact
+    from .store import publish
+
+    read_artifact(args.model)  # never publish an archive that would be refused at load
+    print(json.dumps(publish(args.model, args.bucket, args.key), indent=2))
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from .artifact import read_artifact
+
+    art = read_artifact(args.model)
+    meta = json.loads(art.files.get("metadata.json", b"{}"))
+    meta.pop("example_products", None)
+    print(json.dumps({"sha256": art.sha256, "manifest": art.manifest, "metadata": meta}, indent=2))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    serve(host=args.host, port=args.port, workers=args.workers)
+
+
+COMMANDS = {"generate": _generate, "train": _train, "evaluate": _evaluate, "predict": _predict,
+            "publish": _publish, "inspect": _inspect, "serve": _serve}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .artifact import ArtifactError
+    from .data import DataError
+    from .store import StoreError
+
+    started = time.monotonic()
+    try:
+        COMMANDS[args.command](args)
+    except (DataError, ArtifactError, StoreError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        _say(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    if args.command not in ("serve", "inspect", "publish"):
+        _say(f"done in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,386 @@
+"""Read transaction files (LGSR schema) into Arrow tables: columnar, streaming, with clear errors.
+
+Files are read batch by batch with Arrow's CSV reader (or Parquet reader); string columns arrive
+dictionary-encoded so a file of millions of lines never becomes millions of Python objects. Every file is
+checked as it is read, and a bad file raises `DataError` naming the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from . import schema
+from .features import Codes, Lines
+
+DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+_BLOCK_SIZE = 8 << 20
+_DICT = pa.dictionary(pa.int32(), pa.string())
+# What a spreadsheet makes of a long number: 9.94E+14, 9,94E+14, 9.94e14.
+_SCIENTIFIC = r"^\s*[0-9]+([.,][0-9]+)?[eE][+]?[0-9]+\s*$"
+_INTEGER = r"^\s*[+-]?[0-9]+\s*$"
+_NUMBER = r"^\s*[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?\s*$"
+
+Progress = Callable[[str], None]
+
+
+class DataError(ValueError):
+    """A transaction file cannot be used; the message names the file, line and column."""
+
+    def __init__(self, path: Path | str, message: str, *, line: int | None = None, column: str | None = None):
+        where = str(path)
+        if line is not None:
+            where += f", line {line}"
+        if column is not None:
+            where += f", column {column}"
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.line = line
+        self.column = column
+
+
+@dataclass
+class ReadSummary:
+    files: list[str] = field(default_factory=list)
+    rows: int = 0
+    seconds: float = 0.0
+
+
+def resolve_files(spec: str | Path | Sequence[str | Path]) -> list[Path]:
+    """A folder, a glob pattern, one file or a list of any of these -> sorted list of data files."""
+    items = [spec] if isinstance(spec, str | Path) else list(spec)
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if _is_transactions_file(p))
+        elif path.is_file():
+            found.append(path)
+        elif any(ch in str(item) for ch in "*?["):
+            found += sorted(Path(p) for p in glob.glob(str(item)) if Path(p).is_file())
+        else:
+            raise DataError(path, "no such file or folder")
+    if not found:
+        raise DataError(", ".join(str(i) for i in items), "no transaction files (.csv, .csv.gz, .parquet) found")
+    return found
+
+
+def _is_transactions_file(path: Path) -> bool:
+    # time.csv.gz in the data set's folder is a calendar, not transactions.
+    return path.is_file() and path.name.endswith(DATA_SUFFIXES) and not path.name.startswith("time.")
+
+
+def read_transactions(
+    spec: str | Path | Sequence[str | Path],
+    *,
+    columns: Iterable[str] | None = None,
+    required: Iterable[str] = schema.REQUIRED_FOR_TRAINING,
+    progress: Progress | None = None,
+    summary: ReadSummary | None = None,
+) -> pa.Table:
+    """Read and validate transaction files into one table with the current header names.
+
+    `columns` limits what is kept (default: all columns of the schema present in the files); `required`
+    columns must be present in every file.
+    """
+    files = resolve_files(spec)
+    wanted = set(columns) if columns is not None else set(schema.ALL_COLUMNS)
+    required = tuple(required)
+    wanted |= set(required)
+    started = time.monotonic()
+    summary = summary if summary is not None else ReadSummary()
+    tables = []
+    last_report = 0.0
+    for n, path in enumerate(files, 1):
+        batches = list(_read_file(path, wanted, required))
+        if batches:
+            tables.append(pa.Table.from_batches(batches))
+        summary.files.append(str(path))
+        summary.rows += sum(b.num_rows for b in batches)
+        # Report about once a second, not once a file: a folder may hold thousands of files.
+        if progress and (time.monotonic() - last_report > 1.0 or n == len(files)):
+            last_report = time.monotonic()
+            progress(f"read {n}/{len(files)} files, {summary.rows:,} rows in {last_report - started:.1f}s")
+    summary.seconds = time.monotonic() - started
+    if not tables:
+        raise DataError(", ".join(summary.files), "the files hold no transaction lines")
+    table = pa.concat_tables(tables, promote_options="permissive").unify_dictionaries()
+    return table.combine_chunks() if table.num_rows else table
+
+
+def _read_file(path: Path, wanted: set[str], required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+    if path.name.endswith(".parquet"):
+        yield from _read_parquet(path, wanted, required)
+    else:
+        yield from _read_csv(path, wanted, required)
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            head = stream.read(1 << 16)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(path, f"cannot be read ({exc})") from None
+    first = head.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace").strip("\r")
+    if not first:
+        raise DataError(path, "is empty: no header line", line=1)
+    return [name.strip().strip('"') for name in first.split(",")]
+
+
+def _normalised(names: list[str]) -> list[str]:
+    return [schema.HEADER_ALIASES.get(name, name) for name in names]
+
+
+def _check_required(path: Path, names: list[str], required: tuple[str, ...]) -> None:
+    missing = [col for col in required if col not in names]
+    if missing:
+        raise DataError(path, f"missing required column(s) {', '.join(missing)}; header is: {','.join(names)}",
+                        line=1)
+
+
+def _column_types(names: Iterable[str]) -> dict[str, pa.DataType]:
+    types: dict[str, pa.DataType] = {}
+    for name in names:
+        if name in schema.STRING_COLUMNS:
+            types[name] = _DICT
+        elif name in schema.INTEGER_COLUMNS:
+            types[name] = pa.int32()
+        elif name in schema.FLOAT_COLUMNS:
+            types[name] = pa.float64()
+    return types
+
+
+def _read_csv(path: Path, wanted: set[str], required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+    raw_names = _header(path)
+    names = _normalised(raw_names)
+    _check_required(path, names, required)
+    keep = [n for n in names if n in wanted]
+    old_header = [raw for raw, new in zip(raw_names, names, strict=True) if raw != new]
+    read = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=_BLOCK_SIZE)
+    convert = pacsv.ConvertOptions(
+        column_types=_column_types(keep), include_columns=keep, strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+    first_line = 2
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            reader = pacsv.open_csv(stream, read_options=read, convert_options=convert)
+            for batch in reader:
+                batch = _normalise_codes(batch, bool(old_header))
+                _validate_batch(path, batch, first_line)
+                first_line += batch.num_rows
+                yield batch
+    except pa.ArrowInvalid as exc:
+        raise _locate_csv_error(path, names, keep, exc) from None
+    except (OSError, EOFError, pa.ArrowException) as exc:
+        raise DataError(path, f"cannot be read: {exc}") from None
+
+
+def _read_parquet(path: Path, wanted: set[str], required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(path, f"not a readable Parquet file ({exc})") from None
+    raw_names = file.schema_arrow.names
+    names = _normalised(raw_names)
+    _check_required(path, names, required)
+    keep_raw = [raw for raw, new in zip(raw_names, names, strict=True) if new in wanted]
+    types = _column_types(names)
+    first_line = 1
+    for batch in file.iter_batches(columns=keep_raw, batch_size=1 << 20):
+        batch = batch.rename_columns(_normalised(batch.schema.names))
+        arrays = []
+        for name, col in zip(batch.schema.names, batch.columns, strict=True):
+            try:
+                arrays.append(col.cast(types[name]) if name in types else col)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise DataError(path, f"cannot be read as {types[name]}: {exc}", column=name) from None
+        batch = pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+        batch = _normalise_codes(batch, names != raw_names)
+        _validate_batch(path, batch, first_line)
+        first_line += batch.num_rows
+        yield batch
+
+
+def _normalise_codes(batch: pa.RecordBatch, old_header: bool) -> pa.RecordBatch:
+    """Old downloads use other codes for the two renamed columns: map them onto the current ones."""
+    if not old_header:
+        return batch
+    for name, mapping in schema.OLD_HEADER_CODES.items():
+        if name not in batch.schema.names:
+            continue
+        i = batch.schema.get_field_index(name)
+        col = batch.column(i)
+        old = col.dictionary.to_pylist()
+        new_dict = pa.array([mapping.get(v, v) for v in old], pa.string())
+        batch = batch.set_column(i, name, pa.DictionaryArray.from_arrays(col.indices, new_dict))
+    return batch
+
+
+def _first_true(mask: pa.Array | np.ndarray) -> int | None:
+    values = np.asarray(mask.to_numpy(zero_copy_only=False) if isinstance(mask, pa.Array) else mask)
+    hits = np.flatnonzero(values)
+    return int(hits[0]) if hits.size else None
+
+
+def _validate_batch(path: Path, batch: pa.RecordBatch, first_line: int) -> None:
+    names = batch.schema.names
+    for name in names:
+        col = batch.column(name)
+        bad = _first_true(col.is_null())
+        if bad is not None and name in (*schema.REQUIRED_FOR_SCORING, schema.LABEL, schema.SHOP_WEEK):
+            raise DataError(path, "value is missing", line=first_line + bad, column=name)
+    for name in (schema.QUANTITY, schema.SPEND):
+        if name in names:
+            values = batch.column(name).to_numpy(zero_copy_only=False)
+            bad = _first_true(~np.isfinite(values))
+            if bad is not None:
+                raise DataError(path, f"{values[bad]!r} is not a finite number", line=first_line + bad, column=name)
+    if schema.QUANTITY in names:
+        qty = batch.column(schema.QUANTITY).to_numpy(zero_copy_only=False)
+        bad = _first_true(qty <= 0)
+        if bad is not None:
+            raise DataError(path, f"quantity must be positive, got {qty[bad]:g}", line=first_line + bad,
+                            column=schema.QUANTITY)
+    if schema.SPEND in names:
+        spend = batch.column(schema.SPEND).to_numpy(zero_copy_only=False)
+        bad = _first_true(spend < 0)
+        if bad is not None:
+            raise DataError(path, f"spend must not be negative, got {spend[bad]:g}", line=first_line + bad,
+                            column=schema.SPEND)
+    if schema.LABEL in names:
+        _check_codes(path, batch, schema.LABEL, first_line, allowed=set(schema.LABELS))
+    for name in schema.ID_COLUMNS:
+        if name in names:
+            _check_ids(path, batch, name, first_line)
+
+
+def _check_codes(path: Path, batch: pa.RecordBatch, name: str, first_line: int, *, allowed: set[str]) -> None:
+    col = batch.column(name)
+    values = col.dictionary.to_pylist()
+    bad_codes = [i for i, v in enumerate(values) if v not in allowed]
+    if not bad_codes:
+        return
+    row = _first_true(pc.is_in(col.indices, pa.array(bad_codes, col.indices.type)))
+    if row is None:  # unused dictionary entries
+        return
+    value = values[col.indices[row].as_py()]
+    raise DataError(path, f"label {value!r} is not one of {', '.join(sorted(allowed))}",
+                    line=first_line + row, column=name)
+
+
+def _check_ids(path: Path, batch: pa.RecordBatch, name: str, first_line: int) -> None:
+    col = batch.column(name)
+    mangled = pc.match_substring_regex(col.dictionary, _SCIENTIFIC).to_numpy(zero_copy_only=False)
+    if not mangled.any():
+        return
+    row = _first_true(pc.is_in(col.indices, pa.array(np.flatnonzero(mangled), col.indices.type)))
+    if row is None:
+        return
+    value = col.dictionary[col.indices[row].as_py()].as_py()
+    raise DataError(
+        path,
+        f"identifier {value!r} is in scientific notation: the file went through a spreadsheet, which "
+        "rounded the IDs, so lines of different baskets now share one ID. Export the original file again "
+        "with this column formatted as text",
+        line=first_line + row,
+        column=name,
+    )
+
+
+def _locate_csv_error(path: Path, names: list[str], keep: list[str], exc: Exception) -> DataError:
+    """Arrow says *what* failed but not *where*: read the file again as text to find line and column."""
+    numeric = [n for n in keep if n in schema.INTEGER_COLUMNS + schema.FLOAT_COLUMNS]
+    read = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=_BLOCK_SIZE)
+    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(numeric, pa.string()), include_columns=numeric)
+    first_line = 2
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            for batch in pacsv.open_csv(stream, read_options=read, convert_options=convert):
+                for name in numeric:
+                    pattern = _INTEGER if name in schema.INTEGER_COLUMNS else _NUMBER
+                    ok = pc.match_substring_regex(batch.column(name), pattern).fill_null(False)
+                    row = _first_true(pc.invert(ok))
+                    if row is not None:
+                        value = batch.column(name)[row].as_py()
+                        kind = "a whole number" if name in schema.INTEGER_COLUMNS else "a number"
+                        return DataError(path, f"{value!r} is not {kind}", line=first_line + row, column=name)
+                first_line += batch.num_rows
+    except pa.ArrowException as second:
+        return DataError(path, f"malformed CSV: {second}")
+    return DataError(path, f"malformed CSV: {exc}")
+
+
+def string_column_codes(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A dictionary-encoded column as (unique values as a NumPy str array, int32 index per row)."""
+    col = table.column(name)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if not pa.types.is_dictionary(col.type):
+        col = col.dictionary_encode()
+    values = np.asarray(col.dictionary.to_numpy(zero_copy_only=False), dtype=str)
+    index = col.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return values, index
+
+
+def scientific_notation_pattern() -> re.Pattern[str]:
+    """The pattern used to refuse spreadsheet-mangled IDs (shared with the API's validation)."""
+    return re.compile(_SCIENTIFIC)
+
+
+@dataclass(frozen=True)
+class Baskets:
+    """Transaction lines grouped into baskets, ready for the featurization."""
+
+    lines: Lines
+    basket_ids: np.ndarray  # str, one per basket
+    week: np.ndarray | None  # int, one per basket
+    label: np.ndarray | None  # str, one per basket
+
+
+def table_to_baskets(table: pa.Table, *, with_label: bool = True) -> Baskets:
+    """Arrow table of lines -> `Baskets` (the featurization's input plus per-basket ID, week, label)."""
+    ids, id_index = string_column_codes(table, schema.BASKET_ID)
+    used, basket = np.unique(id_index, return_inverse=True)
+    basket = basket.astype(np.int64)
+    n_baskets = int(used.size)
+    first = np.full(n_baskets, table.num_rows, dtype=np.int64)
+    np.minimum.at(first, basket, np.arange(table.num_rows))
+    product = Codes(*string_column_codes(table, schema.PROD_CODE))
+    hierarchy = tuple(
+        Codes(*string_column_codes(table, name)) if name in table.column_names else None
+        for name in schema.HIERARCHY
+    )
+    lines = Lines(
+        basket=basket, n_baskets=n_baskets, product=product,
+        quantity=_numeric(table, schema.QUANTITY), spend=_numeric(table, schema.SPEND), hierarchy=hierarchy,
+    )
+    week = _numeric(table, schema.SHOP_WEEK).astype(np.int64)[first] if schema.SHOP_WEEK in table.column_names else None
+    label = None
+    if with_label and schema.LABEL in table.column_names:
+        values, index = string_column_codes(table, schema.LABEL)
+        _check_one_label_per_basket(index, basket, first, ids[used])
+        label = values[index[first]]
+    return Baskets(lines=lines, basket_ids=ids[used], week=week, label=label)
+
+
+def _numeric(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy().astype(np.float64, copy=False)
+
+
+def _check_one_label_per_basket(index: np.ndarray, basket: np.ndarray, first: np.ndarray, ids: np.ndarray) -> None:
+    clash = np.flatnonzero(index != index[first][basket])
+    if clash.size:
+        bad = ids[basket[clash[0]]]
+        raise DataError("input", f"basket {bad} has lines with different labels: a basket has one label",
+                        column=schema.LABEL)

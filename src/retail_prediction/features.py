@@ -1,0 +1,402 @@
+"""THE featurization: transaction lines -> one row of model features per basket.
+
+Training and serving both call `basket_features` (serving through `Featurizer`), so the two can never
+drift apart. Everything is vectorised over a flat table of lines with a basket index: one call handles
+one basket or ten million.
+
+How a line is described. Each training basket's label is evidence about the products in it, and the
+fewer products a basket holds the more its label says about each of them, so a line's evidence weight
+is ``1 / lines_in_basket ** evidence_power``. Summing that weight per (product, class), and per (level of
+the product hierarchy, class), gives learned tables. A line's class distribution is then smoothed from
+the coarsest knowledge to the finest: the global class prior, the price band of its unit price, each
+hierarchy level from the top down, and finally the product itself, each level pulling the estimate
+towards its own counts in proportion to its evidence. A product never seen in training thus falls back
+to its hierarchy, and one with no known hierarchy to its price.
+
+How a basket is described. Per class: the mean line probability (by line and by spend), the share of
+lines (by count and by spend) whose most likely class it is, and the largest line probability; plus the
+basket's size, spend, quantity, price level and how much of it the tables know.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+FEATURE_SPEC_VERSION = 1
+_LINE_CHUNK = 1 << 21  # lines per chunk: bounds the memory of the per-line class distributions
+
+
+@dataclass(frozen=True)
+class Codes:
+    """A string column, dictionary-encoded: `values[index[i]]` is line i's code; index -1 = missing."""
+
+    values: np.ndarray
+    index: np.ndarray
+
+    @classmethod
+    def from_strings(cls, strings: Sequence[str | None] | np.ndarray) -> Codes:
+        arr = np.asarray([("" if s is None else s) for s in strings], dtype=str)
+        values, index = np.unique(arr, return_inverse=True)
+        index = index.astype(np.int32)
+        empty = np.flatnonzero(values == "")
+        if empty.size:
+            index[index == empty[0]] = -1
+        return cls(values, index)
+
+    def take(self, lines: np.ndarray) -> Codes:
+        return Codes(self.values, self.index[lines])
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Transaction lines of one or many baskets. `basket[i]` in 0..n_baskets-1 is line i's basket."""
+
+    basket: np.ndarray
+    n_baskets: int
+    product: Codes
+    quantity: np.ndarray
+    spend: np.ndarray
+    hierarchy: tuple[Codes | None, ...] = ()  # finest level first, as in the feature spec
+
+    @property
+    def n_lines(self) -> int:
+        return int(self.basket.shape[0])
+
+    def take(self, lines: np.ndarray) -> Lines:
+        """A subset of lines (basket numbering unchanged)."""
+        return Lines(
+            basket=self.basket[lines], n_baskets=self.n_baskets, product=self.product.take(lines),
+            quantity=self.quantity[lines], spend=self.spend[lines],
+            hierarchy=tuple(None if h is None else h.take(lines) for h in self.hierarchy),
+        )
+
+
+@dataclass(frozen=True)
+class LevelTable:
+    """Evidence-weighted class counts for the codes of one level (products, or one hierarchy level)."""
+
+    name: str
+    vocab: np.ndarray  # sorted unique codes
+    counts: np.ndarray  # (len(vocab), n_classes) float64
+
+
+@dataclass(frozen=True)
+class FeatureTables:
+    """Everything the featurization learned from the training weeks; stored in the model artifact."""
+
+    classes: tuple[str, ...]
+    levels: tuple[LevelTable, ...]  # products first, then the hierarchy finest to coarsest
+    price_edges: np.ndarray  # inner edges of the log unit-price bands
+    price_counts: np.ndarray  # (len(price_edges) + 1, n_classes)
+    prior: np.ndarray  # (n_classes,) class counts
+    evidence_power: float = 2.0
+    prior_strength: float = 1.0
+    hierarchy_names: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def feature_names(self) -> list[str]:
+        per_class = ("p_mean", "p_spend", "vote_share", "vote_spend", "p_max")
+        names = [f"{stat}_{c}" for stat in per_class for c in self.classes]
+        return [*names, *_BASKET_STATS]
+
+    def with_counts(self, level_counts: Sequence[np.ndarray], price_counts: np.ndarray,
+                    prior: np.ndarray) -> FeatureTables:
+        levels = tuple(replace(lv, counts=c) for lv, c in zip(self.levels, level_counts, strict=True))
+        return replace(self, levels=levels, price_counts=price_counts, prior=prior)
+
+    # ---- storage: plain NumPy arrays (loaded with allow_pickle=False) plus a JSON spec ----
+    def to_npz_bytes(self) -> bytes:
+        arrays: dict[str, np.ndarray] = {
+            "price_edges": self.price_edges, "price_counts": self.price_counts, "prior": self.prior,
+        }
+        for i, lv in enumerate(self.levels):
+            arrays[f"level{i}_vocab"] = lv.vocab.astype(str)
+            arrays[f"level{i}_counts"] = lv.counts
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "feature_spec_version": FEATURE_SPEC_VERSION,
+            "classes": list(self.classes),
+            "levels": [lv.name for lv in self.levels],
+            "hierarchy": list(self.hierarchy_names),
+            "evidence_power": self.evidence_power,
+            "prior_strength": self.prior_strength,
+            "feature_names": self.feature_names(),
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def load(cls, spec: dict[str, Any], npz: bytes) -> FeatureTables:
+        if spec.get("feature_spec_version") != FEATURE_SPEC_VERSION:
+            raise ValueError(f"unsupported feature_spec_version {spec.get('feature_spec_version')!r}")
+        with np.load(io.BytesIO(npz), allow_pickle=False) as data:
+            levels = tuple(
+                LevelTable(name, data[f"level{i}_vocab"], data[f"level{i}_counts"])
+                for i, name in enumerate(spec["levels"])
+            )
+            tables = cls(
+                classes=tuple(spec["classes"]), levels=levels, price_edges=data["price_edges"],
+                price_counts=data["price_counts"], prior=data["prior"],
+                evidence_power=float(spec["evidence_power"]), prior_strength=float(spec["prior_strength"]),
+                hierarchy_names=tuple(spec["hierarchy"]), extra=dict(spec.get("extra", {})),
+            )
+        if tables.feature_names() != spec["feature_names"]:
+            raise ValueError("feature names in the spec do not match the tables")
+        return tables
+
+    def spec_json(self) -> bytes:
+        return json.dumps(self.spec(), indent=2, sort_keys=True).encode()
+
+
+_BASKET_STATS = (
+    "n_lines", "log_spend", "log_quantity", "mean_log_unit_price", "unseen_product_share",
+    "unknown_hierarchy_share", "mean_log_evidence",
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Encoding: codes -> row numbers in the learned tables
+# ------------------------------------------------------------------------------------------------
+def lookup(vocab: np.ndarray, codes: Codes | None, n_lines: int) -> np.ndarray:
+    """Row of each line's code in a sorted vocabulary, -1 where missing or unknown.
+
+    Only the distinct values are searched, so the cost is per distinct code, not per line.
+    """
+    if codes is None or vocab.size == 0 or codes.values.size == 0:
+        return np.full(n_lines, -1, dtype=np.int32)
+    pos = np.searchsorted(vocab, codes.values).clip(0, vocab.size - 1)
+    found = np.where(vocab[pos] == codes.values, pos, -1).astype(np.int32)
+    return np.where(codes.index >= 0, found[codes.index.clip(0)], -1).astype(np.int32)
+
+
+def unit_log_price(lines: Lines) -> np.ndarray:
+    return np.log1p(lines.spend / lines.quantity)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    level_rows: tuple[np.ndarray, ...]
+    band: np.ndarray
+    log_price: np.ndarray
+
+
+def encode(lines: Lines, tables: FeatureTables) -> Encoded:
+    hierarchy = dict(zip(tables.hierarchy_names, lines.hierarchy, strict=False))
+    sources = [lines.product, *(hierarchy.get(name) for name in tables.hierarchy_names)]
+    rows = tuple(lookup(lv.vocab, src, lines.n_lines) for lv, src in zip(tables.levels, sources, strict=True))
+    log_price = unit_log_price(lines)
+    band = np.searchsorted(tables.price_edges, log_price).astype(np.int32)
+    return Encoded(rows, band, log_price)
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-line class distributions
+# ------------------------------------------------------------------------------------------------
+def _pull(p: np.ndarray, counts: np.ndarray, rows: np.ndarray, strength: float) -> np.ndarray:
+    """Bayesian update of `p` by the counts of each line's row (rows < 0 leave p unchanged)."""
+    known = rows >= 0
+    if not known.any():
+        return p
+    c = counts[rows.clip(0)] * known[:, None]
+    return (c + strength * p) / (c.sum(axis=1, keepdims=True) + strength)
+
+
+def line_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Class distribution of each line in `sl`, and the product-level evidence behind it."""
+    n = sl.stop - sl.start
+    m = tables.prior_strength
+    prior = tables.prior / max(tables.prior.sum(), 1e-12)
+    p = np.broadcast_to(prior, (n, tables.n_classes))
+    p = _pull(p, tables.price_counts, enc.band[sl], m)
+    for lv, rows in zip(reversed(tables.levels), reversed(enc.level_rows), strict=True):
+        p = _pull(p, lv.counts, rows[sl], m)
+    prod_rows = enc.level_rows[0][sl]
+    evidence = np.where(prod_rows >= 0, tables.levels[0].counts.sum(axis=1)[prod_rows.clip(0)], 0.0)
+    return np.asarray(p), evidence
+
+
+# ------------------------------------------------------------------------------------------------
+# Basket aggregation
+# ------------------------------------------------------------------------------------------------
+class _BasketSums:
+    """Per-basket accumulators, filled chunk by chunk of lines."""
+
+    def __init__(self, n_baskets: int, n_classes: int):
+        self.n, self.k = n_baskets, n_classes
+        self.count = np.zeros(n_baskets)
+        self.spend = np.zeros(n_baskets)
+        self.quantity = np.zeros(n_baskets)
+        self.log_price = np.zeros(n_baskets)
+        self.unseen = np.zeros(n_baskets)
+        self.no_hierarchy = np.zeros(n_baskets)
+        self.log_evidence = np.zeros(n_baskets)
+        self.p = np.zeros((n_baskets, n_classes))
+        self.p_spend = np.zeros((n_baskets, n_classes))
+        self.vote = np.zeros((n_baskets, n_classes))
+        self.vote_spend = np.zeros((n_baskets, n_classes))
+        self.p_max = np.zeros((n_baskets, n_classes))
+
+    def _sum(self, basket: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return np.bincount(basket, weights=weights, minlength=self.n)
+
+    def add(self, basket: np.ndarray, lines: Lines, sl: slice, enc: Encoded, p: np.ndarray,
+            evidence: np.ndarray) -> None:
+        spend, qty = lines.spend[sl], lines.quantity[sl]
+        # Spend weights get a tiny floor so a basket of zero-spend lines falls back to line weights.
+        w = spend + 1e-9
+        self.count += self._sum(basket, np.ones(basket.shape[0]))
+        self.spend += self._sum(basket, spend)
+        self.quantity += self._sum(basket, qty)
+        self.log_price += self._sum(basket, enc.log_price[sl])
+        self.unseen += self._sum(basket, (enc.level_rows[0][sl] < 0).astype(float))
+        no_hier = np.all(np.stack([r[sl] < 0 for r in enc.level_rows[1:]] or [np.ones_like(basket, bool)]), 0)
+        self.no_hierarchy += self._sum(basket, no_hier.astype(float))
+        self.log_evidence += self._sum(basket, np.log1p(evidence))
+        top = p.argmax(axis=1)
+        for c in range(self.k):
+            pc = p[:, c]
+            self.p[:, c] += self._sum(basket, pc)
+            self.p_spend[:, c] += self._sum(basket, pc * w)
+            is_top = (top == c).astype(float)
+            self.vote[:, c] += self._sum(basket, is_top)
+            self.vote_spend[:, c] += self._sum(basket, is_top * w)
+            np.maximum.at(self.p_max[:, c], basket, pc)
+
+    def finish(self) -> np.ndarray:
+        count = np.maximum(self.count, 1.0)[:, None]
+        weight = (self.spend + 1e-9 * self.count)[:, None]
+        weight = np.where(weight > 0, weight, 1.0)
+        per_class = [self.p / count, self.p_spend / weight, self.vote / count, self.vote_spend / weight, self.p_max]
+        stats = np.stack([
+            self.count, np.log1p(self.spend), np.log1p(self.quantity), self.log_price / count[:, 0],
+            self.unseen / count[:, 0], self.no_hierarchy / count[:, 0], self.log_evidence / count[:, 0],
+        ], axis=1)  # fmt: skip
+        return np.concatenate([*per_class, stats], axis=1).astype(np.float32)
+
+
+def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | None = None) -> np.ndarray:
+    """The model's input: one float32 row per basket, columns as `tables.feature_names()`.
+
+    With `folds` (training only), each line is described by tables learned without its own basket's
+    fold, so no basket's label leaks into its own features.
+    """
+    enc = encode(lines, tables)
+    sums = _BasketSums(lines.n_baskets, tables.n_classes)
+    if folds is None:
+        for sl in _chunks(lines.n_lines):
+            p, evidence = line_distributions(enc, tables, sl)
+            sums.add(lines.basket[sl], lines, sl, enc, p, evidence)
+        return sums.finish()
+    for f in range(folds.n_folds):
+        idx = np.flatnonzero(folds.line_fold == f)
+        sub = lines.take(idx)
+        sub_enc = Encoded(tuple(r[idx] for r in enc.level_rows), enc.band[idx], enc.log_price[idx])
+        sub_tables = folds.tables_without(f, tables)
+        for sl in _chunks(sub.n_lines):
+            p, evidence = line_distributions(sub_enc, sub_tables, sl)
+            sums.add(sub.basket[sl], sub, sl, sub_enc, p, evidence)
+    return sums.finish()
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(i, min(i + _LINE_CHUNK, n)) for i in range(0, n, _LINE_CHUNK)] or [slice(0, 0)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Learning the tables
+# ------------------------------------------------------------------------------------------------
+def _class_counts(rows: np.ndarray, n_rows: int, cls: np.ndarray, weight: np.ndarray, n_classes: int) -> np.ndarray:
+    flat = np.bincount(rows.astype(np.int64) * n_classes + cls, weights=weight, minlength=n_rows * n_classes)
+    return flat.reshape(n_rows, n_classes)
+
+
+@dataclass(frozen=True)
+class FoldCounts:
+    """Per-fold counts, so that tables 'without fold f' are the totals minus fold f's share."""
+
+    n_folds: int
+    line_fold: np.ndarray
+    level_counts: tuple[np.ndarray, ...]  # each (n_folds, n_vocab, n_classes)
+    price_counts: np.ndarray  # (n_folds, n_bands, n_classes)
+    prior: np.ndarray  # (n_folds, n_classes)
+
+    def tables_without(self, f: int, tables: FeatureTables) -> FeatureTables:
+        return tables.with_counts(
+            [lv.counts - c[f] for lv, c in zip(tables.levels, self.level_counts, strict=True)],
+            tables.price_counts - self.price_counts[f],
+            tables.prior - self.prior[f],
+        )
+
+
+def fit_tables(
+    lines: Lines,
+    basket_label: np.ndarray,
+    classes: Sequence[str],
+    *,
+    hierarchy_names: Sequence[str],
+    evidence_power: float = 2.0,
+    prior_strength: float = 1.0,
+    price_bands: int = 32,
+    n_folds: int = 0,
+    seed: int = 0,
+) -> tuple[FeatureTables, FoldCounts | None]:
+    """Learn the tables from labelled lines (`basket_label[b]` = class index of basket b).
+
+    With `n_folds` > 1 it also returns per-fold counts for leak-free training features.
+    """
+    n_classes = len(classes)
+    per_basket = np.bincount(lines.basket, minlength=lines.n_baskets)
+    weight = 1.0 / np.maximum(per_basket[lines.basket], 1) ** evidence_power
+    cls = basket_label[lines.basket].astype(np.int64)
+    log_price = unit_log_price(lines)
+    quantiles = np.linspace(0, 1, price_bands + 1)[1:-1]
+    edges = np.unique(np.quantile(log_price, quantiles)) if lines.n_lines else np.array([])
+    band = np.searchsorted(edges, log_price)
+    sources = [lines.product, *lines.hierarchy]
+    names = ["product", *hierarchy_names]
+    vocabs = [_vocab(src) for src in sources]
+    level_rows = [lookup(v, src, lines.n_lines) for v, src in zip(vocabs, sources, strict=True)]
+    levels = tuple(
+        LevelTable(name, v, _class_counts(rows.clip(0), v.size, cls, weight * (rows >= 0), n_classes))
+        for name, v, rows in zip(names, vocabs, level_rows, strict=True)
+    )
+    tables = FeatureTables(
+        classes=tuple(classes), levels=levels, price_edges=edges,
+        price_counts=_class_counts(band, edges.size + 1, cls, weight, n_classes),
+        prior=np.bincount(basket_label, minlength=n_classes).astype(float),
+        evidence_power=evidence_power, prior_strength=prior_strength, hierarchy_names=tuple(hierarchy_names),
+    )
+    if n_folds <= 1:
+        return tables, None
+    basket_fold = np.random.default_rng(seed).integers(0, n_folds, lines.n_baskets)
+    line_fold = basket_fold[lines.basket]
+    fold_level = tuple(
+        np.stack([_class_counts(rows.clip(0), v.size, cls, weight * (rows >= 0) * (line_fold == f), n_classes)
+                  for f in range(n_folds)])
+        for v, rows in zip(vocabs, level_rows, strict=True)
+    )
+    fold_price = np.stack([_class_counts(band, edges.size + 1, cls, weight * (line_fold == f), n_classes)
+                           for f in range(n_folds)])
+    fold_prior = np.stack([np.bincount(basket_label, weights=(basket_fold == f).astype(float), minlength=n_classes)
+                           for f in range(n_folds)])
+    return tables, FoldCounts(n_folds, line_fold, fold_level, fold_price, fold_prior)
+
+
+def _vocab(codes: Codes | None) -> np.ndarray:
+    if codes is None:
+        return np.array([], dtype=str)
+    used = np.unique(codes.index[codes.index >= 0])
+    return np.sort(codes.values[used].astype(str))

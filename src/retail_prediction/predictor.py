@@ -1,0 +1,144 @@
+"""A loaded model: the shared featurization + an ONNX Runtime session. Thread-safe, no training stack."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .artifact import LoadedArtifact, read_artifact
+from .features import Codes, FeatureTables, Lines, basket_features, lookup
+
+REQUIRED_FILES = ("model.onnx", "tables.npz", "feature_spec.json", "metadata.json")
+
+
+@dataclass(frozen=True)
+class LineItem:
+    """One basket line as a client sends it: unit price, optional hierarchy codes."""
+
+    product_id: str
+    quantity: float
+    price: float
+    category: str | None = None
+    hierarchy: tuple[str | None, ...] = ()
+
+
+def lines_from_items(baskets: Sequence[Sequence[LineItem]], hierarchy_levels: int) -> Lines:
+    """Client baskets -> the flat line table the featurization takes.
+
+    A free-form `category` is offered to every hierarchy level where no explicit code was given: the
+    learned vocabularies decide where (if anywhere) it is known.
+    """
+    items = [item for basket in baskets for item in basket]
+    basket = np.repeat(np.arange(len(baskets), dtype=np.int64), [len(b) for b in baskets])
+    quantity = np.array([i.quantity for i in items], dtype=np.float64)
+    price = np.array([i.price for i in items], dtype=np.float64)
+    levels = []
+    for level in range(hierarchy_levels):
+        codes = [(i.hierarchy[level] if level < len(i.hierarchy) and i.hierarchy[level] else i.category)
+                 for i in items]
+        levels.append(Codes.from_strings(codes))
+    return Lines(
+        basket=basket, n_baskets=len(baskets), product=Codes.from_strings([i.product_id for i in items]),
+        quantity=quantity, spend=quantity * price, hierarchy=tuple(levels),
+    )
+
+
+class Predictor:
+    """Featurize + ONNX Runtime. `predict_proba` may be called from many threads at once."""
+
+    def __init__(self, session: ort.InferenceSession, tables: FeatureTables, metadata: Mapping[str, Any],
+                 manifest: Mapping[str, Any], sha256: str):
+        self.session = session
+        self.tables = tables
+        self.metadata = dict(metadata)
+        self.manifest = dict(manifest)
+        self.sha256 = sha256
+        self._input = session.get_inputs()[0].name
+        self._prob_output = _probability_output(session)
+
+    @classmethod
+    def from_artifact(cls, artifact: LoadedArtifact, *, intra_op_threads: int = 1) -> Predictor:
+        missing = [name for name in REQUIRED_FILES if name not in artifact.files]
+        if missing:
+            raise ValueError(f"{artifact.path}: model archive lacks {', '.join(missing)}")
+        spec = json.loads(artifact.files["feature_spec.json"])
+        tables = FeatureTables.load(spec, artifact.files["tables.npz"])
+        options = ort.SessionOptions()
+        # One request is tiny: threads would cost more in handoff than they save.
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(artifact.files["model.onnx"], options, providers=["CPUExecutionProvider"])
+        metadata = json.loads(artifact.files["metadata.json"])
+        return cls(session, tables, metadata, artifact.manifest, artifact.sha256)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> Predictor:
+        return cls.from_artifact(read_artifact(Path(path), required=REQUIRED_FILES), **kwargs)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.tables.classes
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("model_version", self.sha256[:12]))
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.tables.feature_names()
+
+    @property
+    def hierarchy_levels(self) -> int:
+        return len(self.tables.hierarchy_names)
+
+    def features(self, lines: Lines) -> np.ndarray:
+        return basket_features(lines, self.tables)
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        out = self.session.run([self._prob_output], {self._input: features.astype(np.float32, copy=False)})[0]
+        return np.asarray(out, dtype=np.float64)
+
+    def predict_proba(self, lines: Lines) -> np.ndarray:
+        """(n_baskets, n_classes) probabilities, columns in `classes` order."""
+        if lines.n_baskets == 0:
+            return np.zeros((0, len(self.classes)))
+        return self.predict_features(self.features(lines))
+
+    def unknown_products(self, lines: Lines) -> np.ndarray:
+        """Per basket: how many lines hold a product the model never saw in training."""
+        rows = lookup(self.tables.levels[0].vocab, lines.product, lines.n_lines)
+        return np.bincount(lines.basket, weights=(rows < 0).astype(float), minlength=lines.n_baskets).astype(int)
+
+    def unknown_categories(self, lines: Lines) -> np.ndarray:
+        """Per basket: lines whose given hierarchy codes / category match no level the model knows."""
+        given = np.zeros(lines.n_lines, dtype=bool)
+        known = np.zeros(lines.n_lines, dtype=bool)
+        for level, codes in zip(self.tables.levels[1:], lines.hierarchy, strict=False):
+            if codes is None:
+                continue
+            given |= codes.index >= 0
+            known |= lookup(level.vocab, codes, lines.n_lines) >= 0
+        return np.bincount(lines.basket, weights=(given & ~known).astype(float), minlength=lines.n_baskets).astype(int)
+
+    def example_products(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Products the model knows best (most evidence), for the web page's picker."""
+        examples = self.metadata.get("example_products", [])
+        return list(examples[:limit])
+
+
+def _probability_output(session: ort.InferenceSession) -> str:
+    for out in session.get_outputs():
+        if "prob" in out.name.lower():
+            return out.name
+    return session.get_outputs()[-1].name
+
+
+def top_class(probabilities: np.ndarray, classes: Iterable[str]) -> list[str]:
+    labels = np.asarray(list(classes))
+    return list(labels[probabilities.argmax(axis=1)])
