@@ -86,3 +86,35 @@ def s3_use_web_identity(
         return path
 
     return use
+
+
+# --------------------------------------------------------------------------------------------------
+# Real data and a trained model
+
+REPO = Path(__file__).resolve().parents[1]
+LGSR = REPO.parent / "shared" / "data" / "lgsr"
+LGSR_VARIANTS = REPO.parent / "shared" / "data" / "lgsr-variants"
+# A small but real training set: 10 weeks of the shared data (trains in seconds).
+SMALL_WEEKS = [200607, 200609, 200610, 200611, 200612, 200613, 200614, 200615, 200616, 200617]
+
+
+@pytest.fixture(scope="session")
+def lgsr() -> Path:
+    if not LGSR.is_dir():
+        pytest.skip(f"the shared LGSR data is not at {LGSR}")
+    return LGSR
+
+
+@pytest.fixture(scope="session")
+def small_weeks(lgsr: Path) -> list[Path]:
+    return [lgsr / f"transactions_{w}.csv.gz" for w in SMALL_WEEKS]
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, small_weeks: list[Path]) -> Path:
+    """A model.tar.gz trained by the real pipeline on 10 real weeks (validated on the last 2)."""
+    from retail_prediction.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("model") / "model.tar.gz"
+    train(small_weeks, out, TrainConfig(validation_weeks=2))
+    return out

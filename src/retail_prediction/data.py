@@ -168,7 +168,8 @@ def _read_csv(path: Path, wanted: set[str], required: tuple[str, ...]) -> Iterat
     old_header = [raw for raw, new in zip(raw_names, names, strict=True) if raw != new]
     read = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=_BLOCK_SIZE)
     convert = pacsv.ConvertOptions(
-        column_types=_column_types(keep), include_columns=keep, strings_can_be_null=False,
+        # Only an empty cell is missing: "NA" or "nan" must be reported as what they are.
+        column_types=_column_types(keep), include_columns=keep, null_values=[""], strings_can_be_null=False,
         quoted_strings_can_be_null=False,
     )
     first_line = 2

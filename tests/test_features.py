@@ -1,0 +1,108 @@
+"""The one featurization: same features for training and serving, no label leaks, sensible fallbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retail_prediction import schema
+from retail_prediction.data import read_transactions, table_to_baskets
+from retail_prediction.features import Codes, FeatureTables, Lines, basket_features, fit_tables
+from retail_prediction.predictor import LineItem, Predictor, lines_from_items
+
+
+@pytest.fixture(scope="module")
+def baskets(small_weeks: list[Path]):
+    return table_to_baskets(read_transactions(small_weeks[:3]))
+
+
+@pytest.fixture(scope="module")
+def learned(baskets):
+    classes = tuple(sorted(set(baskets.label)))
+    y = np.searchsorted(classes, baskets.label)
+    tables, folds = fit_tables(baskets.lines, y, classes, hierarchy_names=schema.HIERARCHY, n_folds=5)
+    return tables, folds, y
+
+
+def _items_of(baskets, b: int) -> list[LineItem]:
+    lines = baskets.lines
+    idx = np.flatnonzero(lines.basket == b)
+    out = []
+    for i in idx:
+        hierarchy = tuple(str(h.values[h.index[i]]) for h in lines.hierarchy)
+        out.append(LineItem(product_id=str(lines.product.values[lines.product.index[i]]),
+                            quantity=float(lines.quantity[i]), price=float(lines.spend[i] / lines.quantity[i]),
+                            hierarchy=hierarchy))
+    return out
+
+
+def test_serving_path_gives_the_training_features_for_real_baskets(trained_model: Path, lgsr: Path) -> None:
+    """Files -> Arrow -> features (training/batch) equals JSON-like items -> features (API), basket by basket."""
+    predictor = Predictor.load(trained_model)
+    later = table_to_baskets(read_transactions(lgsr / "transactions_200752.csv.gz"))
+    from_files = predictor.features(later.lines)
+    picks = np.random.default_rng(1).choice(later.lines.n_baskets, 200, replace=False)
+    one_by_one = np.vstack([
+        predictor.features(lines_from_items([_items_of(later, int(b))], predictor.hierarchy_levels)) for b in picks
+    ])
+    # Unit price is rebuilt from spend / quantity on the API side: equal to float32 precision.
+    np.testing.assert_allclose(one_by_one, from_files[picks], rtol=1e-6, atol=1e-6)
+    batch = lines_from_items([_items_of(later, int(b)) for b in picks], predictor.hierarchy_levels)
+    np.testing.assert_allclose(predictor.features(batch), from_files[picks], rtol=1e-6, atol=1e-6)
+
+
+def test_out_of_fold_features_do_not_see_their_own_label(baskets, learned) -> None:
+    tables, folds, y = learned
+    flipped = y.copy()
+    b = int(np.flatnonzero(np.bincount(baskets.lines.basket) == 1)[0])  # a one-line basket: strongest evidence
+    flipped[b] = (y[b] + 1) % len(tables.classes)
+    tables2, folds2 = fit_tables(baskets.lines, flipped, tables.classes, hierarchy_names=schema.HIERARCHY, n_folds=5)
+    own = basket_features(baskets.lines, tables, folds=folds)[b]
+    own_flipped = basket_features(baskets.lines, tables2, folds=folds2)[b]
+    np.testing.assert_array_equal(own, own_flipped)
+    # ...whereas the in-sample features (what serving uses) do move with the label.
+    assert not np.array_equal(basket_features(baskets.lines, tables)[b], basket_features(baskets.lines, tables2)[b])
+
+
+def test_unknown_products_fall_back_to_hierarchy_then_price(learned) -> None:
+    tables, _, _ = learned
+    names = tables.feature_names()
+    known = tables.levels[0].vocab[0]
+    group = tables.levels[1].vocab[0]
+
+    def feats(product: str, hierarchy: tuple[str | None, ...]) -> np.ndarray:
+        lines = lines_from_items([[LineItem(product, 1, 2.5, hierarchy=hierarchy)]], len(schema.HIERARCHY))
+        return basket_features(lines, tables)[0]
+
+    seen = feats(str(known), ())
+    by_group = feats("NEW-PRODUCT", (str(group), None, None, None))
+    bare = feats("NEW-PRODUCT", ())
+    assert seen[names.index("unseen_product_share")] == 0
+    assert by_group[names.index("unseen_product_share")] == 1 and by_group[names.index("unknown_hierarchy_share")] == 0
+    assert bare[names.index("unknown_hierarchy_share")] == 1
+    p = [names.index(f"p_mean_{c}") for c in tables.classes]
+    group_share = tables.levels[1].counts[0] / tables.levels[1].counts[0].sum()
+    # Falling back to the group, the line's distribution is the group's (smoothed), not the price band's.
+    assert np.abs(by_group[p] - group_share).sum() < np.abs(bare[p] - group_share).sum()
+    for f in (seen, by_group, bare):
+        assert np.isfinite(f).all() and abs(f[p].sum() - 1) < 1e-5
+
+
+def test_tables_round_trip_through_plain_files(learned) -> None:
+    tables, _, _ = learned
+    again = FeatureTables.load(tables.spec(), tables.to_npz_bytes())
+    lines = Lines(basket=np.array([0, 0, 1]), n_baskets=2, product=Codes.from_strings(["A", "B", "A"]),
+                  quantity=np.array([1.0, 2, 3]), spend=np.array([1.0, 5, 2]))
+    np.testing.assert_array_equal(basket_features(lines, tables), basket_features(lines, again))
+
+
+def test_one_basket_or_many_give_identical_rows(baskets, learned) -> None:
+    tables, _, _ = learned
+    all_rows = basket_features(baskets.lines, tables)
+    for b in (0, 7, baskets.lines.n_baskets - 1):
+        idx = np.flatnonzero(baskets.lines.basket == b)
+        sub = baskets.lines.take(idx)
+        single = Lines(np.zeros(idx.size, dtype=np.int64), 1, sub.product, sub.quantity, sub.spend, sub.hierarchy)
+        np.testing.assert_array_equal(basket_features(single, tables)[0], all_rows[b])
