@@ -40,7 +40,7 @@ Progress = Callable[[str], None]
 class TrainConfig:
     until_week: int | None = None
     validation_weeks: int = 13
-    n_folds: int = 5
+    n_folds: int = 10
     evidence_power: float = 2.0
     prior_strength: float = 1.0
     seed: int = 0
