@@ -1,0 +1,86 @@
+"""Opportunistic micro-batching of concurrent /predict calls.
+
+Scoring one basket is dominated by fixed per-call costs (tens of small NumPy operations, one ONNX run),
+not by its lines, so N baskets scored together cost little more than one. Requests that reach the
+scoring step within two event-loop iterations are queued and scored by one call scheduled with
+`call_soon`: there is no timer and no waiting, so an idle server answers a lone request exactly as
+fast as before, while a busy one amortises the fixed cost over everything that arrived together
+(measured in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .model_manager import LoadedModel
+from .schemas import PredictRequest
+
+ScoreFn = Callable[[LoadedModel, list[PredictRequest]], list[dict[str, Any]]]
+_Pending = tuple[LoadedModel, PredictRequest, "asyncio.Future[dict[str, Any]]"]
+
+log = logging.getLogger("retail_prediction.api")
+
+
+class MicroBatcher:
+    def __init__(self, score: ScoreFn, max_lines: int) -> None:
+        self._score = score
+        self._max_lines = max_lines
+        self._pending: list[_Pending] = []
+        self._scheduled = False
+
+    async def predict(self, model: LoadedModel, basket: PredictRequest) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending.append((model, basket, future))
+        if not self._scheduled:
+            self._scheduled = True
+            # Two hops of the loop instead of one: requests whose tasks start in the next iteration join
+            # too (measured: 15 instead of 9 baskets per call at 16 connections, ~20 % less CPU per
+            # request); a lone request waits only two loop turns, microseconds.
+            loop.call_soon(loop.call_soon, self._flush)
+        return await future
+
+    def _take(self) -> list[_Pending]:
+        """The next group to score: bounded in lines, so one flush never blocks the loop for long."""
+        lines, taken = 0, 0
+        for _, basket, _ in self._pending:
+            lines += len(basket.basket_items)
+            if taken and lines > self._max_lines:
+                break
+            taken += 1
+        group, self._pending = self._pending[:taken], self._pending[taken:]
+        return group
+
+    def _flush(self) -> None:
+        group = self._take()
+        if self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._scheduled = False
+        # A hot swap can leave requests of two models in one group: each is scored by its own model.
+        by_model: dict[int, list[_Pending]] = {}
+        for item in group:
+            by_model.setdefault(id(item[0]), []).append(item)
+        for items in by_model.values():
+            self._score_group(items)
+
+    def _score_group(self, items: Sequence[_Pending]) -> None:
+        live = [item for item in items if not item[2].cancelled()]  # the client may have gone
+        if not live:
+            return
+        try:
+            answers = self._score(live[0][0], [basket for _, basket, _ in live])
+        except Exception:
+            if len(live) == 1:
+                live[0][2].set_exception(RuntimeError("scoring failed"))
+                log.exception("scoring failed")
+                return
+            # One odd basket must not fail its neighbours: score them one by one.
+            for item in live:
+                self._score_group([item])
+            return
+        for (_, _, future), answer in zip(live, answers, strict=True):
+            future.set_result(answer)

@@ -1,0 +1,57 @@
+"""An in-memory LRU of recent predictions, keyed by the model and the normalised basket.
+
+The key holds the model's archive SHA-256, so a hot reload can never serve an answer of the old model;
+entries of the old model simply age out. Line order does not change the features (they are sums,
+means and maxima over lines), so lines are sorted to make reordered baskets share an entry.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from .schemas import LineFields
+
+BasketKey = tuple[Hashable, ...]
+
+
+def basket_key(model_sha256: str, lines: Sequence[tuple[str, LineFields]]) -> BasketKey:
+    rows = sorted(
+        (product, ln.quantity, ln.price, ln.category or "", *(h or "" for h in ln.hierarchy()))
+        for product, ln in lines
+    )
+    return (model_sha256, *rows)
+
+
+class PredictionCache:
+    """Thread-safe LRU (batch requests run in worker threads). size 0 = disabled, every call a no-op."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[BasketKey, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0
+
+    def get(self, key: BasketKey) -> dict[str, Any] | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: BasketKey, value: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

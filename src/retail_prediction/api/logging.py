@@ -1,0 +1,81 @@
+"""JSON log lines: one object per line on stderr, for log collectors that parse JSON.
+
+Every record carries time, level, logger and message, plus whatever the call site passed in `extra`
+(request_id, route, status, latency_ms, model_version, ...). uvicorn's own loggers are routed through
+the same formatter; its access log is replaced by ours (which knows the route and model version).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
+
+ACCESS_LOGGER = "retail_prediction.access"
+
+
+def _timestamp(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD and v is not None)
+        if record.exc_info:
+            # Server-side only: the traceback goes to the log, never into a response.
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time of the call (test runners swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def configure(level: str = "info") -> None:
+    """Send our and uvicorn's loggers to stderr as JSON at `level`; idempotent."""
+    handler = _StderrHandler()
+    handler.setFormatter(JsonFormatter())
+    for name in ("retail_prediction", "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+    # Our middleware writes the access line (with route and model version); uvicorn's would be a duplicate.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def write_access_line(level: int, fields: dict[str, Any]) -> None:
+    """The per-request access line, in the same shape as every other line, written directly.
+
+    It is written once per request, so it skips the LogRecord/formatter machinery (a measurable share of
+    a /predict request's CPU); the caller checks the level with `isEnabledFor` first.
+    """
+    entry = {"time": _timestamp(time.time()), "level": logging.getLevelName(level).lower(),
+             "logger": ACCESS_LOGGER, "message": "request", **fields}
+    sys.stderr.write(orjson.dumps(entry).decode() + "\n")
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """A uvicorn log config that leaves the loggers to `configure` (uvicorn's default would reset them)."""
+    return {"version": 1, "disable_existing_loggers": False}

@@ -1,0 +1,55 @@
+"""GET /model/info: what serves, where it came from, how it was trained, how the image was built."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..schema import label_name
+from .model_manager import LoadedModel, LoadStatus
+from .schemas import BasketContext
+from .settings import Settings
+
+# Line fields the featurization reads (via lines_from_items) and the request fields it ignores.
+_LINE_INPUTS = ["product_id", "quantity", "price", "category", "prod_code_10", "prod_code_20", "prod_code_30",
+                "prod_code_40"]
+
+
+def _validation(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The chosen model's validation metrics (training records every candidate it compared)."""
+    if isinstance(metadata.get("validation"), dict):
+        return metadata["validation"]
+    chosen = metadata.get("chosen_model")
+    return next((c for c in metadata.get("candidates", []) if c.get("name") == chosen), None)
+
+
+def model_info(model: LoadedModel, status: LoadStatus, settings: Settings) -> dict[str, Any]:
+    p = model.predictor
+    meta = p.metadata
+    return {
+        "model_version": p.version,
+        "source_uri": model.source_uri,
+        "source_version": model.source_version,
+        "sha256": p.sha256,
+        "sha256_pinned": settings.model_sha256 is not None,
+        "loaded_at": model.loaded_at.isoformat(),
+        "load_seconds": round(model.load_seconds, 3),
+        "created_at": meta.get("created_at"),
+        "chosen_model": meta.get("chosen_model"),
+        "training": meta.get("training", {}),
+        "validation": _validation(meta),
+        "classes": [{"label": c, "name": label_name(c)} for c in p.classes],
+        "features": {
+            "model_inputs": p.feature_names,
+            "line_inputs": _LINE_INPUTS,
+            "hierarchy_levels": list(p.tables.hierarchy_names),
+            # Accepted and validated, but the current model was not trained on them.
+            "unused_context": list(BasketContext.model_fields),
+        },
+        "example_products": p.example_products(40),
+        "reload": {
+            "poll_seconds": settings.model_poll_seconds,
+            "last_check_at": status.last_check_at.isoformat() if status.last_check_at else None,
+            "last_reload": status.last_reload or None,
+        },
+        "build": {"commit": settings.git_commit, "branch": settings.git_branch, "date": settings.build_date},
+    }

@@ -1,0 +1,52 @@
+"""Validated requests -> answers: one featurization and one ONNX run per call, however many baskets.
+
+Cached baskets are answered from the LRU; the misses of a batch are still scored together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..predictor import LineItem, Predictor, lines_from_items
+from ..schema import label_name
+from .cache import BasketKey, PredictionCache, basket_key
+from .schemas import PredictRequest
+
+
+def line_items(request: PredictRequest) -> list[LineItem]:
+    return [LineItem(product, line.quantity, line.price, line.category, line.hierarchy())
+            for product, line in request.lines()]
+
+
+def score(predictor: Predictor, requests: Sequence[PredictRequest]) -> list[dict[str, Any]]:
+    """Answers for `requests`, in order (no cache)."""
+    lines = lines_from_items([line_items(r) for r in requests], predictor.hierarchy_levels)
+    proba = predictor.predict_proba(lines).tolist()
+    unknown_products = predictor.unknown_products(lines).tolist()
+    unknown_categories = predictor.unknown_categories(lines).tolist()
+    classes = predictor.classes
+    answers = []
+    for row, n_products, n_categories in zip(proba, unknown_products, unknown_categories, strict=True):
+        label = classes[max(range(len(row)), key=row.__getitem__)]
+        answers.append({
+            "label": label, "label_name": label_name(label),
+            "probabilities": dict(zip(classes, row, strict=True)),
+            "unknown_products": n_products, "unknown_categories": n_categories,
+        })  # fmt: skip
+    return answers
+
+
+def score_cached(predictor: Predictor, requests: Sequence[PredictRequest],
+                 cache: PredictionCache) -> tuple[list[dict[str, Any]], int]:
+    """Like `score`, through the cache; also returns the number of cache hits."""
+    if not cache.enabled:
+        return score(predictor, requests), 0
+    keys: list[BasketKey] = [basket_key(predictor.sha256, r.lines()) for r in requests]
+    answers: list[dict[str, Any] | None] = [cache.get(k) for k in keys]
+    missing = [i for i, a in enumerate(answers) if a is None]
+    if missing:
+        for i, answer in zip(missing, score(predictor, [requests[i] for i in missing]), strict=True):
+            cache.put(keys[i], answer)
+            answers[i] = answer
+    return [a for a in answers if a is not None], len(requests) - len(missing)

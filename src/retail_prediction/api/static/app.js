@@ -1,0 +1,151 @@
+// The try-the-model page: plain DOM + fetch, chart drawn as SVG. No libraries, works offline.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
+const COLORS = { LA: "#d1495b", MM: "#edae49", UM: "#00798c", XX: "#8d99ae" };
+const HIERARCHY = ["prod_code_10", "prod_code_20", "prod_code_30", "prod_code_40"];
+let examples = [];
+
+function el(tag, attrs = {}, text = "") {
+  const node = document.createElement(tag);
+  Object.entries(attrs).forEach(([k, v]) => node.setAttribute(k, v));
+  if (text) node.textContent = text;
+  return node;
+}
+
+function input(name, value, type = "text") {
+  const attrs = { name, type, value: value ?? "" };
+  if (type === "number") Object.assign(attrs, { min: "0", step: "any" });
+  return el("input", attrs);
+}
+
+// One basket line; hierarchy codes (from an example product) travel in data attributes.
+function addLine(line = {}) {
+  const row = el("tr");
+  const cells = [
+    input("product_id", line.product_id), input("quantity", line.quantity ?? 1, "number"),
+    input("price", line.price, "number"), input("category", line.category),
+  ];
+  cells.forEach((c) => { const td = el("td"); td.append(c); row.append(td); });
+  (line.hierarchy || []).forEach((code, i) => { if (code) row.dataset[`h${i}`] = code; });
+  const remove = el("button", { type: "button", class: "remove", title: "Remove this line" }, "✕");
+  remove.addEventListener("click", () => row.remove());
+  const td = el("td"); td.append(remove); row.append(td);
+  $("lines").tBodies[0].append(row);
+}
+
+function readBasket() {
+  const rows = [...$("lines").tBodies[0].rows];
+  return rows.map((row) => {
+    const get = (n) => row.querySelector(`[name=${n}]`).value.trim();
+    const line = { product_id: get("product_id"), quantity: Number(get("quantity")), price: Number(get("price")) };
+    if (get("category")) line.category = get("category");
+    HIERARCHY.forEach((name, i) => { if (row.dataset[`h${i}`]) line[name] = row.dataset[`h${i}`]; });
+    return line;
+  });
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+function drawChart(probabilities) {
+  const svg = $("chart");
+  svg.replaceChildren();
+  const entries = Object.entries(probabilities);
+  const rowH = 30, labelW = 150, width = svg.clientWidth || 600, barMax = width - labelW - 70;
+  svg.setAttribute("height", String(entries.length * rowH + 10));
+  entries.forEach(([cls, p], i) => {
+    const y = 5 + i * rowH;
+    const label = document.createElementNS(SVG, "text");
+    label.setAttribute("x", "0"); label.setAttribute("y", String(y + 19));
+    label.textContent = `${cls} ${names[cls] || ""}`;
+    const bar = document.createElementNS(SVG, "rect");
+    bar.setAttribute("x", String(labelW)); bar.setAttribute("y", String(y + 4));
+    bar.setAttribute("height", "20"); bar.setAttribute("width", String(Math.max(1, p * barMax)));
+    bar.setAttribute("fill", COLORS[cls] || "#555"); bar.setAttribute("data-class", cls);
+    const value = document.createElementNS(SVG, "text");
+    value.setAttribute("x", String(labelW + p * barMax + 6)); value.setAttribute("y", String(y + 19));
+    value.setAttribute("class", "value"); value.textContent = `${(p * 100).toFixed(1)} %`;
+    svg.append(label, bar, value);
+  });
+}
+
+const names = {};
+
+async function predict() {
+  showError("");
+  const lines = readBasket();
+  if (!lines.length) { showError("Add at least one line first."); return; }
+  $("predict").disabled = true;
+  const started = performance.now();
+  try {
+    const res = await fetch("/predict", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ basket_items: lines }),
+    });
+    const body = await res.json();
+    if (!res.ok) { showError(body.error ? body.error.message : `HTTP ${res.status}`); return; }
+    names[body.label] = body.label_name;
+    $("result-label").textContent = body.label;
+    $("result-name").textContent = body.label_name;
+    $("result").hidden = false; $("no-result").hidden = true;
+    drawChart(body.probabilities);
+    $("result-meta").textContent = `model ${body.model_version} · ${lines.length} line(s), ` +
+      `${body.unknown_products} unknown product(s), ${body.unknown_categories} unknown categor(y/ies) · ` +
+      `request ${body.request_id} · ${Math.round(performance.now() - started)} ms`;
+  } catch (err) {
+    showError(`The request failed: ${err}`);
+  } finally {
+    $("predict").disabled = false;
+  }
+}
+
+function showInfo(info) {
+  const dl = $("info");
+  dl.replaceChildren();
+  const t = info.training || {};
+  const v = info.validation || {};
+  const rows = [
+    ["Version", info.model_version], ["Model", info.chosen_model], ["SHA-256", info.sha256],
+    ["Source", info.source_uri], ["Loaded at", info.loaded_at],
+    ["Training weeks", t.weeks ? `${t.weeks[0]}–${t.weeks[1]} (${t.n_weeks} weeks, ${t.baskets} baskets)` : "—"],
+    ["Validation", v.macro_f1 != null ? `macro-F1 ${v.macro_f1.toFixed(3)}, accuracy ${v.accuracy.toFixed(3)}` : "—"],
+    ["Classes", info.classes.map((c) => `${c.label} (${c.name})`).join(", ")],
+    ["Build", [info.build.commit, info.build.branch, info.build.date].filter(Boolean).join(" · ") || "—"],
+  ];
+  rows.forEach(([k, val]) => { dl.append(el("dt", {}, k), el("dd", {}, String(val ?? "—"))); });
+  info.classes.forEach((c) => { names[c.label] = c.name; });
+  examples = info.example_products || [];
+  const select = $("example");
+  examples.forEach((e, i) => {
+    select.append(el("option", { value: String(i) }, `${e.product_id} · ${e.price.toFixed(2)} · mostly ${e.likely_class}`));
+  });
+}
+
+async function loadInfo(attempt = 0) {
+  try {
+    const res = await fetch("/model/info");
+    const body = await res.json();
+    if (!res.ok) throw new Error(body.error ? body.error.message : `HTTP ${res.status}`);
+    $("status").textContent = `Model ${body.model_version} ready`;
+    $("status").dataset.state = "ready";
+    showInfo(body);
+  } catch (err) {
+    $("status").textContent = `Model not ready: ${err.message}`;
+    $("status").dataset.state = "error";
+    if (attempt < 60) setTimeout(() => loadInfo(attempt + 1), 2000);
+  }
+}
+
+$("add-line").addEventListener("click", () => addLine());
+$("add-example").addEventListener("click", () => {
+  const e = examples[Number($("example").value)];
+  if ($("example").value !== "" && e) addLine({ product_id: e.product_id, price: e.price, hierarchy: e.hierarchy });
+});
+$("clear").addEventListener("click", () => $("lines").tBodies[0].replaceChildren());
+$("predict").addEventListener("click", predict);
+addLine({ product_id: "PRD0900097", quantity: 1, price: 1.5 });
+loadInfo();

@@ -1,0 +1,77 @@
+"""Featurization parity: real baskets of the data set, featurized by the training path (file -> Arrow ->
+`table_to_baskets` -> `basket_features`) and by the API path (JSON -> request model -> `lines_from_items`),
+must give the same features and the same probabilities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from fastapi.testclient import TestClient
+
+from retail_prediction import schema
+from retail_prediction.api.prediction import line_items
+from retail_prediction.api.schemas import Limits, request_models
+from retail_prediction.data import read_transactions, resolve_files, table_to_baskets
+from retail_prediction.features import basket_features
+from retail_prediction.predictor import Predictor, lines_from_items
+
+from .conftest import DATA_DIR
+
+N_BASKETS = 400
+_CODES = {"prod_code_10": 0, "prod_code_20": 1, "prod_code_30": 2, "prod_code_40": 3}
+
+
+@pytest.fixture(scope="module")
+def real_baskets() -> tuple[Any, list[dict[str, Any]]]:
+    """A sample of real baskets: the training-side `Baskets` and the same baskets as API JSON bodies."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"no data set at {DATA_DIR}")
+    table = read_transactions(resolve_files(DATA_DIR)[-1])
+    basket_ids = table[schema.BASKET_ID].to_numpy().astype(str)
+    ids = np.unique(basket_ids)
+    chosen = np.random.default_rng(7).choice(ids, size=min(N_BASKETS, ids.size), replace=False)
+    sample = table.filter(pa.array(np.isin(basket_ids, chosen)))
+    baskets = table_to_baskets(sample)
+    return baskets, _as_requests(baskets)
+
+
+def _as_requests(baskets: Any) -> list[dict[str, Any]]:
+    lines = baskets.lines
+    requests: list[dict[str, Any]] = [{"basket_items": []} for _ in range(lines.n_baskets)]
+    for i in range(lines.n_lines):
+        item = {"product_id": str(lines.product.values[lines.product.index[i]]),
+                "quantity": float(lines.quantity[i]), "price": float(lines.spend[i] / lines.quantity[i])}
+        for name, level in _CODES.items():
+            codes = lines.hierarchy[level]
+            if codes is not None and codes.index[i] >= 0:
+                item[name] = str(codes.values[codes.index[i]])
+        requests[int(lines.basket[i])]["basket_items"].append(item)
+    return requests
+
+
+def test_api_features_equal_training_features(real_baskets: tuple[Any, list[dict[str, Any]]],
+                                              model_path: Path) -> None:
+    baskets, requests = real_baskets
+    predictor = Predictor.load(model_path)
+    trained = basket_features(baskets.lines, predictor.tables)
+    parsed = [request_models(Limits()).predict.model_validate_json(json.dumps(r)) for r in requests]
+    served = predictor.features(lines_from_items([line_items(r) for r in parsed], predictor.hierarchy_levels))
+    assert served.shape == trained.shape == (len(requests), len(predictor.feature_names))
+    np.testing.assert_allclose(served, trained, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_endpoint_matches_training_predictions(real_baskets: tuple[Any, list[dict[str, Any]]],
+                                                     client: TestClient, model_path: Path) -> None:
+    baskets, requests = real_baskets
+    predictor = Predictor.load(model_path)
+    expected = predictor.predict_features(basket_features(baskets.lines, predictor.tables))
+    response = client.post("/predict/batch", json={"baskets": requests})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    served = np.array([[p["probabilities"][c] for c in predictor.classes] for p in predictions])
+    np.testing.assert_allclose(served, expected, atol=1e-5)
