@@ -106,3 +106,16 @@ def test_one_basket_or_many_give_identical_rows(baskets, learned) -> None:
         sub = baskets.lines.take(idx)
         single = Lines(np.zeros(idx.size, dtype=np.int64), 1, sub.product, sub.quantity, sub.spend, sub.hierarchy)
         np.testing.assert_array_equal(basket_features(single, tables)[0], all_rows[b])
+
+
+def test_small_and_large_code_lookups_agree(learned, baskets) -> None:
+    from retail_prediction.features import lookup
+
+    tables, _, _ = learned
+    level = tables.levels[0]
+    sample = np.concatenate([level.vocab[:20], ["UNKNOWN", "", "PRD"]])
+    codes = Codes.from_strings(sample)
+    np.testing.assert_array_equal(level.rows(codes, sample.size), lookup(level.vocab, codes, sample.size))
+    many = baskets.lines.product
+    np.testing.assert_array_equal(level.rows(many, baskets.lines.n_lines),
+                                  lookup(level.vocab, many, baskets.lines.n_lines))

@@ -75,7 +75,8 @@ def _generate(args: argparse.Namespace) -> None:
 
     result = generate(args.out, weeks=args.weeks, customers=args.customers, seed=args.seed,
                       start_week=args.start_week, progress=_say)
-    _say(f"wrote {result}")
+    _say(f"wrote {result.lines:,} lines in {result.baskets:,} baskets to {len(result.files)} files in "
+         f"{result.out_dir} ({result.seconds:.1f}s)")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -135,7 +136,7 @@ COMMANDS = {"generate": _generate, "train": _train, "evaluate": _evaluate, "pred
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .artifact import ArtifactError
-    from .data import DataError
+    from .errors import DataError
     from .store import StoreError
 
     started = time.monotonic()

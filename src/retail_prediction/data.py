@@ -8,7 +8,6 @@ checked as it is read, and a bad file raises `DataError` naming the file, the li
 from __future__ import annotations
 
 import glob
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,32 +20,17 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from . import schema
+from .errors import DataError
 from .features import Codes, Lines
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 _BLOCK_SIZE = 8 << 20
 _DICT = pa.dictionary(pa.int32(), pa.string())
-# What a spreadsheet makes of a long number: 9.94E+14, 9,94E+14, 9.94e14.
-_SCIENTIFIC = r"^\s*[0-9]+([.,][0-9]+)?[eE][+]?[0-9]+\s*$"
+_SCIENTIFIC = schema.SCIENTIFIC_ID_PATTERN
 _INTEGER = r"^\s*[+-]?[0-9]+\s*$"
 _NUMBER = r"^\s*[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?\s*$"
 
 Progress = Callable[[str], None]
-
-
-class DataError(ValueError):
-    """A transaction file cannot be used; the message names the file, line and column."""
-
-    def __init__(self, path: Path | str, message: str, *, line: int | None = None, column: str | None = None):
-        where = str(path)
-        if line is not None:
-            where += f", line {line}"
-        if column is not None:
-            where += f", column {column}"
-        super().__init__(f"{where}: {message}")
-        self.path = str(path)
-        self.line = line
-        self.column = column
 
 
 @dataclass
@@ -332,11 +316,6 @@ def string_column_codes(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndar
     values = np.asarray(col.dictionary.to_numpy(zero_copy_only=False), dtype=str)
     index = col.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     return values, index
-
-
-def scientific_notation_pattern() -> re.Pattern[str]:
-    """The pattern used to refuse spreadsheet-mangled IDs (shared with the API's validation)."""
-    return re.compile(_SCIENTIFIC)
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,14 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 FEATURE_SPEC_VERSION = 1
-_LINE_CHUNK = 1 << 21  # lines per chunk: bounds the memory of the per-line class distributions
+_LINE_CHUNK = 1 << 20  # lines per chunk: bounds the memory of the per-line class distributions
+_DICT_LOOKUP_MAX = 64  # distinct codes up to which a dict beats a vectorised search
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,27 @@ class LevelTable:
     vocab: np.ndarray  # sorted unique codes
     counts: np.ndarray  # (len(vocab), n_classes) float64
 
+    @cached_property
+    def row_of(self) -> dict[str, int]:
+        return {code: row for row, code in enumerate(self.vocab.tolist())}
+
+    def rows(self, codes: Codes | None, n_lines: int) -> np.ndarray:
+        """Row of each line's code, -1 where missing or unknown (see `lookup`).
+
+        A few distinct codes (one API request) are looked up in a dict, which is several times faster than
+        NumPy's string search at that size; both are exact matches, so the answer is the same.
+        """
+        if codes is None or codes.values.size > _DICT_LOOKUP_MAX:
+            return lookup(self.vocab, codes, n_lines)
+        get = self.row_of.get
+        found = np.array([get(str(v), -1) for v in codes.values.tolist()] + [-1], dtype=np.int32)
+        return found[codes.index]  # index -1 (missing) picks the trailing -1
+
+    @cached_property
+    def totals(self) -> np.ndarray:
+        """Evidence per code (computed once: serving would otherwise sum the table on every request)."""
+        return self.counts.sum(axis=1)
+
 
 @dataclass(frozen=True)
 class FeatureTables:
@@ -103,6 +126,14 @@ class FeatureTables:
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @cached_property
+    def price_totals(self) -> np.ndarray:
+        return self.price_counts.sum(axis=1)
+
+    @cached_property
+    def prior_share(self) -> np.ndarray:
+        return self.prior / max(self.prior.sum(), 1e-12)
 
     def feature_names(self) -> list[str]:
         per_class = ("p_mean", "p_spend", "vote_share", "vote_spend", "p_max")
@@ -177,9 +208,9 @@ def lookup(vocab: np.ndarray, codes: Codes | None, n_lines: int) -> np.ndarray:
     """
     if codes is None or vocab.size == 0 or codes.values.size == 0:
         return np.full(n_lines, -1, dtype=np.int32)
-    pos = np.searchsorted(vocab, codes.values).clip(0, vocab.size - 1)
+    pos = np.minimum(np.searchsorted(vocab, codes.values), vocab.size - 1)
     found = np.where(vocab[pos] == codes.values, pos, -1).astype(np.int32)
-    return np.where(codes.index >= 0, found[codes.index.clip(0)], -1).astype(np.int32)
+    return np.where(codes.index >= 0, found[np.maximum(codes.index, 0)], -1).astype(np.int32)
 
 
 def unit_log_price(lines: Lines) -> np.ndarray:
@@ -192,11 +223,14 @@ class Encoded:
     band: np.ndarray
     log_price: np.ndarray
 
+    def take(self, idx: np.ndarray) -> Encoded:
+        return Encoded(tuple(r[idx] for r in self.level_rows), self.band[idx], self.log_price[idx])
+
 
 def encode(lines: Lines, tables: FeatureTables) -> Encoded:
     hierarchy = dict(zip(tables.hierarchy_names, lines.hierarchy, strict=False))
     sources = [lines.product, *(hierarchy.get(name) for name in tables.hierarchy_names)]
-    rows = tuple(lookup(lv.vocab, src, lines.n_lines) for lv, src in zip(tables.levels, sources, strict=True))
+    rows = tuple(lv.rows(src, lines.n_lines) for lv, src in zip(tables.levels, sources, strict=True))
     log_price = unit_log_price(lines)
     band = np.searchsorted(tables.price_edges, log_price).astype(np.int32)
     return Encoded(rows, band, log_price)
@@ -205,26 +239,28 @@ def encode(lines: Lines, tables: FeatureTables) -> Encoded:
 # ------------------------------------------------------------------------------------------------
 # Per-line class distributions
 # ------------------------------------------------------------------------------------------------
-def _pull(p: np.ndarray, counts: np.ndarray, rows: np.ndarray, strength: float) -> np.ndarray:
+def _pull(p: np.ndarray, counts: np.ndarray, totals: np.ndarray, rows: np.ndarray, strength: float) -> np.ndarray:
     """Bayesian update of `p` by the counts of each line's row (rows < 0 leave p unchanged)."""
     known = rows >= 0
     if not known.any():
         return p
-    c = counts[rows.clip(0)] * known[:, None]
-    return (c + strength * p) / (c.sum(axis=1, keepdims=True) + strength)
+    safe = np.maximum(rows, 0)
+    c, t = counts[safe], totals[safe]
+    if not known.all():
+        c, t = c * known[:, None], t * known
+    return (c + strength * p) / (t + strength)[:, None]
 
 
 def line_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> tuple[np.ndarray, np.ndarray]:
     """Class distribution of each line in `sl`, and the product-level evidence behind it."""
     n = sl.stop - sl.start
     m = tables.prior_strength
-    prior = tables.prior / max(tables.prior.sum(), 1e-12)
-    p = np.broadcast_to(prior, (n, tables.n_classes))
-    p = _pull(p, tables.price_counts, enc.band[sl], m)
+    p = np.broadcast_to(tables.prior_share, (n, tables.n_classes))
+    p = _pull(p, tables.price_counts, tables.price_totals, enc.band[sl], m)
     for lv, rows in zip(reversed(tables.levels), reversed(enc.level_rows), strict=True):
-        p = _pull(p, lv.counts, rows[sl], m)
+        p = _pull(p, lv.counts, lv.totals, rows[sl], m)
     prod_rows = enc.level_rows[0][sl]
-    evidence = np.where(prod_rows >= 0, tables.levels[0].counts.sum(axis=1)[prod_rows.clip(0)], 0.0)
+    evidence = np.where(prod_rows >= 0, tables.levels[0].totals[np.maximum(prod_rows, 0)], 0.0)
     return np.asarray(p), evidence
 
 
@@ -232,58 +268,58 @@ def line_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> tuple[
 # Basket aggregation
 # ------------------------------------------------------------------------------------------------
 class _BasketSums:
-    """Per-basket accumulators, filled chunk by chunk of lines."""
+    """Per-basket sums and maxima of line quantities, filled chunk by chunk of lines.
+
+    Lines are grouped by basket once (a stable sort, skipped when already grouped), then every sum is one
+    `add.reduceat` over a single matrix: a handful of NumPy calls per chunk whatever the number of
+    classes, which keeps one small basket cheap and ten million baskets fast.
+    """
+
+    N_STATS = 7  # count, spend, quantity, log price, unseen, no hierarchy, log evidence
 
     def __init__(self, n_baskets: int, n_classes: int):
-        self.n, self.k = n_baskets, n_classes
-        self.count = np.zeros(n_baskets)
-        self.spend = np.zeros(n_baskets)
-        self.quantity = np.zeros(n_baskets)
-        self.log_price = np.zeros(n_baskets)
-        self.unseen = np.zeros(n_baskets)
-        self.no_hierarchy = np.zeros(n_baskets)
-        self.log_evidence = np.zeros(n_baskets)
-        self.p = np.zeros((n_baskets, n_classes))
-        self.p_spend = np.zeros((n_baskets, n_classes))
-        self.vote = np.zeros((n_baskets, n_classes))
-        self.vote_spend = np.zeros((n_baskets, n_classes))
+        self.k = n_classes
+        self.sums = np.zeros((n_baskets, self.N_STATS + 4 * n_classes))
         self.p_max = np.zeros((n_baskets, n_classes))
-
-    def _sum(self, basket: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        return np.bincount(basket, weights=weights, minlength=self.n)
 
     def add(self, basket: np.ndarray, lines: Lines, sl: slice, enc: Encoded, p: np.ndarray,
             evidence: np.ndarray) -> None:
-        spend, qty = lines.spend[sl], lines.quantity[sl]
+        n = p.shape[0]
+        if n == 0:
+            return
+        spend = lines.spend[sl]
         # Spend weights get a tiny floor so a basket of zero-spend lines falls back to line weights.
-        w = spend + 1e-9
-        self.count += self._sum(basket, np.ones(basket.shape[0]))
-        self.spend += self._sum(basket, spend)
-        self.quantity += self._sum(basket, qty)
-        self.log_price += self._sum(basket, enc.log_price[sl])
-        self.unseen += self._sum(basket, (enc.level_rows[0][sl] < 0).astype(float))
-        no_hier = np.all(np.stack([r[sl] < 0 for r in enc.level_rows[1:]] or [np.ones_like(basket, bool)]), 0)
-        self.no_hierarchy += self._sum(basket, no_hier.astype(float))
-        self.log_evidence += self._sum(basket, np.log1p(evidence))
-        top = p.argmax(axis=1)
-        for c in range(self.k):
-            pc = p[:, c]
-            self.p[:, c] += self._sum(basket, pc)
-            self.p_spend[:, c] += self._sum(basket, pc * w)
-            is_top = (top == c).astype(float)
-            self.vote[:, c] += self._sum(basket, is_top)
-            self.vote_spend[:, c] += self._sum(basket, is_top * w)
-            np.maximum.at(self.p_max[:, c], basket, pc)
+        w = (spend + 1e-9)[:, None]
+        no_hier = np.ones(n, dtype=bool)
+        for rows in enc.level_rows[1:]:
+            no_hier &= rows[sl] < 0
+        top = np.zeros_like(p)
+        top[np.arange(n), p.argmax(axis=1)] = 1.0
+        stats = np.column_stack([
+            np.ones(n), spend, lines.quantity[sl], enc.log_price[sl], enc.level_rows[0][sl] < 0, no_hier,
+            np.log1p(evidence),
+        ])  # fmt: skip
+        values = np.concatenate([stats, p, p * w, top, top * w], axis=1)
+        order = None if n == 1 or (np.diff(basket) >= 0).all() else np.argsort(basket, kind="stable")
+        if order is not None:
+            basket, values, p = basket[order], values[order], p[order]
+        starts = np.flatnonzero(np.diff(basket, prepend=-1))
+        ids = basket[starts]
+        self.sums[ids] += np.add.reduceat(values, starts, axis=0)
+        self.p_max[ids] = np.maximum(self.p_max[ids], np.maximum.reduceat(p, starts, axis=0))
 
     def finish(self) -> np.ndarray:
-        count = np.maximum(self.count, 1.0)[:, None]
-        weight = (self.spend + 1e-9 * self.count)[:, None]
+        s, k = self.sums, self.k
+        count = np.maximum(s[:, 0], 1.0)[:, None]
+        weight = (s[:, 1] + 1e-9 * s[:, 0])[:, None]
         weight = np.where(weight > 0, weight, 1.0)
-        per_class = [self.p / count, self.p_spend / weight, self.vote / count, self.vote_spend / weight, self.p_max]
-        stats = np.stack([
-            self.count, np.log1p(self.spend), np.log1p(self.quantity), self.log_price / count[:, 0],
-            self.unseen / count[:, 0], self.no_hierarchy / count[:, 0], self.log_evidence / count[:, 0],
-        ], axis=1)  # fmt: skip
+        c = self.N_STATS
+        p, p_spend, vote, vote_spend = (s[:, c + i * k: c + (i + 1) * k] for i in range(4))
+        per_class = [p / count, p_spend / weight, vote / count, vote_spend / weight, self.p_max]
+        stats = np.column_stack([
+            s[:, 0], np.log1p(s[:, 1]), np.log1p(s[:, 2]), s[:, 3] / count[:, 0],
+            s[:, 4] / count[:, 0], s[:, 5] / count[:, 0], s[:, 6] / count[:, 0],
+        ])  # fmt: skip
         return np.concatenate([*per_class, stats], axis=1).astype(np.float32)
 
 
@@ -303,7 +339,7 @@ def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | 
     for f in range(folds.n_folds):
         idx = np.flatnonzero(folds.line_fold == f)
         sub = lines.take(idx)
-        sub_enc = Encoded(tuple(r[idx] for r in enc.level_rows), enc.band[idx], enc.log_price[idx])
+        sub_enc = enc.take(idx)
         sub_tables = folds.tables_without(f, tables)
         for sl in _chunks(sub.n_lines):
             p, evidence = line_distributions(sub_enc, sub_tables, sl)
@@ -352,10 +388,14 @@ def fit_tables(
     price_bands: int = 32,
     n_folds: int = 0,
     seed: int = 0,
+    explain_away: bool = False,
 ) -> tuple[FeatureTables, FoldCounts | None]:
     """Learn the tables from labelled lines (`basket_label[b]` = class index of basket b).
 
-    With `n_folds` > 1 it also returns per-fold counts for leak-free training features.
+    With `n_folds` > 1 it also returns per-fold counts for leak-free training features. With
+    `explain_away`, a second pass weighs each line's evidence by how little the *other* lines of its
+    basket already explain the basket's label: a label that the rest of the basket accounts for says
+    little about one more product in it.
     """
     n_classes = len(classes)
     per_basket = np.bincount(lines.basket, minlength=lines.n_baskets)
@@ -366,33 +406,59 @@ def fit_tables(
     edges = np.unique(np.quantile(log_price, quantiles)) if lines.n_lines else np.array([])
     band = np.searchsorted(edges, log_price)
     sources = [lines.product, *lines.hierarchy]
-    names = ["product", *hierarchy_names]
     vocabs = [_vocab(src) for src in sources]
     level_rows = [lookup(v, src, lines.n_lines) for v, src in zip(vocabs, sources, strict=True)]
-    levels = tuple(
-        LevelTable(name, v, _class_counts(rows.clip(0), v.size, cls, weight * (rows >= 0), n_classes))
-        for name, v, rows in zip(names, vocabs, level_rows, strict=True)
-    )
-    tables = FeatureTables(
-        classes=tuple(classes), levels=levels, price_edges=edges,
-        price_counts=_class_counts(band, edges.size + 1, cls, weight, n_classes),
-        prior=np.bincount(basket_label, minlength=n_classes).astype(float),
-        evidence_power=evidence_power, prior_strength=prior_strength, hierarchy_names=tuple(hierarchy_names),
-    )
-    if n_folds <= 1:
-        return tables, None
-    basket_fold = np.random.default_rng(seed).integers(0, n_folds, lines.n_baskets)
+    basket_fold = np.random.default_rng(seed).integers(0, max(n_folds, 1), lines.n_baskets)
     line_fold = basket_fold[lines.basket]
-    fold_level = tuple(
-        np.stack([_class_counts(rows.clip(0), v.size, cls, weight * (rows >= 0) * (line_fold == f), n_classes)
-                  for f in range(n_folds)])
-        for v, rows in zip(vocabs, level_rows, strict=True)
-    )
-    fold_price = np.stack([_class_counts(band, edges.size + 1, cls, weight * (line_fold == f), n_classes)
-                           for f in range(n_folds)])
-    fold_prior = np.stack([np.bincount(basket_label, weights=(basket_fold == f).astype(float), minlength=n_classes)
-                           for f in range(n_folds)])
-    return tables, FoldCounts(n_folds, line_fold, fold_level, fold_price, fold_prior)
+
+    def counts(line_weight: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per-level and per-price-band class counts of the lines, weighted."""
+        per_level = [_class_counts(rows.clip(0), v.size, cls, line_weight * (rows >= 0), n_classes)
+                     for v, rows in zip(vocabs, level_rows, strict=True)]
+        return per_level, _class_counts(band, edges.size + 1, cls, line_weight, n_classes)
+
+    def learn(line_weight: np.ndarray) -> tuple[FeatureTables, FoldCounts | None]:
+        per_level, by_band = counts(line_weight)
+        tables = FeatureTables(
+            classes=tuple(classes),
+            levels=tuple(LevelTable(name, v, c)
+                         for name, v, c in zip(["product", *hierarchy_names], vocabs, per_level, strict=True)),
+            price_edges=edges, price_counts=by_band,
+            prior=np.bincount(basket_label, minlength=n_classes).astype(float),
+            evidence_power=evidence_power, prior_strength=prior_strength, hierarchy_names=tuple(hierarchy_names),
+        )
+        if n_folds <= 1:
+            return tables, None
+        per_fold = [counts(line_weight * (line_fold == f)) for f in range(n_folds)]
+        return tables, FoldCounts(
+            n_folds=n_folds, line_fold=line_fold,
+            level_counts=tuple(np.stack([fc[0][i] for fc in per_fold]) for i in range(len(vocabs))),
+            price_counts=np.stack([fc[1] for fc in per_fold]),
+            prior=np.stack([np.bincount(basket_label, weights=(basket_fold == f).astype(float),
+                                        minlength=n_classes) for f in range(n_folds)]),
+        )
+
+    tables, folds = learn(weight)
+    if not explain_away:
+        return tables, folds
+    return learn(weight * _unexplained(lines, cls, tables, folds))
+
+
+def _unexplained(lines: Lines, cls: np.ndarray, tables: FeatureTables, folds: FoldCounts | None) -> np.ndarray:
+    """Per line: 1 - the mean probability the basket's *other* lines give to the basket's label."""
+    enc = encode(lines, tables)
+    p_label = np.empty(lines.n_lines)
+    groups = [(np.arange(lines.n_lines), tables)] if folds is None else [
+        (np.flatnonzero(folds.line_fold == f), folds.tables_without(f, tables)) for f in range(folds.n_folds)]
+    for idx, fold_tables in groups:
+        sub = enc.take(idx)
+        for sl in _chunks(idx.size):
+            p, _ = line_distributions(sub, fold_tables, sl)
+            p_label[idx[sl]] = p[np.arange(p.shape[0]), cls[idx[sl]]]
+    n = np.bincount(lines.basket, minlength=lines.n_baskets)[lines.basket]
+    others = np.bincount(lines.basket, weights=p_label, minlength=lines.n_baskets)[lines.basket] - p_label
+    explained = np.where(n > 1, others / np.maximum(n - 1, 1), 0.0)
+    return np.clip(1.0 - explained, 0.0, 1.0)
 
 
 def _vocab(codes: Codes | None) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .artifact import LoadedArtifact, read_artifact
-from .features import Codes, FeatureTables, Lines, basket_features, lookup
+from .features import Codes, FeatureTables, Lines, basket_features
 
 REQUIRED_FILES = ("model.onnx", "tables.npz", "feature_spec.json", "metadata.json")
 
@@ -112,7 +112,7 @@ class Predictor:
 
     def unknown_products(self, lines: Lines) -> np.ndarray:
         """Per basket: how many lines hold a product the model never saw in training."""
-        rows = lookup(self.tables.levels[0].vocab, lines.product, lines.n_lines)
+        rows = self.tables.levels[0].rows(lines.product, lines.n_lines)
         return np.bincount(lines.basket, weights=(rows < 0).astype(float), minlength=lines.n_baskets).astype(int)
 
     def unknown_categories(self, lines: Lines) -> np.ndarray:
@@ -123,7 +123,7 @@ class Predictor:
             if codes is None:
                 continue
             given |= codes.index >= 0
-            known |= lookup(level.vocab, codes, lines.n_lines) >= 0
+            known |= level.rows(codes, lines.n_lines) >= 0
         return np.bincount(lines.basket, weights=(given & ~known).astype(float), minlength=lines.n_baskets).astype(int)
 
     def example_products(self, limit: int = 20) -> list[dict[str, Any]]:

@@ -56,6 +56,9 @@ FLOAT_COLUMNS: tuple[str, ...] = (QUANTITY, SPEND)
 # Identifier columns that a spreadsheet can mangle into scientific notation ("9.94E+14").
 ID_COLUMNS: tuple[str, ...] = (BASKET_ID, CUST_CODE, PROD_CODE, STORE_CODE)
 
+# What a spreadsheet makes of a long numeric identifier: 9.94E+14, 9,94E+14, 9.94e14.
+SCIENTIFIC_ID_PATTERN = r"^\s*[0-9]+([.,][0-9]+)?[eE][+]?[0-9]+\s*$"
+
 # Older downloads of the data set name two columns differently and use other codes.
 HEADER_ALIASES: dict[str, str] = {
     "CUST_PRICE_SENSITIVITY": CUST_PRICE_SENSITIVITY,

@@ -26,11 +26,12 @@ from pydantic import (
     create_model,
 )
 
+from ..schema import SCIENTIFIC_ID_PATTERN
+
 # Quantities and unit prices far beyond any till: refused so that spend can never overflow a float.
 MAX_AMOUNT = 1e6
-# What a spreadsheet makes of a long numeric code (9.94E+14): the same rule as data.py's file checks,
-# restated here because importing data.py would pull pyarrow (a training-only dependency) into serving.
-_SCIENTIFIC = re.compile(r"^\s*[0-9]+([.,][0-9]+)?[eE][+]?[0-9]+\s*$")
+# What a spreadsheet makes of a long numeric code (9.94E+14): the same rule as the file loader's.
+_SCIENTIFIC = re.compile(SCIENTIFIC_ID_PATTERN)
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 # allow_inf_nan=False and the bounds make every accepted amount finite and positive.

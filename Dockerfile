@@ -1,0 +1,89 @@
+# Retail Prediction API: the serving image (runtime dependencies only, no training stack, no model).
+#
+#   docker build -t retail-prediction-api .
+#   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp --cap-drop ALL \
+#     -e MODEL_BUCKET=my-bucket -e MODEL_KEY=models/model.tar.gz retail-prediction-api
+#
+# Build args: BASE_IMAGE (any Debian-based image with python3 >= 3.11 and venv; CI passes a
+# debootstrapped bookworm), BUILD_DATE, GIT_COMMIT, GIT_BRANCH, VERSION, SOURCE_URL.
+# Outbound HTTPS behind a TLS-inspecting proxy: pass its CA bundle as a build secret, never a layer:
+#   docker build --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt ...
+# Model strategies (docs/deployment.md): S3 download at start (MODEL_BUCKET/MODEL_KEY, default),
+# a mounted file or volume (MODEL_URI=/models/model.tar.gz), or baked in by a derived image.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS builder
+
+SHELL ["/bin/sh", "-eu", "-c"]
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_NO_INPUT=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /build
+
+RUN python3 -m venv /opt/venv
+
+# 1) Pinned, hash-checked, wheels only: nothing is compiled and no compiler is needed.
+COPY requirements/runtime.lock requirements/runtime.lock
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
+    /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps --only-binary=:all: \
+        -r requirements/runtime.lock
+
+# 2) The package itself (no dependencies: they are all in the lock), then drop the installers.
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
+    /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/python -m pip uninstall --yes pip setuptools wheel \
+    && find /opt/venv -depth -type d -name tests -path '*/site-packages/*/tests' -prune -exec rm -rf {} + \
+    && /opt/venv/bin/python -c "import retail_prediction.healthcheck"
+
+# ---------------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+
+ARG BUILD_DATE=unknown
+ARG GIT_COMMIT=unknown
+ARG GIT_BRANCH=unknown
+ARG VERSION=0.1.0
+ARG SOURCE_URL=unknown
+
+LABEL org.opencontainers.image.title="retail-prediction-api" \
+      org.opencontainers.image.description="Retail Prediction API (FastAPI + ONNX Runtime)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.created="${BUILD_DATE}" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.ref.name="${GIT_BRANCH}"
+
+# Fixed UID/GID 10001 (matches runAsUser/runAsGroup/fsGroup in deploy/k8s); no home, no shell.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin app
+
+COPY --from=builder /opt/venv /opt/venv
+
+# Build metadata reaches /model/info through the app settings (GIT_COMMIT, GIT_BRANCH, BUILD_DATE).
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOST=0.0.0.0 \
+    PORT=8000 \
+    MODEL_DIR=/tmp/retail-prediction \
+    GIT_COMMIT=${GIT_COMMIT} \
+    GIT_BRANCH=${GIT_BRANCH} \
+    BUILD_DATE=${BUILD_DATE}
+
+# The root filesystem may be read-only: the only writes go to MODEL_DIR (mount a tmpfs/emptyDir on /tmp).
+WORKDIR /tmp
+USER 10001:10001
+EXPOSE 8000
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "retail_prediction.healthcheck"]
+CMD ["retail-prediction", "serve"]
