@@ -345,6 +345,9 @@ def table_to_baskets(table: pa.Table, *, with_label: bool = True) -> Baskets:
         basket=basket, n_baskets=n_baskets, product=product,
         quantity=_numeric(table, schema.QUANTITY), spend=_numeric(table, schema.SPEND), hierarchy=hierarchy,
     )
+    if (np.diff(basket) < 0).any():
+        # Grouped by basket, the featurization sums baskets as contiguous runs (no gather, no sort).
+        lines = lines.take(np.argsort(basket, kind="stable"))
     week = _numeric(table, schema.SHOP_WEEK).astype(np.int64)[first] if schema.SHOP_WEEK in table.column_names else None
     label = None
     if with_label and schema.LABEL in table.column_names:

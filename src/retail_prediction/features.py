@@ -293,20 +293,31 @@ class _BasketSums:
         no_hier = np.ones(n, dtype=bool)
         for rows in enc.level_rows[1:]:
             no_hier &= rows[sl] < 0
-        top = np.zeros_like(p)
+        k, c = self.k, self.N_STATS
+        # One matrix of everything to sum per basket, written in place (no stacking copies).
+        values = np.empty((n, c + 4 * k))
+        values[:, 0] = 1.0
+        values[:, 1] = spend
+        values[:, 2] = lines.quantity[sl]
+        values[:, 3] = enc.log_price[sl]
+        values[:, 4] = enc.level_rows[0][sl] < 0
+        values[:, 5] = no_hier
+        values[:, 6] = np.log1p(evidence)
+        values[:, c: c + k] = p
+        np.multiply(p, w, out=values[:, c + k: c + 2 * k])
+        top = values[:, c + 2 * k: c + 3 * k]
+        top[:] = 0.0
         top[np.arange(n), p.argmax(axis=1)] = 1.0
-        stats = np.column_stack([
-            np.ones(n), spend, lines.quantity[sl], enc.log_price[sl], enc.level_rows[0][sl] < 0, no_hier,
-            np.log1p(evidence),
-        ])  # fmt: skip
-        values = np.concatenate([stats, p, p * w, top, top * w], axis=1)
-        order = None if n == 1 or (np.diff(basket) >= 0).all() else np.argsort(basket, kind="stable")
-        if order is not None:
+        np.multiply(top, w, out=values[:, c + 3 * k:])
+        if n > 1 and not (np.diff(basket) >= 0).all():
+            order = np.argsort(basket, kind="stable")
             basket, values, p = basket[order], values[order], p[order]
         starts = np.flatnonzero(np.diff(basket, prepend=-1))
         ids = basket[starts]
-        self.sums[ids] += np.add.reduceat(values, starts, axis=0)
-        self.p_max[ids] = np.maximum(self.p_max[ids], np.maximum.reduceat(p, starts, axis=0))
+        # Baskets numbered in line order (as loaded) make `ids` a contiguous range: a slice, not a gather.
+        at: slice | np.ndarray = slice(int(ids[0]), int(ids[-1]) + 1) if ids[-1] - ids[0] + 1 == ids.size else ids
+        self.sums[at] += np.add.reduceat(values, starts, axis=0)
+        self.p_max[at] = np.maximum(self.p_max[at], np.maximum.reduceat(p, starts, axis=0))
 
     def finish(self) -> np.ndarray:
         s, k = self.sums, self.k

@@ -83,7 +83,7 @@ class LightGBMCandidate:
     name = "lightgbm"
 
     def __init__(
-        self, seed: int = 0, n_estimators: int = 300, learning_rate: float = 0.1, num_leaves: int = 31
+        self, seed: int = 0, n_estimators: int = 150, learning_rate: float = 0.15, num_leaves: int = 31
     ):
         self.params = dict(
             n_estimators=n_estimators,
