@@ -55,11 +55,23 @@ sys.path[:0] = [str(HERE), str(ROOT / "benchmarks")]
 from api_load import sample_baskets  # noqa: E402  (the colleague's sampler of real baskets)
 
 DEFAULT_DATA = ROOT.parent / "shared/data/lgsr"
-SYSTEMS = ("ours", "reference", "mlserver")
+SYSTEMS = ("ours", "reference", "mlserver", "mlserver-omp1", "mlserver-inproc")
 LABELS = {"ours": "ours /predict", "reference": "reference (FastAPI+pandas+RF)",
-          "mlserver": "MLServer (LightGBM, features precomputed)", "ours-health": "ours /health"}
+          "mlserver": "MLServer defaults (parallel_workers=W)",
+          "mlserver-omp1": "MLServer tuned (OMP_NUM_THREADS=1, parallel_workers=W)",
+          "mlserver-inproc": "MLServer tuned (OMP_NUM_THREADS=1, parallel_workers=0)",
+          "ours-health": "ours /health"}
+TARGETS = {"reference": 3, "mlserver": 2, "mlserver-omp1": 2, "mlserver-inproc": 2}
 TOLERANCE = 1e-4  # on each probability; labels must match exactly
 MLSERVER_MODEL = "basket-classifier"
+
+
+def label(name: str, args: argparse.Namespace) -> str:
+    return LABELS[name].replace("=W", f"={args.workers}")
+
+
+def short(name: str, args: argparse.Namespace) -> str:
+    return label(name, args).replace(" /predict", "")
 
 
 def log(*parts: Any) -> None:
@@ -82,11 +94,11 @@ class Cases:
         if system == "ours":
             return ([self.ours[i]["label"] for i in idx],
                     [self.ours[i]["probabilities"][c] for i in idx for c in self.classes])
-        proba = self.mlserver if system == "mlserver" else self.reference
+        proba = self.mlserver if system.startswith("mlserver") else self.reference
         return ([self.classes[int(np.argmax(proba[i]))] for i in idx], [float(p) for i in idx for p in proba[i]])
 
     def body(self, system: str, idx: list[int], rid: str, batch: bool) -> str:
-        if system == "mlserver":
+        if system.startswith("mlserver"):
             data = [float(v) for i in idx for v in self.features[i]]
             return json.dumps({"id": rid, "inputs": [{"name": "features", "shape": [len(idx), self.features.shape[1]],
                                                       "datatype": "FP32", "data": data}]})
@@ -275,14 +287,30 @@ class System:
         self.name, self.args, self.work, self.cases = name, args, work, cases
         self.port = args.port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.path = f"/v2/models/{MLSERVER_MODEL}/infer" if name == "mlserver" else "/predict"
-        self.batch_path = self.path if name == "mlserver" else "/predict/batch"
+        self.v2 = name.startswith("mlserver")
+        self.path = f"/v2/models/{MLSERVER_MODEL}/infer" if self.v2 else "/predict"
+        self.batch_path = self.path if self.v2 else "/predict/batch"
         bodies, expected = cases.files(name, None)
         self.first_body = bodies.read_text().split("\n", 1)[0].split("\t", 1)
         self.first_expected = expected.read_text().split("\n", 1)[0].split("\t")
 
     def command(self) -> tuple[list[str], dict[str, str], Path | None]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "AWS_", "PORT", "WORKERS"))}
+        cmd, extra, cwd = self._command()
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "AWS_", "PORT", "WORKERS", "OMP_"))}
+        return cmd, {**base, **extra}, cwd
+
+    def shown(self) -> str:
+        """The command as run, with the environment variables the script set."""
+        cmd, env, cwd = self._command()
+        extra = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        settings = ""
+        if self.v2:
+            settings = f" (settings.json: {json.dumps(json.loads((cwd / 'settings.json').read_text()))})"
+        return f"{'cd ' + str(cwd) + ' && ' if cwd and not self.v2 else ''}{extra} {shlex.join(cmd)}{settings}".strip()
+
+    def _command(self) -> tuple[list[str], dict[str, str], Path | None]:
+        """(command, the environment variables it is given on top of ours, working directory)."""
+        env: dict[str, str] = {}
         workers = str(self.args.workers)
         if self.name == "ours":
             env.update({"MODEL_URI": str(self.args.model), "MODEL_POLL_SECONDS": "0", "HOST": "127.0.0.1",
@@ -298,10 +326,12 @@ class System:
         (root / MLSERVER_MODEL).mkdir(parents=True, exist_ok=True)
         settings = json.loads((HERE / "mlserver/settings.json").read_text())
         settings.update({"http_port": self.port, "grpc_port": self.port + 1, "metrics_port": self.port + 2,
-                         "parallel_workers": self.args.workers})
+                         "parallel_workers": 0 if self.name == "mlserver-inproc" else self.args.workers})
         (root / "settings.json").write_text(json.dumps(settings, indent=2))
         (root / MLSERVER_MODEL / "model-settings.json").write_text((HERE / "mlserver/model-settings.json").read_text())
         (root / MLSERVER_MODEL / "model.bst").write_bytes((self.work / "mlserver-model/model.bst").read_bytes())
+        if self.name != "mlserver":  # LightGBM's OpenMP pool costs ~2 ms per 1-row predict on 2 cores
+            env["OMP_NUM_THREADS"] = "1"
         mlserver = str(Path(self.args.mlserver_python).with_name("mlserver"))
         return [mlserver, "start", str(root)], env, root
 
@@ -342,9 +372,9 @@ class System:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(15)
+                self.proc.wait(8)
             except subprocess.TimeoutExpired:
-                log(f"{self.name}: still running 15 s after SIGTERM, killed")
+                log(f"{self.name}: still running 8 s after SIGTERM, killed")
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
         log(f"{self.name}: stopped in {time.perf_counter() - t0:.1f} s")
@@ -356,7 +386,7 @@ class System:
 
 
 def _probabilities(system: str, answer: dict[str, Any], classes: list[str]) -> list[float]:
-    if system == "mlserver":
+    if system.startswith("mlserver"):
         return [float(v) for v in answer["outputs"][0]["data"]]
     rows = answer.get("predictions", [answer])
     return [float(r["probabilities"][c]) for r in rows for c in classes]
@@ -383,7 +413,7 @@ def wrk(system: System, path: str, bodies: Path, expected: Path, connections: in
 
 def closed_loop(system: System, levels: list[int], seconds: float, label: str = "") -> list[dict[str, Any]]:
     bodies, expected = system.cases.files(system.name, None)
-    mode = "v2" if system.name == "mlserver" else "api"
+    mode = "v2" if system.v2 else "api"
     path, what = system.path, label or system.name
     if label == "ours-health":
         path, mode = "/health", "get"
@@ -401,7 +431,7 @@ def closed_loop(system: System, levels: list[int], seconds: float, label: str = 
 
 def batches(system: System, sizes: list[int], seconds: float, connections: int) -> list[dict[str, Any]]:
     rows = []
-    mode = "v2" if system.name == "mlserver" else "api"
+    mode = "v2" if system.v2 else "api"
     for size in sizes:
         bodies, expected = system.cases.files(system.name, size)
         r = wrk(system, system.batch_path, bodies, expected, connections, seconds, mode)
@@ -544,7 +574,9 @@ PARTS = [
     ("micro-batcher", r"retail_prediction/api/batcher\.py"),
     ("access log (JSON logging)", r"/logging/__init__\.py|retail_prediction/api/logging\.py"),
     ("metrics (prometheus_client)", r"prometheus_client|retail_prediction/api/metrics\.py"),
-    ("request-context middleware", r"retail_prediction/api/middleware\.py"),
+    ("request-context middleware (request id, timing; its own code)", r"retail_prediction/api/middleware\.py"),
+    ("HTTP server and framework (uvicorn, httptools, Starlette, FastAPI, asyncio)",
+     r"\((uvicorn|httptools|starlette|fastapi|asyncio)/|httptools_impl|uvloop"),
 ]
 
 
@@ -553,7 +585,7 @@ def _part(frames: list[str]) -> str:
         for name, pattern in PARTS:
             if re.search(pattern, frame):
                 return name
-    return "HTTP server and framework (uvicorn, httptools, Starlette, FastAPI routing, asyncio)"
+    return "other (interpreter, libraries outside the parts above)"
 
 
 def _frame(frame: str) -> str:
@@ -580,13 +612,16 @@ def bench_system(name: str, args: argparse.Namespace, work: Path, cases: Cases) 
     starts.append(system.start())
     res["cold_start_s"] = {"runs": starts, "median": statistics.median(starts)}
     log(f"{name}: start -> first correct prediction {', '.join(f'{s:.2f}' for s in starts)} s")
-    res["command"] = shlex.join(system.command()[0])
+    res["command"] = system.shown()
     try:
         time.sleep(1.0)
         res["rss_at_rest_mb"] = rss_mb(system.proc.pid)
+        cpu0 = cpu_seconds(system.proc.pid)
+        time.sleep(3.0)
+        res["idle_cpu_pct"] = (cpu_seconds(system.proc.pid) - cpu0) / 3.0 * 100
         sampler = RssSampler(system.proc.pid)
         bodies, expected = cases.files(name, None)
-        wrk(system, system.path, bodies, expected, 8, args.warmup, "v2" if name == "mlserver" else "api")
+        wrk(system, system.path, bodies, expected, 8, args.warmup, "v2" if system.v2 else "api")
         res["closed"] = closed_loop(system, args.levels, args.seconds)
         if name == "ours":
             res["health"] = closed_loop(system, args.levels, args.seconds, "ours-health")
@@ -672,39 +707,42 @@ def image_size(image: str | None) -> str:
     return f"{int(r.stdout.strip()) / 1e6:.0f} MB (`{image}`)"
 
 
-def plot(results: dict[str, Any], png: Path) -> None:
+def plot(results: dict[str, Any], args: argparse.Namespace, png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    colours = {"ours": "tab:blue", "reference": "tab:red", "mlserver": "tab:green"}
-    for name in SYSTEMS:
-        res = results["systems"].get(name)
-        if not res or "closed" not in res:
+    fig, ax = plt.subplots(figsize=(9, 6.5), dpi=110)
+    colours = {"ours": "tab:blue", "reference": "tab:red", "mlserver": "tab:green", "mlserver-omp1": "tab:olive",
+               "mlserver-inproc": "tab:purple", "ours-health": "tab:gray"}
+    series = [(n, "closed") for n in SYSTEMS] + [("ours-health", "health")]
+    for name, key in series:
+        res = results["systems"].get(name.removesuffix("-health"))
+        if not res or key not in res:
             continue
-        closed = res["closed"]
-        ax.plot([r["rps"] for r in closed], [r["p99_us"] / 1000 for r in closed], "o-", color=colours[name],
-                label=f"{LABELS[name]}: closed loop, c = " + ", ".join(str(r["connections"]) for r in closed))
+        closed, colour = res[key], colours[name]
+        style = ":" if name == "ours-health" else "-"
+        ax.plot([r["rps"] for r in closed], [r["p99_us"] / 1000 for r in closed], "o" + style, color=colour,
+                label=f"{label(name, args)}: closed loop")
         for r in closed:
             ax.annotate(f"c={r['connections']}", (r["rps"], r["p99_us"] / 1000), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points", color=colours[name])
-        rates = [r for r in res.get("rates", []) if r["kept_up"]]
+                        xytext=(3, 3), textcoords="offset points", color=colour)
+        rates = [r for r in res.get("rates", []) if r["kept_up"]] if key == "closed" else []
         if rates:
-            ax.plot([r["achieved_rps"] for r in rates], [r["p99_ms"] for r in rates], "s--", color=colours[name],
-                    alpha=0.6, label=f"{LABELS[name]}: fixed rates (open loop)")
+            ax.plot([r["achieved_rps"] for r in rates], [r["p99_ms"] for r in rates], "s--", color=colour,
+                    alpha=0.6, label=f"{label(name, args)}: fixed rates kept up with")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("throughput (requests/s, log)")
-    ax.set_ylabel("p99 latency (ms, log)")
-    ax.set_title(f"p99 latency vs throughput, 1 basket per request ({results['date'][:10]}, "
-                 f"{os.cpu_count()} cores shared with the load generator)", fontsize=9)
+    ax.set_xlabel("throughput (requests/s, log scale)")
+    ax.set_ylabel("p99 latency (ms, log scale)")
+    ax.set_title(f"p99 latency vs throughput, 1 basket per request, {args.workers} worker(s)\n"
+                 f"{results['date']}, {os.cpu_count()} cores shared with the load generator; lower right is better",
+                 fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
+    fig.savefig(png, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -774,10 +812,10 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
     w("| system | connections | requests/s | p50 ms | p95 ms | p99 ms | errors (of which wrong answers) | "
       "checked answers | server CPU per request µs |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, key in [("ours", "closed"), ("ours-health", "health"), ("reference", "closed"), ("mlserver", "closed")]:
-        res = S.get(name.split("-")[0], {})
+    for name, key in [("ours", "closed"), ("ours-health", "health")] + [(n, "closed") for n in SYSTEMS[1:]]:
+        res = S.get(name.removesuffix("-health"), {})
         for r in res.get(key, []):
-            w(f"| {LABELS[name]} | {r['connections']} | {_f(r['rps'])} | {r['p50_us'] / 1000:.2f} | "
+            w(f"| {label(name, args)} | {r['connections']} | {_f(r['rps'])} | {r['p50_us'] / 1000:.2f} | "
               f"{r['p95_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {r['errors']} ({r['wrong']}) | "
               f"{r['checked'] if key == 'closed' else '–'} | {_f(r['server_cpu_us'])} |")
     w("")
@@ -785,30 +823,20 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
     w("### Against the targets (issue 5: at equal concurrency and equal or lower p99, ours ≥ 3× the reference's "
       "and ≥ 2× MLServer's throughput)")
     w("")
-    w("| connections | ours req/s | ours p99 ms | vs reference: throughput ratio, p99 (ours / theirs) | target ≥ 3× "
-      "| vs MLServer: throughput ratio, p99 (ours / theirs) | target ≥ 2× | ours / reference, server CPU per "
-      "request | ours / MLServer, server CPU per request |")
-    w("| ---: | ---: | ---: | --- | --- | --- | --- | --- | --- |")
+    w("| connections | competitor | ours req/s | theirs req/s | throughput ratio | target | p99 ms ours / theirs "
+      "| verdict | server CPU per request, theirs / ours |")
+    w("| ---: | --- | ---: | ---: | ---: | ---: | --- | --- | ---: |")
     ours = {r["connections"]: r for r in S.get("ours", {}).get("closed", [])}
-    ref = {r["connections"]: r for r in S.get("reference", {}).get("closed", [])}
-    mls = {r["connections"]: r for r in S.get("mlserver", {}).get("closed", [])}
-    verdicts = {"reference": [], "mlserver": []}
     for c, o in ours.items():
-        cells = []
-        cpu = []
-        for other, table, target in [("reference", ref, 3), ("mlserver", mls, 2)]:
-            t = table.get(c)
+        for other, target in TARGETS.items():
+            t = {r["connections"]: r for r in S.get(other, {}).get("closed", [])}.get(c)
             if not t:
-                cells += ["–", "–"]
-                cpu.append("–")
                 continue
             ratio = o["rps"] / t["rps"]
             met = ratio >= target and o["p99_us"] <= t["p99_us"] and o["errors"] == 0
-            verdicts[other].append(met)
-            cells += [f"{ratio:.2f}×, {o['p99_us'] / 1000:.1f} / {t['p99_us'] / 1000:.1f} ms",
-                      "**met**" if met else "not met"]
-            cpu.append(f"{o['server_cpu_us'] / t['server_cpu_us']:.2f}")
-        w(f"| {c} | {_f(o['rps'])} | {o['p99_us'] / 1000:.2f} | {' | '.join(cells)} | {cpu[0]} | {cpu[1]} |")
+            w(f"| {c} | {label(other, args)} | {_f(o['rps'])} | {_f(t['rps'])} | {ratio:.2f}× | ≥ {target}× | "
+              f"{o['p99_us'] / 1000:.1f} / {t['p99_us'] / 1000:.1f} | {'**met**' if met else '**not met**'} | "
+              f"{t['server_cpu_us'] / o['server_cpu_us']:.1f}× |")
     w("")
     # -- rates
     w("## Fixed request rates (open loop), 1 basket per request")
@@ -818,14 +846,15 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
       "server that falls behind shows its queueing (no coordinated omission: Debian's `wrk` and `hey` are "
       "closed-loop tools and would hide it). Every answer is checked. A system's higher rates are skipped once "
       "it fails to keep up (any error, or p99 ≥ 1 s); requests still unsent or unanswered 5 s after the "
-      "schedule ends count as errors.")
+      "schedule ends count as errors. At low rates the server CPU per request includes the system's cost at rest "
+      "(see the last column of the cold-start table).")
     w("")
     w("| system | target req/s | answered req/s | p50 ms | p95 ms | p99 ms | max ms | errors (wrong, unsent, "
       "timed out) | kept up | server CPU per request µs |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |")
     for name in SYSTEMS:
         for r in S.get(name, {}).get("rates", []):
-            w(f"| {LABELS[name]} | {r['target_rps']:g} | {_f(r['achieved_rps'])} | {r['p50_ms']:.2f} | "
+            w(f"| {label(name, args)} | {r['target_rps']:g} | {_f(r['achieved_rps'])} | {r['p50_ms']:.2f} | "
               f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.0f} | {r['errors']} ({r['wrong']}, "
               f"{r['unsent']}, {r['timeouts']}) | {'yes' if r['kept_up'] else '**no**'} | {_f(r['server_cpu_us'])} |")
     w("")
@@ -840,7 +869,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in SYSTEMS:
         for r in S.get(name, {}).get("batch", []):
-            w(f"| {LABELS[name]} | {r['batch_size']} | {_f(r['rps'], 1)} | {_f(r['baskets_per_s'])} | "
+            w(f"| {short(name, args)} | {r['batch_size']} | {_f(r['rps'], 1)} | {_f(r['baskets_per_s'])} | "
               f"{r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {r['errors']} | "
               f"{_f(r['server_cpu_us'] / r['batch_size'], 1)} |")
     w("")
@@ -848,12 +877,12 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
     w("## Cold start and memory")
     w("")
     w(f"Cold start: process start to the first *correct* prediction (the first basket, polled every 10 ms), "
-      f"{args.starts} starts, median. RSS: every process of the system (server, workers), at rest after the "
+      f"{args.starts} start(s), median. RSS: every process of the system (server, workers), at rest after the "
       "start and the peak total sampled every 0.25 s during all the load above.")
     w("")
     w("| system | cold start s (median; runs) | RSS at rest MB (total; per process) | peak RSS under load MB (total; "
-      "per process) |")
-    w("| --- | --- | --- | --- |")
+      "per process) | CPU at rest (% of a core, over 3 s) |")
+    w("| --- | --- | --- | --- | ---: |")
     for name in SYSTEMS:
         res = S.get(name, {})
         if "cold_start_s" not in res:
@@ -861,9 +890,9 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
         cs = res["cold_start_s"]
         rest = res.get("rss_at_rest_mb", {})
         load = res.get("rss_under_load_mb", {"total": 0, "processes": {}})
-        w(f"| {LABELS[name]} | {cs['median']:.2f} ({', '.join(f'{s:.2f}' for s in cs['runs'])}) | "
+        w(f"| {short(name, args)} | {cs['median']:.2f} ({', '.join(f'{s:.2f}' for s in cs['runs'])}) | "
           f"{sum(rest.values()):.0f} ({'; '.join(f'{v:.0f}' for v in rest.values())}) | {load['total']:.0f} "
-          f"({'; '.join(f'{v:.0f}' for v in load['processes'].values())}) |")
+          f"({'; '.join(f'{v:.0f}' for v in load['processes'].values())}) | {res.get('idle_cpu_pct', 0):.1f} |")
     w("")
     closure, biggest = results["runtime_closure"]
     w(f"Image size of ours: {results['image']}. The installed size of our serving dependency closure "
@@ -1014,7 +1043,7 @@ def main(argv: list[str] | None = None) -> None:
     results["image"] = image_size(args.image)
     results["elapsed_s"] = (dt.datetime.now(dt.UTC) - started).total_seconds()
     args.json.write_text(json.dumps(results, indent=2, default=str))
-    plot(results, args.png)
+    plot(results, args, args.png)
     args.out.write_text(report(results, args, args.png, args.out))
     log(f"done in {results['elapsed_s']:.0f} s: {args.out}, {args.png}, {args.json}")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -326,6 +326,16 @@ class Baskets:
     basket_ids: np.ndarray  # str, one per basket
     week: np.ndarray | None  # int, one per basket
     label: np.ndarray | None  # str, one per basket
+
+    def select(self, keep: np.ndarray) -> Baskets:
+        """The baskets where `keep` is true, renumbered 0..n-1 in the same order."""
+        new_number = np.cumsum(keep) - 1
+        line_keep = keep[self.lines.basket]
+        lines = self.lines.take(np.flatnonzero(line_keep))
+        lines = replace(lines, basket=new_number[lines.basket], n_baskets=int(keep.sum()))
+        return Baskets(lines=lines, basket_ids=self.basket_ids[keep],
+                       week=None if self.week is None else self.week[keep],
+                       label=None if self.label is None else self.label[keep])
 
 
 def table_to_baskets(table: pa.Table, *, with_label: bool = True) -> Baskets:

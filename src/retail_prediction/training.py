@@ -80,15 +80,15 @@ def train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConfi
     cut = int(weeks[-n_val - 1])
     say(f"{table.num_rows:,} lines, weeks {weeks[0]}-{weeks[-1]}; validating on the last {n_val} weeks (> {cut})")
 
-    train_part = table_to_baskets(table.filter(pc.less_equal(table[schema.SHOP_WEEK], cut)))
-    valid_part = table_to_baskets(table.filter(pc.greater(table[schema.SHOP_WEEK], cut)))
-    classes = tuple(sorted(set(train_part.label.tolist()) | set(valid_part.label.tolist())))
-    comparison, val_detail = _compare(train_part, valid_part, classes, config, say)
+    # One grouping of lines into baskets serves the comparison and the refit; the Arrow table goes at once.
+    everything = table_to_baskets(table)
+    del table
+    classes = tuple(np.unique(everything.label).tolist())
+    comparison, val_detail = _compare(everything.select(everything.week <= cut),
+                                      everything.select(everything.week > cut), classes, config, say)
     chosen = max((c for c in comparison if c["exportable"]), key=lambda c: c["macro_f1"])["name"]
     say(f"chosen: {chosen} (validation macro-F1 {comparison_by(comparison, chosen)['macro_f1']:.4f})")
 
-    everything = table_to_baskets(table)
-    del table, train_part
     tables, onnx_bytes, parity = _refit(everything, classes, chosen, config, say)
     meta = _metadata(everything, summary, weeks, cut, classes, chosen, comparison, parity, tables, config)
     files = _artifact_files(onnx_bytes, tables, meta, val_detail[chosen], comparison)
@@ -174,7 +174,7 @@ def _example_products(baskets: Baskets, tables: FeatureTables, limit: int = 40) 
     products = tables.levels[0]
     evidence = products.counts.sum(axis=1)
     top = np.argsort(-evidence)[: limit * 3]
-    rows = np.searchsorted(products.vocab, lines.product.values[lines.product.index])
+    rows = np.maximum(products.rows(lines.product, lines.n_lines), 0)
     unit = lines.spend / lines.quantity
     price = np.bincount(rows, weights=unit, minlength=products.vocab.size) / np.maximum(
         np.bincount(rows, minlength=products.vocab.size), 1)
