@@ -1,6 +1,6 @@
 """Side-by-side serving benchmark: our API vs a hand-built reference vs Seldon MLServer (issue 5).
 
-    bash benchmarks/compare/setup.sh          # once: wrk, hey, the MLServer and reference venvs
+    bash benchmarks/compare/setup.sh          # once: wrk, the MLServer and reference venvs
     python benchmarks/compare/run.py --model /tmp/lead/model.tar.gz --out docs/benchmarks-serving.md
 
 Not part of the test suite. Each system is started by this script, one at a time, on the same port
@@ -12,7 +12,11 @@ Not part of the test suite. Each system is started by this script, one at a time
              DataFrame per request, a scikit-learn RandomForest loaded with joblib, the same features;
   mlserver   MLServer with its LightGBM runtime serving the same trees (model.onnx converted back to a
              LightGBM model, checked against ONNX Runtime), on *precomputed* feature vectors over its V2
-             REST endpoint: it does less work per request than the other two (no featurization).
+             REST endpoint: it does less work per request than the other two (no featurization). Three
+             configurations: `mlserver` (defaults: parallel_workers = --workers), `mlserver-omp1` (the same
+             with OMP_NUM_THREADS=1: LightGBM's OpenMP pool otherwise costs ~2 ms per 1-row predict on 2
+             cores) and `mlserver-inproc` (OMP_NUM_THREADS=1, parallel_workers=0: inference in the HTTP
+             process, no inter-process hop).
 
 Scenarios, per system: cold start (process start -> first correct prediction, `--starts` runs); closed
 loop at each `--concurrency` with `wrk` (benchmarks/compare/check.lua checks every answer against the
@@ -534,17 +538,17 @@ def fixed_rates(system: System, rates: list[float], seconds: float, connections:
     return rows
 
 
-def profile(system: System, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def profile(system: System, args: argparse.Namespace, work: Path, connections: int) -> dict[str, Any]:
     """py-spy on the server process while wrk drives /predict: the functions with the most own time."""
     pyspy = str(Path(args.reference_python).with_name("py-spy"))
-    raw = work / f"profile-{system.name}.txt"
+    raw = work / f"profile-{system.name}-c{connections}.txt"
     pid = system.proc.pid
     spy = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration", str(int(args.profile_seconds)),
                             "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
     bodies, expected = system.cases.files(system.name, None)
-    load = wrk(system, system.path, bodies, expected, args.profile_connections, args.profile_seconds - 1, "api")
+    load = wrk(system, system.path, bodies, expected, connections, args.profile_seconds - 1, "api")
     spy.wait(60)
     own: dict[str, int] = {}
     parts: dict[str, int] = {}
@@ -559,7 +563,7 @@ def profile(system: System, args: argparse.Namespace, work: Path) -> dict[str, A
         own[_frame(frames[-1])] = own.get(_frame(frames[-1]), 0) + n
         part = _part(frames)
         parts[part] = parts.get(part, 0) + n
-    return {"samples": total, "connections": args.profile_connections, "rps": load["rps"],
+    return {"samples": total, "connections": connections, "rps": load["rps"], "cpu_us": load["server_cpu_us"],
             "errors": load["errors"], "own": [(k, v / total) for k, v in sorted(own.items(), key=lambda kv: -kv[1])],
             "parts": [(k, v / total) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])], "raw": str(raw)}
 
@@ -629,7 +633,7 @@ def bench_system(name: str, args: argparse.Namespace, work: Path, cases: Cases) 
         res["batch"] = batches(system, args.batch_list, args.batch_seconds, args.batch_connections)
         res["rss_under_load_mb"] = sampler.stop()
         if args.profile and name in args.profile.split(","):
-            res["profile"] = profile(system, args, work)
+            res["profile"] = [profile(system, args, work, int(c)) for c in args.profile_connections.split(",")]
     finally:
         system.stop()
     res["load_average_after"] = os.getloadavg()
@@ -657,14 +661,8 @@ def versions(args: argparse.Namespace) -> dict[str, str]:
         "mlserver venv": venv(args.mlserver_python, ["mlserver", "mlserver-lightgbm", "lightgbm", "fastapi",
                                                      "uvicorn", "numpy"]),
         "wrk": (subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines() or ["?"])[0],
-        "hey": _deb_version("hey"),
         "kernel": platform.release(),
     }
-
-
-def _deb_version(pkg: str) -> str:
-    r = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", pkg], capture_output=True, text=True)
-    return r.stdout or "not installed"
 
 
 def machine() -> str:
@@ -790,13 +788,15 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
       "hand-written pandas featurization would make it slower. It is a different model (a forest, not the "
       "LightGBM trees), as such hand-built services usually are; its answers are checked against the same "
       "forest run in process.")
-    w(f"- **MLServer** with its LightGBM runtime (`mlserver-lightgbm`), `parallel_workers={args.workers}` "
-      "(MLServer's default: one inference worker process behind its own HTTP front-end process), "
-      "`debug=false`, otherwise default settings (`benchmarks/compare/mlserver/`). It serves *the same trees*: "
-      "our artifact ships only `model.onnx`, so `benchmarks/compare/onnx_to_lightgbm.py` writes the ONNX "
-      "tree ensemble back as a LightGBM text model (max |p_LightGBM − p_ONNX| on the benchmark baskets: "
-      f"{results['info']['lightgbm_vs_onnx_max_abs_diff']:.1e}). **MLServer receives precomputed feature "
-      "vectors** (27 floats, V2 / Open Inference Protocol REST `POST /v2/models/basket-classifier/infer`): "
+    w("- **MLServer** with its LightGBM runtime (`mlserver-lightgbm`), `debug=false`, otherwise default settings "
+      "(`benchmarks/compare/mlserver/`), in three configurations: *defaults* (`parallel_workers="
+      f"{args.workers}`: one inference worker process behind MLServer's HTTP front-end process); *tuned, "
+      f"parallel_workers={args.workers}* (the same with `OMP_NUM_THREADS=1`); *tuned, parallel_workers=0* "
+      "(`OMP_NUM_THREADS=1`, inference inside the single HTTP process, like our one worker). It serves *the "
+      "same trees*: our artifact ships only `model.onnx`, so `benchmarks/compare/onnx_to_lightgbm.py` writes "
+      "the ONNX tree ensemble back as a LightGBM text model (max |p_LightGBM − p_ONNX| on the benchmark "
+      f"baskets: {results['info']['lightgbm_vs_onnx_max_abs_diff']:.1e}). **MLServer receives precomputed "
+      "feature vectors** (27 floats, V2 / Open Inference Protocol REST `POST /v2/models/basket-classifier/infer`): "
       "it does no featurization and no basket validation, i.e. *less work per request than the other two*. "
       "Its answers are checked against ONNX Runtime on the same features.")
     w(f"- Same port for all ({args.port}; MLServer's gRPC and metrics servers on the next two ports), one system "
@@ -906,29 +906,30 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
     w("Closed-loop points (one per concurrency) and the fixed rates each system kept up with. Down and to the "
       "right is better.")
     w("")
-    if any("profile" in S.get(n, {}) for n in SYSTEMS):
+    profiles = [(name, p) for name in SYSTEMS for p in S.get(name, {}).get("profile", [])]
+    if profiles:
         w("## Profile of our `/predict`")
         w("")
-        for name in SYSTEMS:
-            p = S.get(name, {}).get("profile")
-            if not p:
-                continue
-            w(f"py-spy (`record --rate 250 --nonblocking`, {p['samples']} samples of the busy main thread; "
-              f"idle time is not sampled) on the server process while wrk drove `/predict` at {p['connections']} "
-              f"connections ({p['rps']:.0f} req/s while profiled, {p['errors']} errors).")
-            w("")
-            w("| part of the request (innermost matching frame) | share of busy time |")
-            w("| --- | ---: |")
-            for k, v in p["parts"]:
-                w(f"| {k} | {v:.1%} |")
-            w("")
-            w("| own time (innermost frame): function (file) | share |")
-            w("| --- | ---: |")
-            for k, v in p["own"][:15]:
-                w(f"| `{k}` | {v:.1%} |")
-            w("")
-            w(f"Raw py-spy output: `{p['raw']}` (not kept in the repository).")
-            w("")
+    for _name, p in profiles:
+        w(f"### {p['connections']} connection(s)")
+        w("")
+        w(f"py-spy (`record --rate 250 --nonblocking`, {p['samples']} samples of the busy main thread; "
+          f"idle time is not sampled) on the server process while wrk drove `/predict` at {p['connections']} "
+          f"connection(s) ({p['rps']:.0f} req/s while profiled, {p['errors']} errors, server CPU "
+          f"{p['cpu_us']:.0f} µs per request including the profiler's own overhead).")
+        w("")
+        w("| part of the request (innermost matching frame) | share of busy time |")
+        w("| --- | ---: |")
+        for k, v in p["parts"]:
+            w(f"| {k} | {v:.1%} |")
+        w("")
+        w("| own time (innermost frame): function (file) | share |")
+        w("| --- | ---: |")
+        for k, v in p["own"][:15]:
+            w(f"| `{k}` | {v:.1%} |")
+        w("")
+        w(f"Raw py-spy output: `{p['raw']}` (not kept in the repository).")
+        w("")
     notes = HERE / "NOTES.md"
     if notes.exists():
         w(notes.read_text().rstrip())
@@ -941,7 +942,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
     w("## How to reproduce")
     w("")
     w("```sh")
-    w("bash benchmarks/compare/setup.sh      # apt: wrk hey; venvs: /tmp/mlserver-venv, /tmp/reference-venv")
+    w("bash benchmarks/compare/setup.sh      # apt: wrk; venvs: /tmp/mlserver-venv, /tmp/reference-venv")
     w(f"python benchmarks/compare/run.py {results['argv']}")
     w("```")
     w("")
@@ -1001,10 +1002,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rf-weeks", default="200728-200739", help="weeks of the reference forest's training baskets")
     p.add_argument("--profile", default="ours", help="systems to profile with py-spy (comma-separated; '' = none)")
     p.add_argument("--profile-seconds", type=float, default=8)
-    p.add_argument("--profile-connections", type=int, default=32)
+    p.add_argument("--profile-connections", default="1,32")
     p.add_argument("--image", help="docker image of ours, for its size")
     p.add_argument("--mlserver-python", default="/tmp/mlserver-venv/bin/python")
     p.add_argument("--reference-python", default="/tmp/reference-venv/bin/python")
+    p.add_argument("--report-only", action="store_true",
+                   help="re-render the report and the plot from --json (e.g. after editing NOTES.md), no runs")
     p.add_argument("--smoke", action="store_true", help="2 s runs, fewer levels and rates: checks the set-up only")
     args = p.parse_args(argv)
     if args.smoke:
@@ -1019,6 +1022,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.report_only:
+        results = json.loads(args.json.read_text())
+        for key in ("seconds", "warmup", "rate_seconds", "batch_seconds", "starts", "workers", "port",
+                    "rate_connections", "batch_connections", "smoke"):
+            setattr(args, key, results["settings"][key])
+        plot(results, args, args.png)
+        args.out.write_text(report(results, args, args.png, args.out))
+        log(f"re-rendered {args.out} and {args.png} from {args.json}")
+        return
     args.model = args.model.resolve()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -1028,7 +1040,10 @@ def main(argv: list[str] | None = None) -> None:
         f.unlink()
     started = dt.datetime.now(dt.UTC)
     results: dict[str, Any] = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-                               "load_before": os.getloadavg(), "argv": shlex.join(argv), "systems": {}}
+                               "load_before": os.getloadavg(), "argv": shlex.join(argv), "systems": {},
+                               "settings": {k: getattr(args, k) for k in (
+                                   "seconds", "warmup", "rate_seconds", "batch_seconds", "starts", "workers", "port",
+                                   "rate_connections", "batch_connections", "smoke")}}
     cases, results["info"] = prepare(args, work)
     results["versions"] = versions(args)
     for name in args.systems.split(","):

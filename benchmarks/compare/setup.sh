@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set-up of benchmarks/compare/run.py: the load tools (Debian) and the two other systems' venvs (PyPI).
+# Set-up of benchmarks/compare/run.py: the load tool (Debian's wrk) and the two other systems' venvs (PyPI).
 # Our API runs from the project's own venv (. .venv/bin/activate; pip install -e '.[train,dev]').
 set -euo pipefail
 MLSERVER_VENV=${MLSERVER_VENV:-/tmp/mlserver-venv}
@@ -7,7 +7,7 @@ REFERENCE_VENV=${REFERENCE_VENV:-/tmp/reference-venv}
 PYTHON=${PYTHON:-python3}
 
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends wrk hey >/dev/null
+apt-get install -y -qq --no-install-recommends wrk >/dev/null
 
 # Seldon MLServer with its LightGBM runtime, in its own venv. uvloop is pinned below 0.22: with 0.23 (what pip
 # picks) MLServer 1.7.1's inference worker dies at start ("RuntimeError: There is no current event loop in
@@ -25,4 +25,4 @@ apt-get install -y -qq --no-install-recommends wrk hey >/dev/null
   "$REFERENCE_VENV/bin/pip" install -q fastapi==0.165.0 'uvicorn[standard]==0.54.0' pandas==3.1.1 \
     scikit-learn==1.9.1 joblib==1.6.0 numpy==2.4.6 py-spy==0.4.3 pyinstrument==5.1.3
 }
-echo "ok: wrk, hey, $MLSERVER_VENV, $REFERENCE_VENV"
+echo "ok: wrk, $MLSERVER_VENV, $REFERENCE_VENV"

@@ -43,12 +43,10 @@ class Codes:
 
     @classmethod
     def from_strings(cls, strings: Sequence[str | None] | np.ndarray) -> Codes:
-        arr = np.asarray([("" if s is None else s) for s in strings], dtype=str)
-        values, index = np.unique(arr, return_inverse=True)
-        index = index.astype(np.int32)
-        empty = np.flatnonzero(values == "")
-        if empty.size:
-            index[index == empty[0]] = -1
+        """One value per line (no dictionary building: lookups are per value either way)."""
+        values = np.array([("" if v is None else v) for v in strings], dtype=str)
+        index = np.arange(values.size, dtype=np.int32)
+        index[values == ""] = -1
         return cls(values, index)
 
     def take(self, lines: np.ndarray) -> Codes:
