@@ -341,11 +341,15 @@ class Baskets:
 def table_to_baskets(table: pa.Table, *, with_label: bool = True) -> Baskets:
     """Arrow table of lines -> `Baskets` (the featurization's input plus per-basket ID, week, label)."""
     ids, id_index = string_column_codes(table, schema.BASKET_ID)
-    used, basket = np.unique(id_index, return_inverse=True)
-    basket = basket.astype(np.int64)
+    # Number the baskets by a count per ID (linear, no sort of the lines), in dictionary order.
+    used = np.flatnonzero(np.bincount(id_index, minlength=ids.size))
+    number = np.full(ids.size, -1, dtype=np.int32)
+    number[used] = np.arange(used.size, dtype=np.int32)
+    basket = number[id_index]
+    del id_index
     n_baskets = int(used.size)
-    first = np.full(n_baskets, table.num_rows, dtype=np.int64)
-    np.minimum.at(first, basket, np.arange(table.num_rows))
+    order = np.argsort(basket, kind="stable")
+    first = order[np.flatnonzero(np.diff(basket[order], prepend=-1))]
     product = Codes(*string_column_codes(table, schema.PROD_CODE))
     hierarchy = tuple(
         Codes(*string_column_codes(table, name)) if name in table.column_names else None
@@ -357,7 +361,8 @@ def table_to_baskets(table: pa.Table, *, with_label: bool = True) -> Baskets:
     )
     if (np.diff(basket) < 0).any():
         # Grouped by basket, the featurization sums baskets as contiguous runs (no gather, no sort).
-        lines = lines.take(np.argsort(basket, kind="stable"))
+        lines = lines.take(order)
+    del order
     week = _numeric(table, schema.SHOP_WEEK).astype(np.int64)[first] if schema.SHOP_WEEK in table.column_names else None
     label = None
     if with_label and schema.LABEL in table.column_names:

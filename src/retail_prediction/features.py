@@ -417,7 +417,7 @@ def fit_tables(
     sources = [lines.product, *lines.hierarchy]
     vocabs = [_vocab(src) for src in sources]
     level_rows = [lookup(v, src, lines.n_lines) for v, src in zip(vocabs, sources, strict=True)]
-    basket_fold = np.random.default_rng(seed).integers(0, max(n_folds, 1), lines.n_baskets)
+    basket_fold = np.random.default_rng(seed).integers(0, max(n_folds, 1), lines.n_baskets, dtype=np.int16)
     line_fold = basket_fold[lines.basket]
 
     def counts(line_weight: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
