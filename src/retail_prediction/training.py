@@ -44,6 +44,10 @@ class TrainConfig:
     evidence_power: float = 2.0
     prior_strength: float = 1.0
     seed: int = 0
+    # The classifiers see at most this many baskets (a seeded sample); the tables always learn from every
+    # line. 27 features need far fewer rows than the tables' products do, and this bounds the memory and
+    # time of a 50-million-line training run.
+    max_model_baskets: int = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,7 @@ def _compare(train_part: Baskets, valid_part: Baskets, classes: Sequence[str], c
     for cand in candidates(config.seed):
         start = time.monotonic()
         say(f"fitting {cand.name} …")
-        cand.fit(X, y, len(classes))
+        cand.fit(*_sample(X, y, config), len(classes))
         proba = cand.predict_proba(Xv)
         metrics = classification_metrics(yv, proba, classes)
         metrics["unseen_products"] = classification_metrics(yv[unseen], proba[unseen], classes)
@@ -145,13 +149,20 @@ def _refit(everything: Baskets, classes: Sequence[str], chosen: str, config: Tra
     say(f"refitting {chosen} on all {everything.lines.n_baskets:,} baskets …")
     tables, X = _learn(everything, classes, config)
     model = next(c for c in candidates(config.seed) if c.name == chosen)
-    model.fit(X, _labels(everything, classes), len(classes))
+    model.fit(*_sample(X, _labels(everything, classes), config), len(classes))
     onnx_bytes = model.to_onnx(X.shape[1])
     if onnx_bytes is None:
         raise RuntimeError(f"{chosen} cannot be exported to ONNX")
     parity = _check_parity(model, onnx_bytes, X)
     say(f"ONNX export checked: max |p_onnx - p_native| = {parity:.2e}")
     return tables, onnx_bytes, parity
+
+
+def _sample(X: np.ndarray, y: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    if X.shape[0] <= config.max_model_baskets:
+        return X, y
+    keep = np.sort(np.random.default_rng(config.seed).choice(X.shape[0], config.max_model_baskets, replace=False))
+    return X[keep], y[keep]
 
 
 def _check_parity(model: Candidate, onnx_bytes: bytes, X: np.ndarray) -> float:
@@ -234,6 +245,7 @@ def _metadata(everything: Baskets, summary: ReadSummary, weeks: np.ndarray, cut:
             "validation_weeks": [int(weeks[weeks > cut][0]), int(weeks[-1])],
             "until_week": config.until_week, "n_folds": config.n_folds,
             "evidence_power": config.evidence_power, "prior_strength": config.prior_strength, "seed": config.seed,
+            "max_model_baskets": config.max_model_baskets,
         },
         "candidates": comparison,
         "onnx_parity_max_abs_diff": parity,
