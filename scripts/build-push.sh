@@ -240,26 +240,7 @@ if [[ $SMOKE -eq 1 ]]; then
   body="$SMOKE_BODY"
   if [[ -z "$body" ]]; then
     body="$SMOKE_DIR/body.json"
-    # shellcheck disable=SC2016  # Python code, not shell
-    curl -sf --max-time 10 "$base/openapi.json" | python3 -c '
-import json, sys
-spec = json.load(sys.stdin)
-def resolve(s):
-    while isinstance(s, dict) and "$ref" in s:
-        node = spec
-        for part in s["$ref"].lstrip("#/").split("/"):
-            node = node[part]
-        s = node
-    return s
-body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
-for src in (body, resolve(body.get("schema", {}))):
-    if "example" in src:
-        print(json.dumps(src["example"])); sys.exit()
-    if src.get("examples"):
-        ex = src["examples"]
-        ex = ex[0] if isinstance(ex, list) else next(iter(ex.values())).get("value")
-        print(json.dumps(ex)); sys.exit()
-sys.exit(1)' >"$body" || smoke_fail "no /predict example in /openapi.json: pass --smoke-body FILE"
+    curl -sf --max-time 10 "$base/openapi.json" | python3 "$REPO_ROOT/scripts/openapi_example.py" >"$body" || smoke_fail "no /predict example in /openapi.json: pass --smoke-body FILE"
   fi
   code="$(curl -s --max-time 30 -o "$SMOKE_DIR/predict.json" -w '%{http_code}' \
     -H 'Content-Type: application/json' --data-binary "@$body" "$base/predict")" || true

@@ -498,27 +498,7 @@ log "ready after $((SECONDS - t)) s"
 
 if [[ -z "$PREDICT_BODY" ]]; then
   PREDICT_BODY="$WORK/predict-body.json"
-  # shellcheck disable=SC2016  # Python code, not shell
-  curl -sf --max-time 10 "$BASE_URL/openapi.json" | "$PYTHON" -c '
-import json, sys
-spec = json.load(sys.stdin)
-def resolve(s):
-    while isinstance(s, dict) and "$ref" in s:
-        node = spec
-        for part in s["$ref"].lstrip("#/").split("/"):
-            node = node[part]
-        s = node
-    return s
-body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
-for src in (body, resolve(body.get("schema", {}))):
-    if "example" in src:
-        print(json.dumps(src["example"])); sys.exit()
-    if src.get("examples"):
-        ex = src["examples"]
-        ex = ex[0] if isinstance(ex, list) else next(iter(ex.values())).get("value")
-        print(json.dumps(ex)); sys.exit()
-sys.exit("no example for the /predict request body in /openapi.json: pass --predict-body FILE")
-' >"$PREDICT_BODY" || true
+  curl -sf --max-time 10 "$BASE_URL/openapi.json" | "$PYTHON" "$REPO_ROOT/scripts/openapi_example.py" >"$PREDICT_BODY" || true
 fi
 check_predict() {
   local out code
