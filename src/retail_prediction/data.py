@@ -382,3 +382,12 @@ def _check_one_label_per_basket(index: np.ndarray, basket: np.ndarray, first: np
         bad = ids[basket[clash[0]]]
         raise DataError("input", f"basket {bad} has lines with different labels: a basket has one label",
                         column=schema.LABEL)
+
+
+def filter_weeks(table: pa.Table, first: int | None, last: int | None) -> pa.Table:
+    """Keep the lines of weeks first..last (either bound optional)."""
+    if first is not None:
+        table = table.filter(pc.greater_equal(table[schema.SHOP_WEEK], first))
+    if last is not None:
+        table = table.filter(pc.less_equal(table[schema.SHOP_WEEK], last))
+    return table

@@ -397,14 +397,10 @@ def fit_tables(
     price_bands: int = 32,
     n_folds: int = 0,
     seed: int = 0,
-    explain_away: bool = False,
 ) -> tuple[FeatureTables, FoldCounts | None]:
     """Learn the tables from labelled lines (`basket_label[b]` = class index of basket b).
 
-    With `n_folds` > 1 it also returns per-fold counts for leak-free training features. With
-    `explain_away`, a second pass weighs each line's evidence by how little the *other* lines of its
-    basket already explain the basket's label: a label that the rest of the basket accounts for says
-    little about one more product in it.
+    With `n_folds` > 1 it also returns per-fold counts for leak-free training features.
     """
     n_classes = len(classes)
     per_basket = np.bincount(lines.basket, minlength=lines.n_baskets)
@@ -426,48 +422,25 @@ def fit_tables(
                      for v, rows in zip(vocabs, level_rows, strict=True)]
         return per_level, _class_counts(band, edges.size + 1, cls, line_weight, n_classes)
 
-    def learn(line_weight: np.ndarray) -> tuple[FeatureTables, FoldCounts | None]:
-        per_level, by_band = counts(line_weight)
-        tables = FeatureTables(
-            classes=tuple(classes),
-            levels=tuple(LevelTable(name, v, c)
-                         for name, v, c in zip(["product", *hierarchy_names], vocabs, per_level, strict=True)),
-            price_edges=edges, price_counts=by_band,
-            prior=np.bincount(basket_label, minlength=n_classes).astype(float),
-            evidence_power=evidence_power, prior_strength=prior_strength, hierarchy_names=tuple(hierarchy_names),
-        )
-        if n_folds <= 1:
-            return tables, None
-        per_fold = [counts(line_weight * (line_fold == f)) for f in range(n_folds)]
-        return tables, FoldCounts(
-            n_folds=n_folds, line_fold=line_fold,
-            level_counts=tuple(np.stack([fc[0][i] for fc in per_fold]) for i in range(len(vocabs))),
-            price_counts=np.stack([fc[1] for fc in per_fold]),
-            prior=np.stack([np.bincount(basket_label, weights=(basket_fold == f).astype(float),
-                                        minlength=n_classes) for f in range(n_folds)]),
-        )
-
-    tables, folds = learn(weight)
-    if not explain_away:
-        return tables, folds
-    return learn(weight * _unexplained(lines, cls, tables, folds))
-
-
-def _unexplained(lines: Lines, cls: np.ndarray, tables: FeatureTables, folds: FoldCounts | None) -> np.ndarray:
-    """Per line: 1 - the mean probability the basket's *other* lines give to the basket's label."""
-    enc = encode(lines, tables)
-    p_label = np.empty(lines.n_lines)
-    groups = [(np.arange(lines.n_lines), tables)] if folds is None else [
-        (np.flatnonzero(folds.line_fold == f), folds.tables_without(f, tables)) for f in range(folds.n_folds)]
-    for idx, fold_tables in groups:
-        sub = enc.take(idx)
-        for sl in _chunks(idx.size):
-            p, _ = line_distributions(sub, fold_tables, sl)
-            p_label[idx[sl]] = p[np.arange(p.shape[0]), cls[idx[sl]]]
-    n = np.bincount(lines.basket, minlength=lines.n_baskets)[lines.basket]
-    others = np.bincount(lines.basket, weights=p_label, minlength=lines.n_baskets)[lines.basket] - p_label
-    explained = np.where(n > 1, others / np.maximum(n - 1, 1), 0.0)
-    return np.clip(1.0 - explained, 0.0, 1.0)
+    per_level, by_band = counts(weight)
+    tables = FeatureTables(
+        classes=tuple(classes),
+        levels=tuple(LevelTable(name, v, c)
+                     for name, v, c in zip(["product", *hierarchy_names], vocabs, per_level, strict=True)),
+        price_edges=edges, price_counts=by_band,
+        prior=np.bincount(basket_label, minlength=n_classes).astype(float),
+        evidence_power=evidence_power, prior_strength=prior_strength, hierarchy_names=tuple(hierarchy_names),
+    )
+    if n_folds <= 1:
+        return tables, None
+    per_fold = [counts(weight * (line_fold == f)) for f in range(n_folds)]
+    return tables, FoldCounts(
+        n_folds=n_folds, line_fold=line_fold,
+        level_counts=tuple(np.stack([fc[0][i] for fc in per_fold]) for i in range(len(vocabs))),
+        price_counts=np.stack([fc[1] for fc in per_fold]),
+        prior=np.stack([np.bincount(basket_label, weights=(basket_fold == f).astype(float),
+                                    minlength=n_classes) for f in range(n_folds)]),
+    )
 
 
 def _vocab(codes: Codes | None) -> np.ndarray:

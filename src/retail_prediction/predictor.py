@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,3 @@ def _probability_output(session: ort.InferenceSession) -> str:
             return out.name
     return session.get_outputs()[-1].name
 
-
-def top_class(probabilities: np.ndarray, classes: Iterable[str]) -> list[str]:
-    labels = np.asarray(list(classes))
-    return list(labels[probabilities.argmax(axis=1)])

@@ -13,10 +13,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from . import schema
-from .data import DataError, read_transactions, table_to_baskets
+from .data import DataError, filter_weeks, read_transactions, table_to_baskets
 from .evaluation import confusion_png, evaluation_report, markdown_report
 from .predictor import Predictor
-from .training import arrow_week_filter
 
 SCORING_COLUMNS = (schema.SHOP_WEEK, schema.QUANTITY, schema.SPEND, schema.PROD_CODE, *schema.HIERARCHY,
                    schema.BASKET_ID)
@@ -29,7 +28,7 @@ def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = 
              progress: Progress | None = None) -> dict[str, Any]:
     predictor = Predictor.load(model)
     table = read_transactions(data, columns=(*SCORING_COLUMNS, schema.LABEL), progress=progress)
-    table = arrow_week_filter(table, first_week, last_week)
+    table = filter_weeks(table, first_week, last_week)
     if table.num_rows == 0:
         raise DataError(str(data), "no lines left in the chosen weeks")
     baskets = table_to_baskets(table)

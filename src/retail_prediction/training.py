@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__, schema
@@ -271,11 +270,3 @@ def _artifact_files(onnx_bytes: bytes, tables: FeatureTables, meta: dict[str, An
         "confusion_matrix.png": confusion_png(validation, title),
     }
 
-
-def arrow_week_filter(table: pa.Table, first: int | None, last: int | None) -> pa.Table:
-    """Keep the lines of weeks first..last (either bound optional)."""
-    if first is not None:
-        table = table.filter(pc.greater_equal(table[schema.SHOP_WEEK], first))
-    if last is not None:
-        table = table.filter(pc.less_equal(table[schema.SHOP_WEEK], last))
-    return table
