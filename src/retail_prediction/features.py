@@ -49,6 +49,13 @@ class Codes:
         index[values == ""] = -1
         return cls(values, index)
 
+    @classmethod
+    def from_string_rows(cls, rows: Sequence[Sequence[str | None]], n_columns: int) -> list[Codes]:
+        """One `Codes` per column of a row-major table of strings (one line per row)."""
+        values = np.array([[v or "" for v in row] for row in rows], dtype=str).reshape(-1, n_columns)
+        index = np.where(values == "", -1, np.arange(values.shape[0], dtype=np.int32)[:, None]).astype(np.int32)
+        return [cls(values[:, j], index[:, j]) for j in range(n_columns)]
+
     def take(self, lines: np.ndarray) -> Codes:
         return Codes(self.values, self.index[lines])
 
@@ -101,11 +108,6 @@ class LevelTable:
         found = np.array([get(str(v), -1) for v in codes.values.tolist()] + [-1], dtype=np.int32)
         return found[codes.index]  # index -1 (missing) picks the trailing -1
 
-    @cached_property
-    def totals(self) -> np.ndarray:
-        """Evidence per code (computed once: serving would otherwise sum the table on every request)."""
-        return self.counts.sum(axis=1)
-
 
 @dataclass(frozen=True)
 class FeatureTables:
@@ -126,8 +128,13 @@ class FeatureTables:
         return len(self.classes)
 
     @cached_property
-    def price_totals(self) -> np.ndarray:
-        return self.price_counts.sum(axis=1)
+    def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every table in one matrix in smoothing order (price bands, coarsest level, ..., products) with an
+        all-zero row last for unknown codes; its row totals; and where each table starts (plus the zero row)."""
+        blocks = [self.price_counts, *(lv.counts for lv in reversed(self.levels))]
+        offsets = np.cumsum([0, *(block.shape[0] for block in blocks)])
+        counts = np.concatenate([*blocks, np.zeros((1, self.n_classes))])
+        return counts, counts.sum(axis=1), offsets
 
     @cached_property
     def prior_share(self) -> np.ndarray:
@@ -217,18 +224,20 @@ def unit_log_price(lines: Lines) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Encoded:
-    level_rows: tuple[np.ndarray, ...]
+    level_rows: np.ndarray  # (levels, lines): row of each line's code per level (products first), -1 unknown
     band: np.ndarray
     log_price: np.ndarray
 
     def take(self, idx: np.ndarray) -> Encoded:
-        return Encoded(tuple(r[idx] for r in self.level_rows), self.band[idx], self.log_price[idx])
+        return Encoded(self.level_rows[:, idx], self.band[idx], self.log_price[idx])
 
 
 def encode(lines: Lines, tables: FeatureTables) -> Encoded:
     hierarchy = dict(zip(tables.hierarchy_names, lines.hierarchy, strict=False))
     sources = [lines.product, *(hierarchy.get(name) for name in tables.hierarchy_names)]
-    rows = tuple(lv.rows(src, lines.n_lines) for lv, src in zip(tables.levels, sources, strict=True))
+    rows = np.empty((len(sources), lines.n_lines), dtype=np.int32)
+    for level, (lv, src) in enumerate(zip(tables.levels, sources, strict=True)):
+        rows[level] = lv.rows(src, lines.n_lines)
     log_price = unit_log_price(lines)
     band = np.searchsorted(tables.price_edges, log_price).astype(np.int32)
     return Encoded(rows, band, log_price)
@@ -237,29 +246,27 @@ def encode(lines: Lines, tables: FeatureTables) -> Encoded:
 # ------------------------------------------------------------------------------------------------
 # Per-line class distributions
 # ------------------------------------------------------------------------------------------------
-def _pull(p: np.ndarray, counts: np.ndarray, totals: np.ndarray, rows: np.ndarray, strength: float) -> np.ndarray:
-    """Bayesian update of `p` by the counts of each line's row (rows < 0 leave p unchanged)."""
-    known = rows >= 0
-    if not known.any():
-        return p
-    safe = np.maximum(rows, 0)
-    c, t = counts[safe], totals[safe]
-    if not known.all():
-        c, t = c * known[:, None], t * known
-    return (c + strength * p) / (t + strength)[:, None]
-
-
 def line_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> tuple[np.ndarray, np.ndarray]:
-    """Class distribution of each line in `sl`, and the product-level evidence behind it."""
-    n = sl.stop - sl.start
-    m = tables.prior_strength
-    p = np.broadcast_to(tables.prior_share, (n, tables.n_classes))
-    p = _pull(p, tables.price_counts, tables.price_totals, enc.band[sl], m)
-    for lv, rows in zip(reversed(tables.levels), reversed(enc.level_rows), strict=True):
-        p = _pull(p, lv.counts, lv.totals, rows[sl], m)
-    prod_rows = enc.level_rows[0][sl]
-    evidence = np.where(prod_rows >= 0, tables.levels[0].totals[np.maximum(prod_rows, 0)], 0.0)
-    return np.asarray(p), evidence
+    """Class distribution of each line in `sl`, and the product-level evidence behind it.
+
+    The smoothing is a chain of Bayesian updates, coarse to fine: p <- (c_l + m p) / (t_l + m) for each
+    level l the line's code is known at. Unrolled, p = prior * prod_l a_l + sum_l b_l * prod_{j>l} a_j with
+    a_l = m / (t_l + m) and b_l = c_l / (t_l + m); an unknown code reads the all-zero row (a = 1, b = 0). So
+    every level is one gather from one stacked table and the whole chain a handful of array operations,
+    which is what keeps one served basket cheap.
+    """
+    counts, totals, offsets = tables.stacked
+    rows = np.empty((sl.stop - sl.start, offsets.size - 1), dtype=np.int64)
+    rows[:, 0] = enc.band[sl]
+    rows[:, 1:] = enc.level_rows[::-1, sl].T
+    rows = np.where(rows >= 0, rows + offsets[:-1], offsets[-1])
+    denom = totals[rows] + tables.prior_strength  # (n, levels)
+    a = tables.prior_strength / denom
+    b = counts[rows] / denom[:, :, None]  # (n, levels, classes)
+    after = np.ones_like(a)  # prod_{j>l} a_j
+    after[:, :-1] = np.cumprod(a[:, :0:-1], axis=1)[:, ::-1]
+    p = np.einsum("nlk,nl->nk", b, after) + (a[:, 0] * after[:, 0])[:, None] * tables.prior_share
+    return p, totals[rows[:, -1]]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,76 +276,82 @@ class _BasketSums:
     """Per-basket sums and maxima of line quantities, filled chunk by chunk of lines.
 
     Lines are grouped by basket once (a stable sort, skipped when already grouped), then every sum is one
-    `add.reduceat` over a single matrix: a handful of NumPy calls per chunk whatever the number of
-    classes, which keeps one small basket cheap and ten million baskets fast.
+    `add.reduceat` over a single matrix laid out like the output row, and `finish` divides that matrix by
+    one matrix of divisors: a fixed handful of NumPy calls whatever the number of classes or baskets,
+    which keeps one small basket cheap and ten million baskets fast.
     """
 
-    N_STATS = 7  # count, spend, quantity, log price, unseen, no hierarchy, log evidence
+    # Column blocks, in the order of `FeatureTables.feature_names()`: five per-class blocks, then the
+    # basket statistics (count, spend, quantity, log price, unseen, no hierarchy, log evidence).
+    P, P_SPEND, VOTE, VOTE_SPEND, P_MAX = range(5)
+    COUNT, SPEND, QUANTITY, LOG_PRICE, UNSEEN, NO_HIERARCHY, LOG_EVIDENCE = range(7)
 
     def __init__(self, n_baskets: int, n_classes: int):
-        self.k = n_classes
-        self.sums = np.zeros((n_baskets, self.N_STATS + 4 * n_classes))
-        self.p_max = np.zeros((n_baskets, n_classes))
+        self.k = k = n_classes
+        self.stat0 = 5 * k
+        self.sums = np.zeros((n_baskets, self.stat0 + 7))
+        self.p_max = np.zeros((n_baskets, k))
+        # Which columns are means over lines, and which are spend-weighted means.
+        self.by_spend = np.zeros(self.stat0 + 7, dtype=bool)
+        self.by_spend[self.P_SPEND * k: (self.P_SPEND + 1) * k] = True
+        self.by_spend[self.VOTE_SPEND * k: (self.VOTE_SPEND + 1) * k] = True
 
     def add(self, basket: np.ndarray, lines: Lines, sl: slice, enc: Encoded, p: np.ndarray,
             evidence: np.ndarray) -> None:
         n = p.shape[0]
         if n == 0:
             return
+        k, s0 = self.k, self.stat0
         spend = lines.spend[sl]
         # Spend weights get a tiny floor so a basket of zero-spend lines falls back to line weights.
         w = (spend + 1e-9)[:, None]
-        no_hier = np.ones(n, dtype=bool)
-        for rows in enc.level_rows[1:]:
-            no_hier &= rows[sl] < 0
-        k, c = self.k, self.N_STATS
-        # One matrix of everything to sum per basket, written in place (no stacking copies).
-        values = np.empty((n, c + 4 * k))
-        values[:, 0] = 1.0
-        values[:, 1] = spend
-        values[:, 2] = lines.quantity[sl]
-        values[:, 3] = enc.log_price[sl]
-        values[:, 4] = enc.level_rows[0][sl] < 0
-        values[:, 5] = no_hier
-        values[:, 6] = np.log1p(evidence)
-        values[:, c: c + k] = p
-        np.multiply(p, w, out=values[:, c + k: c + 2 * k])
-        top = values[:, c + 2 * k: c + 3 * k]
+        values = np.empty((n, s0 + 7))  # written in place, no stacking copies
+        values[:, :k] = p
+        np.multiply(p, w, out=values[:, k: 2 * k])
+        top = values[:, 2 * k: 3 * k]
         top[:] = 0.0
         top[np.arange(n), p.argmax(axis=1)] = 1.0
-        np.multiply(top, w, out=values[:, c + 3 * k:])
-        if n > 1 and not (np.diff(basket) >= 0).all():
+        np.multiply(top, w, out=values[:, 3 * k: 4 * k])
+        values[:, 4 * k: s0] = 0.0  # the maxima are kept apart
+        values[:, s0 + self.COUNT] = 1.0
+        values[:, s0 + self.SPEND] = spend
+        values[:, s0 + self.QUANTITY] = lines.quantity[sl]
+        values[:, s0 + self.LOG_PRICE] = enc.log_price[sl]
+        values[:, s0 + self.UNSEEN] = enc.level_rows[0, sl] < 0
+        values[:, s0 + self.NO_HIERARCHY] = (enc.level_rows[1:, sl] < 0).all(axis=0)
+        np.log1p(evidence, out=values[:, s0 + self.LOG_EVIDENCE])
+        if n > 1 and (basket[1:] < basket[:-1]).any():
             order = np.argsort(basket, kind="stable")
             basket, values, p = basket[order], values[order], p[order]
-        starts = np.flatnonzero(np.diff(basket, prepend=-1))
-        ids = basket[starts]
-        # Baskets numbered in line order (as loaded) make `ids` a contiguous range: a slice, not a gather.
-        at: slice | np.ndarray = slice(int(ids[0]), int(ids[-1]) + 1) if ids[-1] - ids[0] + 1 == ids.size else ids
+        starts = np.flatnonzero(basket[1:] != basket[:-1]) + 1
+        starts = np.concatenate(([0], starts)) if starts.size else np.zeros(1, dtype=np.intp)
+        first, last = int(basket[0]), int(basket[-1])
+        # Baskets numbered in line order (as loaded) make the ids a contiguous range: a slice, not a gather.
+        at: slice | np.ndarray = slice(first, last + 1) if last - first + 1 == starts.size else basket[starts]
         self.sums[at] += np.add.reduceat(values, starts, axis=0)
         self.p_max[at] = np.maximum(self.p_max[at], np.maximum.reduceat(p, starts, axis=0))
 
     def finish(self) -> np.ndarray:
-        s, k = self.sums, self.k
-        count = np.maximum(s[:, 0], 1.0)[:, None]
-        weight = (s[:, 1] + 1e-9 * s[:, 0])[:, None]
-        weight = np.where(weight > 0, weight, 1.0)
-        c = self.N_STATS
-        p, p_spend, vote, vote_spend = (s[:, c + i * k: c + (i + 1) * k] for i in range(4))
-        per_class = [p / count, p_spend / weight, vote / count, vote_spend / weight, self.p_max]
-        stats = np.column_stack([
-            s[:, 0], np.log1p(s[:, 1]), np.log1p(s[:, 2]), s[:, 3] / count[:, 0],
-            s[:, 4] / count[:, 0], s[:, 5] / count[:, 0], s[:, 6] / count[:, 0],
-        ])  # fmt: skip
-        return np.concatenate([*per_class, stats], axis=1).astype(np.float32)
+        s, k, s0 = self.sums, self.k, self.stat0
+        count = s[:, s0 + self.COUNT]
+        weight = s[:, s0 + self.SPEND] + 1e-9 * count
+        divisor = np.where(self.by_spend, np.where(weight > 0, weight, 1.0)[:, None], np.maximum(count, 1.0)[:, None])
+        out = s / divisor
+        out[:, self.P_MAX * k: (self.P_MAX + 1) * k] = self.p_max
+        out[:, s0 + self.COUNT] = count
+        np.log1p(s[:, s0 + self.SPEND: s0 + self.QUANTITY + 1], out=out[:, s0 + self.SPEND: s0 + self.QUANTITY + 1])
+        return out.astype(np.float32)
 
 
-def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | None = None) -> np.ndarray:
+def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | None = None,
+                    enc: Encoded | None = None) -> np.ndarray:
     """The model's input: one float32 row per basket, columns as `tables.feature_names()`.
 
     With `folds` (training only), each line is described by tables learned without its own basket's
-    fold, so no basket's label leaks into its own features.
+    fold, so no basket's label leaks into its own features. `enc` is `encode(lines, tables)` when the
+    caller already has it.
     """
-    enc = encode(lines, tables)
+    enc = enc or encode(lines, tables)
     sums = _BasketSums(lines.n_baskets, tables.n_classes)
     if folds is None:
         for sl in _chunks(lines.n_lines):

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .artifact import LoadedArtifact, read_artifact
-from .features import Codes, FeatureTables, Lines, basket_features
+from .features import Codes, FeatureTables, Lines, basket_features, encode
 
 REQUIRED_FILES = ("model.onnx", "tables.npz", "feature_spec.json", "metadata.json")
 
@@ -36,17 +36,26 @@ def lines_from_items(baskets: Sequence[Sequence[LineItem]], hierarchy_levels: in
     """
     items = [item for basket in baskets for item in basket]
     basket = np.repeat(np.arange(len(baskets), dtype=np.int64), [len(b) for b in baskets])
-    quantity = np.array([i.quantity for i in items], dtype=np.float64)
-    price = np.array([i.price for i in items], dtype=np.float64)
-    levels = []
-    for level in range(hierarchy_levels):
-        codes = [(i.hierarchy[level] if level < len(i.hierarchy) and i.hierarchy[level] else i.category)
-                 for i in items]
-        levels.append(Codes.from_strings(codes))
-    return Lines(
-        basket=basket, n_baskets=len(baskets), product=Codes.from_strings([i.product_id for i in items]),
-        quantity=quantity, spend=quantity * price, hierarchy=tuple(levels),
-    )
+    amounts = np.array([(i.quantity, i.price) for i in items], dtype=np.float64).reshape(-1, 2)
+    padding = (None,) * hierarchy_levels
+    # One string matrix (product, then each level) instead of one array per column: per-call costs
+    # dominate a single basket.
+    text = [[i.product_id, *(code or i.category for code in (*i.hierarchy, *padding)[:hierarchy_levels])]
+            for i in items]
+    product, *levels = Codes.from_string_rows(text, 1 + hierarchy_levels)
+    quantity = amounts[:, 0]
+    return Lines(basket=basket, n_baskets=len(baskets), product=product, quantity=quantity,
+                 spend=quantity * amounts[:, 1], hierarchy=tuple(levels))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per basket: class probabilities (columns in `Predictor.classes` order) and how many of its lines
+    hold a product, or a category / hierarchy code, the model does not know."""
+
+    proba: np.ndarray
+    unknown_products: np.ndarray
+    unknown_categories: np.ndarray
 
 
 class Predictor:
@@ -106,30 +115,39 @@ class Predictor:
 
     def predict_proba(self, lines: Lines) -> np.ndarray:
         """(n_baskets, n_classes) probabilities, columns in `classes` order."""
-        if lines.n_baskets == 0:
-            return np.zeros((0, len(self.classes)))
-        return self.predict_features(self.features(lines))
+        return self.score(lines).proba
+
+    def score(self, lines: Lines) -> Scores:
+        """Probabilities and unknown-code counts per basket, from one encoding of the lines."""
+        n = lines.n_baskets
+        if n == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return Scores(np.zeros((0, len(self.classes))), empty, empty)
+        enc = encode(lines, self.tables)
+        proba = self.predict_features(basket_features(lines, self.tables, enc=enc))
+        unknown_product = enc.level_rows[0] < 0
+        # A category counts as unknown when the client gave one and no hierarchy level knows it.
+        given = np.zeros(lines.n_lines, dtype=bool)
+        known = np.zeros(lines.n_lines, dtype=bool)
+        for codes, rows in zip(lines.hierarchy, enc.level_rows[1:], strict=False):
+            if codes is not None:
+                given |= codes.index >= 0
+                known |= rows >= 0
+        return Scores(proba, _count_per_basket(lines, unknown_product), _count_per_basket(lines, given & ~known))
 
     def unknown_products(self, lines: Lines) -> np.ndarray:
         """Per basket: how many lines hold a product the model never saw in training."""
         rows = self.tables.levels[0].rows(lines.product, lines.n_lines)
-        return np.bincount(lines.basket, weights=(rows < 0).astype(float), minlength=lines.n_baskets).astype(int)
-
-    def unknown_categories(self, lines: Lines) -> np.ndarray:
-        """Per basket: lines whose given hierarchy codes / category match no level the model knows."""
-        given = np.zeros(lines.n_lines, dtype=bool)
-        known = np.zeros(lines.n_lines, dtype=bool)
-        for level, codes in zip(self.tables.levels[1:], lines.hierarchy, strict=False):
-            if codes is None:
-                continue
-            given |= codes.index >= 0
-            known |= level.rows(codes, lines.n_lines) >= 0
-        return np.bincount(lines.basket, weights=(given & ~known).astype(float), minlength=lines.n_baskets).astype(int)
+        return _count_per_basket(lines, rows < 0)
 
     def example_products(self, limit: int = 20) -> list[dict[str, Any]]:
         """Products the model knows best (most evidence), for the web page's picker."""
         examples = self.metadata.get("example_products", [])
         return list(examples[:limit])
+
+
+def _count_per_basket(lines: Lines, flag: np.ndarray) -> np.ndarray:
+    return np.bincount(lines.basket[flag], minlength=lines.n_baskets)
 
 
 def _probability_output(session: ort.InferenceSession) -> str:

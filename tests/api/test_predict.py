@@ -204,3 +204,30 @@ def test_503_while_no_model(make_client: Callable[..., TestClient], tmp_path: Pa
     ready = client.get("/ready")
     assert ready.status_code == 503 and "absent.tar.gz" in ready.json()["error"]["message"]
     assert client.get("/model/info").status_code == 503
+
+
+def test_a_failure_inside_scoring_is_the_uniform_500(client: TestClient) -> None:
+    """/predict is dispatched by `HotRoutes`, outside FastAPI's exception middleware: it must still answer
+    with the error body and the request id, log the trace server-side and keep serving."""
+    predictor = client.app.state.service.manager.current.predictor  # type: ignore[attr-defined]
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("secret internal detail")
+
+    predictor.score = broken
+    try:
+        response = client.post("/predict", json=EXAMPLE_REQUEST, headers={"X-Request-ID": "boom-1"})
+    finally:
+        del predictor.score
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "secret" not in response.text and "Traceback" not in response.text
+    assert response.headers["x-request-id"] == "boom-1"
+    assert client.post("/predict", json=EXAMPLE_REQUEST).status_code == 200
+
+
+def test_hot_routes_keep_the_documented_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/predict", "/predict/batch", "/health", "/ready"} <= set(paths)
+    assert client.head("/health").status_code in (200, 405)  # FastAPI's own answer, not the hot path's
+    assert client.post("/predict/", json=EXAMPLE_REQUEST).status_code in (200, 307)

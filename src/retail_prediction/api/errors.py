@@ -97,9 +97,13 @@ async def _request_validation(request: Request, exc: Exception) -> Response:
     return error_response(err.status, err.code, err.message, err.details)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
+def unexpected_error_response(request: Request, exc: Exception) -> Response:
     log.error("unhandled error", exc_info=exc, extra={"request_id": request.scope.get("request_id")})
     return error_response(500, "internal_error", "internal error; see the server log for this request id")
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    return unexpected_error_response(request, exc)
 
 
 def install(app: FastAPI) -> None:

@@ -31,6 +31,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._predicted: dict[str, Any] = {}
         r = self.registry
         self.requests = Counter("http_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=r)
@@ -59,6 +60,16 @@ class Metrics:
                                               self.latency.labels(route))
         children[0].inc()
         children[1].observe(seconds)
+
+    def count_predictions(self, labels: list[str]) -> None:
+        counts: dict[str, int] = {}
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+        for label, n in counts.items():
+            child = self._predicted.get(label)
+            if child is None:
+                child = self._predicted[label] = self.predictions.labels(label)
+            child.inc(n)
 
     def set_model(self, version: str, sha256: str, loaded_at: float) -> None:
         self.model_info.clear()

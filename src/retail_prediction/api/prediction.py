@@ -22,9 +22,10 @@ def line_items(request: PredictRequest) -> list[LineItem]:
 def score(predictor: Predictor, requests: Sequence[PredictRequest]) -> list[dict[str, Any]]:
     """Answers for `requests`, in order (no cache)."""
     lines = lines_from_items([line_items(r) for r in requests], predictor.hierarchy_levels)
-    proba = predictor.predict_proba(lines).tolist()
-    unknown_products = predictor.unknown_products(lines).tolist()
-    unknown_categories = predictor.unknown_categories(lines).tolist()
+    scores = predictor.score(lines)
+    proba = scores.proba.tolist()
+    unknown_products = scores.unknown_products.tolist()
+    unknown_categories = scores.unknown_categories.tolist()
     classes = predictor.classes
     answers = []
     for row, n_products, n_categories in zip(proba, unknown_products, unknown_categories, strict=True):
