@@ -136,7 +136,7 @@ class Cases:
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]]:
     from onnx_to_lightgbm import convert
 
-    from retail_prediction.api.prediction import score
+    from retail_prediction.api.prediction import line_items, score
     from retail_prediction.api.schemas import Limits, request_models
     from retail_prediction.predictor import Predictor, lines_from_items
 
@@ -149,12 +149,12 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]
     classes = list(predictor.classes)
     log(f"model {predictor.version}; sampling {args.baskets} real baskets from the last data file")
     baskets = sample_baskets(args.data, args.baskets)
-    parse = request_models(Limits()).predict.model_validate_json
+    parse = request_models(Limits()).predict.validate_json
     ours, features = [], []
     for b in baskets:
         request = parse(json.dumps(b))
         ours.append(score(predictor, [request])[0])  # what /predict answers, computed in process
-        lines = lines_from_items([[_item(p, line) for p, line in request.lines()]], predictor.hierarchy_levels)
+        lines = lines_from_items([line_items(request)], predictor.hierarchy_levels)
         features.append(predictor.features(lines)[0])
     X = np.stack(features).astype(np.float32)
     onnx_proba = predictor.predict_features(X)
@@ -189,12 +189,6 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]
     info["rf"] = {"trees": forest["trees"], "nodes": forest["nodes"], "file_mb": rf.stat().st_size / 1e6,
                   "train_weeks": args.rf_weeks}
     return Cases(work, baskets, ours, X, onnx_proba, ref_proba, classes), info
-
-
-def _item(product: str, line: Any) -> Any:
-    from retail_prediction.predictor import LineItem
-
-    return LineItem(product, line.quantity, line.price, line.category, line.hierarchy())
 
 
 def training_features(data: Path, predictor: Any, weeks: str) -> tuple[np.ndarray, np.ndarray]:

@@ -59,7 +59,7 @@ def test_api_features_equal_training_features(real_baskets: tuple[Any, list[dict
     baskets, requests = real_baskets
     predictor = Predictor.load(model_path)
     trained = basket_features(baskets.lines, predictor.tables)
-    parsed = [request_models(Limits()).predict.model_validate_json(json.dumps(r)) for r in requests]
+    parsed = [request_models(Limits()).predict.validate_json(json.dumps(r)) for r in requests]
     served = predictor.features(lines_from_items([line_items(r) for r in parsed], predictor.hierarchy_levels))
     assert served.shape == trained.shape == (len(requests), len(predictor.feature_names))
     np.testing.assert_allclose(served, trained, rtol=1e-5, atol=1e-6)

@@ -22,8 +22,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ValidationError
-from pydantic.json_schema import models_json_schema
+from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute
@@ -73,8 +72,8 @@ def json_response(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
-def _request_body(model: type[BaseModel]) -> dict[str, Any]:
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+def _request_body(name: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{name}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
@@ -103,10 +102,10 @@ class Service:
         model = self.manager.current
         return model.predictor.version if model else None
 
-    async def parse(self, request: Request, model: type[Any]) -> Any:
+    async def parse(self, request: Request, model: TypeAdapter[Any]) -> Any:
         body = await read_body(request, self.settings.max_body_bytes)
         try:
-            return model.model_validate_json(body)
+            return model.validate_json(body)
         except ValidationError as exc:
             raise errors.from_pydantic(exc) from None
 
@@ -124,7 +123,7 @@ class Service:
         ONNX Runtime releases the GIL while it runs the trees, so one chunk's inference overlaps the next
         chunk's (GIL-bound) featurization; and the event loop keeps answering probes meanwhile.
         """
-        n_lines = sum(len(b.basket_items) for b in baskets)
+        n_lines = sum(len(b["basket_items"]) for b in baskets)
         if n_lines <= INLINE_MAX_LINES:
             return self.score(model, baskets)
         size = -(-len(baskets) // PARALLEL_CHUNKS)
@@ -164,27 +163,27 @@ def _routes(app: FastAPI, service: Service) -> None:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.post("/predict", response_model=PredictResponse, responses=_ERRORS, tags=["predict"],
-              openapi_extra=_request_body(PredictRequest))
+              openapi_extra=_request_body("PredictRequest"))
     async def predict(request: Request) -> Response:
         """Classify one basket."""
         model = service.model()
         basket = await service.parse(request, service.models.predict)
         if log.isEnabledFor(logging.DEBUG):  # basket contents are personal data: debug level only
             log.debug("basket", extra={"request_id": request.scope["request_id"],
-                                       "basket": basket.model_dump(mode="json", exclude_none=True)})
+                                       "basket": basket})
         answer = await service.predict_one(model, basket)
         request.scope["model_version"] = version = model.predictor.version
         return json_response({**answer, "model_version": version, "request_id": request.scope["request_id"]})
 
     @app.post("/predict/batch", response_model=BatchResponse, responses=_ERRORS, tags=["predict"],
-              openapi_extra=_request_body(BatchRequest))
+              openapi_extra=_request_body("BatchRequest"))
     async def predict_batch(request: Request) -> Response:
         """Classify many baskets (at most MAX_BATCH_SIZE); answers come back in the same order."""
         model = service.model()
         batch: BatchRequest = await service.parse(request, service.models.batch)
-        answers = await service.score_batch(model, batch.baskets)
-        predictions = [{**answer, "customer_id": basket.customer_id}
-                       for answer, basket in zip(answers, batch.baskets, strict=True)]
+        answers = await service.score_batch(model, batch["baskets"])
+        predictions = [{**answer, "customer_id": basket.get("customer_id")}
+                       for answer, basket in zip(answers, batch["baskets"], strict=True)]
         request.scope["model_version"] = version = model.predictor.version
         return json_response({"predictions": predictions, "model_version": version,
                               "request_id": request.scope["request_id"]})
@@ -216,8 +215,9 @@ def _openapi(app: FastAPI, models: RequestModels) -> Callable[[], dict[str, Any]
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
-            _, defs = models_json_schema([(models.predict, "validation"), (models.batch, "validation")],
-                                         ref_template="#/components/schemas/{model}")
+            _, defs = TypeAdapter.json_schemas(
+                [("predict", "validation", models.predict), ("batch", "validation", models.batch)],
+                ref_template="#/components/schemas/{model}")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
             app.openapi_schema = schema
         return app.openapi_schema

@@ -47,7 +47,7 @@ class MicroBatcher:
         """The next group to score: bounded in lines, so one flush never blocks the loop for long."""
         lines, taken = 0, 0
         for _, basket, _ in self._pending:
-            lines += len(basket.basket_items)
+            lines += len(basket["basket_items"])
             if taken and lines > self._max_lines:
                 break
             taken += 1

@@ -12,16 +12,14 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import Any
 
-from .schemas import LineFields
+from ..predictor import LineItem
 
 BasketKey = tuple[Hashable, ...]
 
 
-def basket_key(model_sha256: str, lines: Sequence[tuple[str, LineFields]]) -> BasketKey:
-    rows = sorted(
-        (product, ln.quantity, ln.price, ln.category or "", *(h or "" for h in ln.hierarchy()))
-        for product, ln in lines
-    )
+def basket_key(model_sha256: str, items: Sequence[LineItem]) -> BasketKey:
+    rows = sorted((i.product_id, i.quantity, i.price, i.category or "", *(h or "" for h in i.hierarchy))
+                  for i in items)
     return (model_sha256, *rows)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..schema import label_name
 from .model_manager import LoadedModel, LoadStatus
-from .schemas import BasketContext
+from .schemas import CONTEXT_FIELDS
 from .settings import Settings
 
 # Line fields the featurization reads (via lines_from_items) and the request fields it ignores.
@@ -43,7 +43,7 @@ def model_info(model: LoadedModel, status: LoadStatus, settings: Settings) -> di
             "line_inputs": _LINE_INPUTS,
             "hierarchy_levels": list(p.tables.hierarchy_names),
             # Accepted and validated, but the current model was not trained on them.
-            "unused_context": list(BasketContext.model_fields),
+            "unused_context": list(CONTEXT_FIELDS),
         },
         "example_products": p.example_products(40),
         "reload": {

@@ -184,12 +184,10 @@ class ModelManager:
 
     def _swap(self, model: LoadedModel, kind: str) -> None:
         previous = self.current
-        gc.unfreeze()  # let the model being replaced be collected
-        self.current = model  # one reference assignment: atomic for every reader
-        _freeze_long_lived()
+        p = model.predictor
+        # Status and metrics first, the model last: whoever sees the new version also sees its status.
         self.status.state, self.status.reason, self.status.message = "ready", None, None
         self._failed_version = None
-        p = model.predictor
         self.metrics.model_loads.labels(kind, "success").inc()
         self.metrics.set_model(p.version, p.sha256, model.loaded_at.timestamp())
         if kind == "reload":
@@ -197,6 +195,9 @@ class ModelManager:
                 "result": "success", "at": model.loaded_at.isoformat(), "version": p.version,
                 "previous_version": previous.predictor.version if previous else None,
             }
+        gc.unfreeze()  # let the model being replaced be collected
+        self.current = model  # one reference assignment: atomic for every reader
+        _freeze_long_lived()
         log.info(f"model {p.version} loaded from {model.source_uri} in {model.load_seconds:.2f}s ({kind})",
                  extra={"model_version": p.version, "sha256": p.sha256, "source": model.source_uri,
                         "source_version": model.source_version})

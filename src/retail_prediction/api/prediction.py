@@ -11,17 +11,22 @@ from typing import Any
 from ..predictor import LineItem, Predictor, lines_from_items
 from ..schema import label_name
 from .cache import BasketKey, PredictionCache, basket_key
-from .schemas import PredictRequest
+from .schemas import HIERARCHY_FIELDS, PredictRequest, request_lines
 
 
 def line_items(request: PredictRequest) -> list[LineItem]:
-    return [LineItem(product, line.quantity, line.price, line.category, line.hierarchy())
-            for product, line in request.lines()]
+    return [LineItem(product, line["quantity"], line["price"], line.get("category"),
+                     tuple(line.get(name) for name in HIERARCHY_FIELDS))
+            for product, line in request_lines(request)]
 
 
 def score(predictor: Predictor, requests: Sequence[PredictRequest]) -> list[dict[str, Any]]:
     """Answers for `requests`, in order (no cache)."""
-    lines = lines_from_items([line_items(r) for r in requests], predictor.hierarchy_levels)
+    return score_items(predictor, [line_items(r) for r in requests])
+
+
+def score_items(predictor: Predictor, baskets: Sequence[Sequence[LineItem]]) -> list[dict[str, Any]]:
+    lines = lines_from_items(baskets, predictor.hierarchy_levels)
     scores = predictor.score(lines)
     proba = scores.proba.tolist()
     unknown_products = scores.unknown_products.tolist()
@@ -43,11 +48,12 @@ def score_cached(predictor: Predictor, requests: Sequence[PredictRequest],
     """Like `score`, through the cache; also returns the number of cache hits."""
     if not cache.enabled:
         return score(predictor, requests), 0
-    keys: list[BasketKey] = [basket_key(predictor.sha256, r.lines()) for r in requests]
+    baskets = [line_items(r) for r in requests]
+    keys: list[BasketKey] = [basket_key(predictor.sha256, items) for items in baskets]
     answers: list[dict[str, Any] | None] = [cache.get(k) for k in keys]
     missing = [i for i, a in enumerate(answers) if a is None]
     if missing:
-        for i, answer in zip(missing, score(predictor, [requests[i] for i in missing]), strict=True):
+        for i, answer in zip(missing, score_items(predictor, [baskets[i] for i in missing]), strict=True):
             cache.put(keys[i], answer)
             answers[i] = answer
     return [a for a in answers if a is not None], len(requests) - len(missing)
