@@ -50,10 +50,11 @@ class Codes:
         return cls(values, index)
 
     @classmethod
-    def from_string_rows(cls, rows: Sequence[Sequence[str | None]], n_columns: int) -> list[Codes]:
-        """One `Codes` per column of a row-major table of strings (one line per row)."""
-        values = np.array([[v or "" for v in row] for row in rows], dtype=str).reshape(-1, n_columns)
-        index = np.where(values == "", -1, np.arange(values.shape[0], dtype=np.int32)[:, None]).astype(np.int32)
+    def from_string_rows(cls, rows: Sequence[Sequence[str]], n_columns: int) -> list[Codes]:
+        """One `Codes` per column of a row-major table of strings (one line per row, "" = missing)."""
+        values = np.array(rows, dtype=str).reshape(-1, n_columns)
+        index = np.repeat(np.arange(values.shape[0], dtype=np.int32)[:, None], n_columns, axis=1)
+        index[values == ""] = -1
         return [cls(values[:, j], index[:, j]) for j in range(n_columns)]
 
     def take(self, lines: np.ndarray) -> Codes:

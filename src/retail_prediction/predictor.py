@@ -40,7 +40,7 @@ def lines_from_items(baskets: Sequence[Sequence[LineItem]], hierarchy_levels: in
     padding = (None,) * hierarchy_levels
     # One string matrix (product, then each level) instead of one array per column: per-call costs
     # dominate a single basket.
-    text = [[i.product_id, *(code or i.category for code in (*i.hierarchy, *padding)[:hierarchy_levels])]
+    text = [[i.product_id or "", *(code or i.category or "" for code in (*i.hierarchy, *padding)[:hierarchy_levels])]
             for i in items]
     product, *levels = Codes.from_string_rows(text, 1 + hierarchy_levels)
     quantity = amounts[:, 0]
