@@ -49,7 +49,7 @@ class Codes:
         index[values == ""] = -1
         return cls(values, index)
 
-    def take(self, lines: np.ndarray) -> Codes:
+    def take(self, lines: np.ndarray | slice) -> Codes:
         return Codes(self.values, self.index[lines])
 
 
@@ -68,8 +68,8 @@ class Lines:
     def n_lines(self) -> int:
         return int(self.basket.shape[0])
 
-    def take(self, lines: np.ndarray) -> Lines:
-        """A subset of lines (basket numbering unchanged)."""
+    def take(self, lines: np.ndarray | slice) -> Lines:
+        """A subset of lines (basket numbering unchanged); a slice gives views, not copies."""
         return Lines(
             basket=self.basket[lines], n_baskets=self.n_baskets, product=self.product.take(lines),
             quantity=self.quantity[lines], spend=self.spend[lines],
@@ -318,18 +318,25 @@ class _BasketSums:
         self.p_max[at] = np.maximum(self.p_max[at], np.maximum.reduceat(p, starts, axis=0))
 
     def finish(self) -> np.ndarray:
-        s, k = self.sums, self.k
+        # A block of baskets at a time: whole-column temporaries would cost several float64 copies of all rows.
+        out = np.empty((self.sums.shape[0], self.N_STATS + 5 * self.k), dtype=np.float32)
+        for rows in _chunks(out.shape[0]):
+            out[rows] = self._features(self.sums[rows], self.p_max[rows])
+        return out
+
+    def _features(self, s: np.ndarray, p_max: np.ndarray) -> np.ndarray:
+        k = self.k
         count = np.maximum(s[:, 0], 1.0)[:, None]
         weight = (s[:, 1] + 1e-9 * s[:, 0])[:, None]
         weight = np.where(weight > 0, weight, 1.0)
         c = self.N_STATS
         p, p_spend, vote, vote_spend = (s[:, c + i * k: c + (i + 1) * k] for i in range(4))
-        per_class = [p / count, p_spend / weight, vote / count, vote_spend / weight, self.p_max]
+        per_class = [p / count, p_spend / weight, vote / count, vote_spend / weight, p_max]
         stats = np.column_stack([
             s[:, 0], np.log1p(s[:, 1]), np.log1p(s[:, 2]), s[:, 3] / count[:, 0],
             s[:, 4] / count[:, 0], s[:, 5] / count[:, 0], s[:, 6] / count[:, 0],
         ])  # fmt: skip
-        return np.concatenate([*per_class, stats], axis=1).astype(np.float32)
+        return np.concatenate([*per_class, stats], axis=1)
 
 
 def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | None = None) -> np.ndarray:
@@ -338,9 +345,9 @@ def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | 
     With `folds` (training only), each line is described by tables learned without its own basket's
     fold, so no basket's label leaks into its own features.
     """
-    enc = encode(lines, tables)
     sums = _BasketSums(lines.n_baskets, tables.n_classes)
     if folds is None:
+        enc = encode(lines, tables)
         for sl in _chunks(lines.n_lines):
             p, evidence = line_distributions(enc, tables, sl)
             sums.add(lines.basket[sl], lines, sl, enc, p, evidence)
@@ -348,7 +355,8 @@ def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | 
     for f in range(folds.n_folds):
         idx = np.flatnonzero(folds.line_fold == f)
         sub = lines.take(idx)
-        sub_enc = enc.take(idx)
+        # Encoded a fold at a time: per-line codes for all lines at once would cost ~32 bytes a line more.
+        sub_enc = encode(sub, tables)
         sub_tables = folds.tables_without(f, tables)
         for sl in _chunks(sub.n_lines):
             p, evidence = line_distributions(sub_enc, sub_tables, sl)
@@ -364,7 +372,10 @@ def _chunks(n: int) -> list[slice]:
 # Learning the tables
 # ------------------------------------------------------------------------------------------------
 def _class_counts(rows: np.ndarray, n_rows: int, cls: np.ndarray, weight: np.ndarray, n_classes: int) -> np.ndarray:
-    flat = np.bincount(rows.astype(np.int64) * n_classes + cls, weights=weight, minlength=n_rows * n_classes)
+    # By chunks of lines: the int64 (row, class) keys of all lines at once would be 16 bytes a line more.
+    flat = np.zeros(n_rows * n_classes)
+    for sl in _chunks(rows.shape[0]):
+        flat += np.bincount(rows[sl].astype(np.int64) * n_classes + cls[sl], weights=weight[sl], minlength=flat.size)
     return flat.reshape(n_rows, n_classes)
 
 
@@ -404,12 +415,14 @@ def fit_tables(
     """
     n_classes = len(classes)
     per_basket = np.bincount(lines.basket, minlength=lines.n_baskets)
-    weight = 1.0 / np.maximum(per_basket[lines.basket], 1) ** evidence_power
-    cls = basket_label[lines.basket].astype(np.int64)
+    # Per basket, then spread to lines: per-line arrays are the memory of a 50-million-line run.
+    weight = (1.0 / np.maximum(per_basket, 1) ** evidence_power)[lines.basket]
+    cls = basket_label[lines.basket].astype(np.int32)
     log_price = unit_log_price(lines)
     quantiles = np.linspace(0, 1, price_bands + 1)[1:-1]
     edges = np.unique(np.quantile(log_price, quantiles)) if lines.n_lines else np.array([])
-    band = np.searchsorted(edges, log_price)
+    band = np.searchsorted(edges, log_price).astype(np.int32)
+    del log_price
     sources = [lines.product, *lines.hierarchy]
     vocabs = [_vocab(src) for src in sources]
     level_rows = [lookup(v, src, lines.n_lines) for v, src in zip(vocabs, sources, strict=True)]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__, schema
@@ -86,6 +87,7 @@ def train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConfi
     # One grouping of lines into baskets serves the comparison and the refit; the Arrow table goes at once.
     everything = table_to_baskets(table)
     del table
+    pa.default_memory_pool().release_unused()  # Arrow's allocator would keep the table's pages otherwise
     classes = tuple(np.unique(everything.label).tolist())
     comparison, val_detail = _compare(everything.select(everything.week <= cut),
                                       everything.select(everything.week > cut), classes, config, say)
