@@ -8,8 +8,10 @@ checked as it is read, and a bad file raises `DataError` naming the file, the li
 from __future__ import annotations
 
 import glob
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from .features import Codes, Lines
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 _BLOCK_SIZE = 8 << 20
+_READ_THREADS = min(4, os.cpu_count() or 1)
 _DICT = pa.dictionary(pa.int32(), pa.string())
 _SCIENTIFIC = schema.SCIENTIFIC_ID_PATTERN
 _INTEGER = r"^\s*[+-]?[0-9]+\s*$"
@@ -85,8 +88,7 @@ def read_transactions(
     summary = summary if summary is not None else ReadSummary()
     tables = []
     last_report = 0.0
-    for n, path in enumerate(files, 1):
-        batches = list(_read_file(path, wanted, required))
+    for n, (path, batches) in enumerate(_read_files(files, wanted, required), 1):
         if batches:
             tables.append(pa.Table.from_batches(batches))
         summary.files.append(str(path))
@@ -118,6 +120,20 @@ def _combined(tables: list[pa.Table]) -> pa.Table:
         # Arrow's allocator keeps freed pages for reuse; hand the file chunks' pages back as we go.
         pa.default_memory_pool().release_unused()
     return table
+
+
+def _read_files(files: list[Path], wanted: set[str],
+                required: tuple[str, ...]) -> Iterator[tuple[Path, list[pa.RecordBatch]]]:
+    """Each file's batches, in order, files read _READ_THREADS at a time: Arrow's decompression and parsing
+    release the GIL. The first bad file's error is raised as soon as it is reached; files not started by then
+    are not read."""
+    pool = ThreadPoolExecutor(_READ_THREADS)
+    try:
+        futures = [pool.submit(lambda p: list(_read_file(p, wanted, required)), path) for path in files]
+        for path, future in zip(files, futures, strict=True):
+            yield path, future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _read_file(path: Path, wanted: set[str], required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
@@ -379,17 +395,9 @@ class Baskets:
 
     def _contiguous(self, kept: np.ndarray) -> Lines | None:
         """Kept baskets that are one run of grouped lines (e.g. the weeks before a cut) as views, not copies."""
-        basket = self.lines.basket
-        if kept.size == 0 or kept[-1] - kept[0] + 1 != kept.size or not _grouped(basket):
+        if kept.size == 0 or kept[-1] - kept[0] + 1 != kept.size or not self.lines.grouped():
             return None
-        first = int(kept[0])
-        start, stop = np.searchsorted(basket, [first, first + kept.size])
-        run = slice(int(start), int(stop))
-        return replace(self.lines.take(run), basket=basket[run] - np.int32(first), n_baskets=int(kept.size))
-
-
-def _grouped(basket: np.ndarray) -> bool:
-    return basket.size < 2 or bool((basket[1:] >= basket[:-1]).all())
+        return self.lines.basket_range(int(kept[0]), int(kept[-1]) + 1)
 
 
 def table_to_baskets(table: pa.Table, *, with_label: bool = True) -> Baskets:

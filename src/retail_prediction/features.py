@@ -76,6 +76,15 @@ class Lines:
             hierarchy=tuple(None if h is None else h.take(lines) for h in self.hierarchy),
         )
 
+    def basket_range(self, start: int, stop: int) -> Lines:
+        """Baskets start..stop-1, renumbered from 0, as views: the lines must be grouped by basket (sorted)."""
+        lo, hi = np.searchsorted(self.basket, [start, stop])
+        run = slice(int(lo), int(hi))
+        return replace(self.take(run), basket=self.basket[run] - start, n_baskets=stop - start)
+
+    def grouped(self) -> bool:
+        return self.n_lines < 2 or bool((self.basket[1:] >= self.basket[:-1]).all())
+
 
 @dataclass(frozen=True)
 class LevelTable:
