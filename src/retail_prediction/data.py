@@ -8,8 +8,10 @@ checked as it is read, and a bad file raises `DataError` naming the file, the li
 from __future__ import annotations
 
 import glob
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from .features import Codes, Lines
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 _BLOCK_SIZE = 8 << 20
+_READ_THREADS = min(4, os.cpu_count() or 1)
 _DICT = pa.dictionary(pa.int32(), pa.string())
 _SCIENTIFIC = schema.SCIENTIFIC_ID_PATTERN
 _INTEGER = r"^\s*[+-]?[0-9]+\s*$"
@@ -85,8 +88,7 @@ def read_transactions(
     summary = summary if summary is not None else ReadSummary()
     tables = []
     last_report = 0.0
-    for n, path in enumerate(files, 1):
-        batches = list(_read_file(path, wanted, required))
+    for n, (path, batches) in enumerate(_read_files(files, wanted, required), 1):
         if batches:
             tables.append(pa.Table.from_batches(batches))
         summary.files.append(str(path))
@@ -98,8 +100,40 @@ def read_transactions(
     summary.seconds = time.monotonic() - started
     if not tables:
         raise DataError(", ".join(summary.files), "the files hold no transaction lines")
-    table = pa.concat_tables(tables, promote_options="permissive").unify_dictionaries()
-    return table.combine_chunks() if table.num_rows else table
+    return _combined(tables)
+
+
+def _combined(tables: list[pa.Table]) -> pa.Table:
+    """The files' tables as one, one chunk per column and one dictionary per string column (empties `tables`).
+
+    Built a column at a time, each column's file chunks freed as soon as it is combined: the peak is the data
+    plus about one column, not the two or three whole copies of a table-wide unify and combine.
+    """
+    table = pa.concat_tables(tables, promote_options="permissive")
+    tables.clear()
+    if not table.num_rows:
+        return table
+    for i, name in enumerate(table.column_names):
+        column = pa.table([table.column(i)], names=[name]).unify_dictionaries().combine_chunks().column(0)
+        table = table.set_column(i, name, column)
+        del column
+        # Arrow's allocator keeps freed pages for reuse; hand the file chunks' pages back as we go.
+        pa.default_memory_pool().release_unused()
+    return table
+
+
+def _read_files(files: list[Path], wanted: set[str],
+                required: tuple[str, ...]) -> Iterator[tuple[Path, list[pa.RecordBatch]]]:
+    """Each file's batches, in order, files read _READ_THREADS at a time: Arrow's decompression and parsing
+    release the GIL. The first bad file's error is raised as soon as it is reached; files not started by then
+    are not read."""
+    pool = ThreadPoolExecutor(_READ_THREADS)
+    try:
+        futures = [pool.submit(lambda p: list(_read_file(p, wanted, required)), path) for path in files]
+        for path, future in zip(files, futures, strict=True):
+            yield path, future.result()
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _read_file(path: Path, wanted: set[str], required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
@@ -308,14 +342,34 @@ def _locate_csv_error(path: Path, names: list[str], keep: list[str], exc: Except
 
 def string_column_codes(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     """A dictionary-encoded column as (unique values as a NumPy str array, int32 index per row)."""
-    col = table.column(name)
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    dictionary, index = _dictionary_column(table, name)
+    return _str_array(dictionary), index
+
+
+def _dictionary_column(table: pa.Table, name: str) -> tuple[pa.Array, np.ndarray]:
+    """(dictionary, int32 index per row, -1 = missing); the index is a view of Arrow's buffer where it can be."""
+    col = _single_chunk(table.column(name))
     if not pa.types.is_dictionary(col.type):
         col = col.dictionary_encode()
-    values = np.asarray(col.dictionary.to_numpy(zero_copy_only=False), dtype=str)
-    index = col.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-    return values, index
+    indices = col.indices.fill_null(-1) if col.indices.null_count else col.indices
+    return col.dictionary, indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+
+
+def _single_chunk(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    return col
+
+
+def _str_array(values: pa.Array) -> np.ndarray:
+    """Arrow strings -> NumPy str array, a block at a time: millions of basket IDs as Python objects at once
+    would cost several times the array itself."""
+    width = pc.max(pc.utf8_length(values)).as_py() if len(values) else 0
+    out = np.empty(len(values), dtype=f"<U{max(width or 0, 1)}")
+    step = 1 << 20
+    for start in range(0, len(values), step):
+        out[start: start + step] = values.slice(start, step).to_numpy(zero_copy_only=False)
+    return out
 
 
 @dataclass(frozen=True)
@@ -329,21 +383,30 @@ class Baskets:
 
     def select(self, keep: np.ndarray) -> Baskets:
         """The baskets where `keep` is true, renumbered 0..n-1 in the same order."""
-        new_number = np.cumsum(keep) - 1
-        line_keep = keep[self.lines.basket]
-        lines = self.lines.take(np.flatnonzero(line_keep))
-        lines = replace(lines, basket=new_number[lines.basket], n_baskets=int(keep.sum()))
+        kept = np.flatnonzero(keep)
+        lines = self._contiguous(kept)
+        if lines is None:
+            new_number = np.cumsum(keep, dtype=np.int32) - 1
+            lines = self.lines.take(np.flatnonzero(keep[self.lines.basket]))
+            lines = replace(lines, basket=new_number[lines.basket], n_baskets=int(kept.size))
         return Baskets(lines=lines, basket_ids=self.basket_ids[keep],
                        week=None if self.week is None else self.week[keep],
                        label=None if self.label is None else self.label[keep])
 
+    def _contiguous(self, kept: np.ndarray) -> Lines | None:
+        """Kept baskets that are one run of grouped lines (e.g. the weeks before a cut) as views, not copies."""
+        if kept.size == 0 or kept[-1] - kept[0] + 1 != kept.size or not self.lines.grouped():
+            return None
+        return self.lines.basket_range(int(kept[0]), int(kept[-1]) + 1)
+
 
 def table_to_baskets(table: pa.Table, *, with_label: bool = True) -> Baskets:
     """Arrow table of lines -> `Baskets` (the featurization's input plus per-basket ID, week, label)."""
-    ids, id_index = string_column_codes(table, schema.BASKET_ID)
+    id_dictionary, id_index = _dictionary_column(table, schema.BASKET_ID)
     # Number the baskets by a count per ID (linear, no sort of the lines), in dictionary order.
-    used = np.flatnonzero(np.bincount(id_index, minlength=ids.size))
-    number = np.full(ids.size, -1, dtype=np.int32)
+    used = np.flatnonzero(np.bincount(id_index, minlength=len(id_dictionary)))
+    basket_ids = _str_array(id_dictionary.take(pa.array(used)))
+    number = np.full(len(id_dictionary), -1, dtype=np.int32)
     number[used] = np.arange(used.size, dtype=np.int32)
     basket = number[id_index]
     del id_index
@@ -363,17 +426,17 @@ def table_to_baskets(table: pa.Table, *, with_label: bool = True) -> Baskets:
         # Grouped by basket, the featurization sums baskets as contiguous runs (no gather, no sort).
         lines = lines.take(order)
     del order
-    week = _numeric(table, schema.SHOP_WEEK).astype(np.int64)[first] if schema.SHOP_WEEK in table.column_names else None
+    week = _numeric(table, schema.SHOP_WEEK)[first].astype(np.int64) if schema.SHOP_WEEK in table.column_names else None
     label = None
     if with_label and schema.LABEL in table.column_names:
         values, index = string_column_codes(table, schema.LABEL)
-        _check_one_label_per_basket(index, basket, first, ids[used])
+        _check_one_label_per_basket(index, basket, first, basket_ids)
         label = values[index[first]]
-    return Baskets(lines=lines, basket_ids=ids[used], week=week, label=label)
+    return Baskets(lines=lines, basket_ids=basket_ids, week=week, label=label)
 
 
 def _numeric(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy().astype(np.float64, copy=False)
+    return _single_chunk(table.column(name)).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
 
 
 def _check_one_label_per_basket(index: np.ndarray, basket: np.ndarray, first: np.ndarray, ids: np.ndarray) -> None:

@@ -57,7 +57,7 @@ class Codes:
         index[values == ""] = -1
         return [cls(values[:, j], index[:, j]) for j in range(n_columns)]
 
-    def take(self, lines: np.ndarray) -> Codes:
+    def take(self, lines: np.ndarray | slice) -> Codes:
         return Codes(self.values, self.index[lines])
 
 
@@ -76,13 +76,22 @@ class Lines:
     def n_lines(self) -> int:
         return int(self.basket.shape[0])
 
-    def take(self, lines: np.ndarray) -> Lines:
-        """A subset of lines (basket numbering unchanged)."""
+    def take(self, lines: np.ndarray | slice) -> Lines:
+        """A subset of lines (basket numbering unchanged); a slice gives views, not copies."""
         return Lines(
             basket=self.basket[lines], n_baskets=self.n_baskets, product=self.product.take(lines),
             quantity=self.quantity[lines], spend=self.spend[lines],
             hierarchy=tuple(None if h is None else h.take(lines) for h in self.hierarchy),
         )
+
+    def basket_range(self, start: int, stop: int) -> Lines:
+        """Baskets start..stop-1, renumbered from 0, as views: the lines must be grouped by basket (sorted)."""
+        lo, hi = np.searchsorted(self.basket, [start, stop])
+        run = slice(int(lo), int(hi))
+        return replace(self.take(run), basket=self.basket[run] - start, n_baskets=stop - start)
+
+    def grouped(self) -> bool:
+        return self.n_lines < 2 or bool((self.basket[1:] >= self.basket[:-1]).all())
 
 
 @dataclass(frozen=True)
@@ -229,9 +238,6 @@ class Encoded:
     band: np.ndarray
     log_price: np.ndarray
 
-    def take(self, idx: np.ndarray) -> Encoded:
-        return Encoded(self.level_rows[:, idx], self.band[idx], self.log_price[idx])
-
 
 def encode(lines: Lines, tables: FeatureTables) -> Encoded:
     hierarchy = dict(zip(tables.hierarchy_names, lines.hierarchy, strict=False))
@@ -333,15 +339,22 @@ class _BasketSums:
         self.p_max[at] = np.maximum(self.p_max[at], np.maximum.reduceat(p, starts, axis=0))
 
     def finish(self) -> np.ndarray:
-        s, k, s0 = self.sums, self.k, self.stat0
+        # A block of baskets at a time: whole-column temporaries would cost several float64 copies of all rows.
+        out = np.empty(self.sums.shape, dtype=np.float32)
+        for rows in _chunks(out.shape[0]):
+            out[rows] = self._features(self.sums[rows], self.p_max[rows])
+        return out
+
+    def _features(self, s: np.ndarray, p_max: np.ndarray) -> np.ndarray:
+        k, s0 = self.k, self.stat0
         count = s[:, s0 + self.COUNT]
         weight = s[:, s0 + self.SPEND] + 1e-9 * count
         divisor = np.where(self.by_spend, np.where(weight > 0, weight, 1.0)[:, None], np.maximum(count, 1.0)[:, None])
         out = s / divisor
-        out[:, self.P_MAX * k: (self.P_MAX + 1) * k] = self.p_max
+        out[:, self.P_MAX * k: (self.P_MAX + 1) * k] = p_max
         out[:, s0 + self.COUNT] = count
         np.log1p(s[:, s0 + self.SPEND: s0 + self.QUANTITY + 1], out=out[:, s0 + self.SPEND: s0 + self.QUANTITY + 1])
-        return out.astype(np.float32)
+        return out
 
 
 def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | None = None,
@@ -352,9 +365,9 @@ def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | 
     fold, so no basket's label leaks into its own features. `enc` is `encode(lines, tables)` when the
     caller already has it.
     """
-    enc = enc or encode(lines, tables)
     sums = _BasketSums(lines.n_baskets, tables.n_classes)
     if folds is None:
+        enc = enc if enc is not None else encode(lines, tables)
         for sl in _chunks(lines.n_lines):
             p, evidence = line_distributions(enc, tables, sl)
             sums.add(lines.basket[sl], lines, sl, enc, p, evidence)
@@ -362,7 +375,8 @@ def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | 
     for f in range(folds.n_folds):
         idx = np.flatnonzero(folds.line_fold == f)
         sub = lines.take(idx)
-        sub_enc = enc.take(idx)
+        # Encoded a fold at a time: per-line codes for all lines at once would cost ~32 bytes a line more.
+        sub_enc = encode(sub, tables)
         sub_tables = folds.tables_without(f, tables)
         for sl in _chunks(sub.n_lines):
             p, evidence = line_distributions(sub_enc, sub_tables, sl)
@@ -378,7 +392,10 @@ def _chunks(n: int) -> list[slice]:
 # Learning the tables
 # ------------------------------------------------------------------------------------------------
 def _class_counts(rows: np.ndarray, n_rows: int, cls: np.ndarray, weight: np.ndarray, n_classes: int) -> np.ndarray:
-    flat = np.bincount(rows.astype(np.int64) * n_classes + cls, weights=weight, minlength=n_rows * n_classes)
+    # By chunks of lines: the int64 (row, class) keys of all lines at once would be 16 bytes a line more.
+    flat = np.zeros(n_rows * n_classes)
+    for sl in _chunks(rows.shape[0]):
+        flat += np.bincount(rows[sl].astype(np.int64) * n_classes + cls[sl], weights=weight[sl], minlength=flat.size)
     return flat.reshape(n_rows, n_classes)
 
 
@@ -418,12 +435,14 @@ def fit_tables(
     """
     n_classes = len(classes)
     per_basket = np.bincount(lines.basket, minlength=lines.n_baskets)
-    weight = 1.0 / np.maximum(per_basket[lines.basket], 1) ** evidence_power
-    cls = basket_label[lines.basket].astype(np.int64)
+    # Per basket, then spread to lines: per-line arrays are the memory of a 50-million-line run.
+    weight = (1.0 / np.maximum(per_basket, 1) ** evidence_power)[lines.basket]
+    cls = basket_label[lines.basket].astype(np.int32)
     log_price = unit_log_price(lines)
     quantiles = np.linspace(0, 1, price_bands + 1)[1:-1]
     edges = np.unique(np.quantile(log_price, quantiles)) if lines.n_lines else np.array([])
-    band = np.searchsorted(edges, log_price)
+    band = np.searchsorted(edges, log_price).astype(np.int32)
+    del log_price
     sources = [lines.product, *lines.hierarchy]
     vocabs = [_vocab(src) for src in sources]
     level_rows = [lookup(v, src, lines.n_lines) for v, src in zip(vocabs, sources, strict=True)]

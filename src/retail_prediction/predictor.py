@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -134,6 +135,18 @@ class Predictor:
                 given |= codes.index >= 0
                 known |= rows >= 0
         return Scores(proba, _count_per_basket(lines, unknown_product), _count_per_basket(lines, given & ~known))
+
+    def predict_batch(self, lines: Lines, *, threads: int = 2, block: int = 1 << 15) -> np.ndarray:
+        """`predict_proba` for many baskets (grouped by basket, as loaded from files), a block of baskets per task.
+
+        Threads overlap the featurization of one block with ONNX Runtime on another; both release the GIL.
+        """
+        if threads <= 1 or lines.n_baskets <= block or not lines.grouped():
+            return self.predict_proba(lines)
+        n = lines.n_baskets
+        with ThreadPoolExecutor(threads) as pool:
+            parts = pool.map(lambda b: self.predict_proba(lines.basket_range(b, min(b + block, n))), range(0, n, block))
+            return np.concatenate(list(parts))
 
     def unknown_products(self, lines: Lines) -> np.ndarray:
         """Per basket: how many lines hold a product the model never saw in training."""

@@ -38,7 +38,7 @@ def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = 
         raise DataError(str(data), f"labels {unknown_labels} were not among the model's classes {classes}",
                         column=schema.LABEL)
     y = np.searchsorted(np.asarray(classes), baskets.label)
-    proba = predictor.predict_proba(baskets.lines)
+    proba = predictor.predict_batch(baskets.lines)
     unseen = predictor.unknown_products(baskets.lines) > 0
     report = evaluation_report(y, proba, classes, unseen)
     report["model_version"] = predictor.version
@@ -54,11 +54,12 @@ def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = 
 def predict_files(model: Path, data: DataSpec, out: Path, *, progress: Progress | None = None) -> tuple[int, float]:
     """Write basket_id, label, one probability per class; returns (baskets, seconds incl. reading)."""
     started = time.monotonic()
-    predictor = Predictor.load(model, intra_op_threads=0)
+    # One ONNX thread per block: the blocks themselves run two at a time (see `Predictor.predict_batch`).
+    predictor = Predictor.load(model, intra_op_threads=1)
     table = read_transactions(data, columns=SCORING_COLUMNS, required=schema.REQUIRED_FOR_SCORING,
                               progress=progress)
     baskets = table_to_baskets(table, with_label=False)
-    proba = predictor.predict_proba(baskets.lines)
+    proba = predictor.predict_batch(baskets.lines)
     labels = np.asarray(predictor.classes)[proba.argmax(axis=1)]
     columns = {"basket_id": pa.array(baskets.basket_ids), "label": pa.array(labels)}
     for i, c in enumerate(predictor.classes):

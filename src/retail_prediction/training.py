@@ -13,13 +13,14 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__, schema
@@ -86,6 +87,7 @@ def train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConfi
     # One grouping of lines into baskets serves the comparison and the refit; the Arrow table goes at once.
     everything = table_to_baskets(table)
     del table
+    pa.default_memory_pool().release_unused()  # Arrow's allocator would keep the table's pages otherwise
     classes = tuple(np.unique(everything.label).tolist())
     comparison, val_detail = _compare(everything.select(everything.week <= cut),
                                       everything.select(everything.week > cut), classes, config, say)
@@ -108,28 +110,36 @@ def _labels(baskets: Baskets, classes: Sequence[str]) -> np.ndarray:
     return np.searchsorted(np.asarray(classes), baskets.label).astype(np.int64)
 
 
-def _learn(baskets: Baskets, classes: Sequence[str], config: TrainConfig) -> tuple[FeatureTables, np.ndarray]:
-    """Tables from these baskets, and their own features computed out of fold (no label leaks in)."""
+def _learn(baskets: Baskets, classes: Sequence[str],
+           config: TrainConfig) -> tuple[FeatureTables, np.ndarray, np.ndarray]:
+    """Tables from all these baskets; features (out of fold: no label leaks in) and labels of the baskets the
+    classifiers see, a seeded sample of at most `max_model_baskets`."""
     y = _labels(baskets, classes)
     tables, folds = fit_tables(baskets.lines, y, classes, hierarchy_names=schema.HIERARCHY,
                                evidence_power=config.evidence_power, prior_strength=config.prior_strength,
                                n_folds=config.n_folds, seed=config.seed)
-    return tables, basket_features(baskets.lines, tables, folds=folds)
+    keep = _sample(baskets.lines.n_baskets, config)
+    if keep is not None:
+        # Features of the sampled baskets only: those of all would cost time and a float64 row per basket.
+        if folds is not None:
+            folds = replace(folds, line_fold=folds.line_fold[keep[baskets.lines.basket]])
+        baskets, y = baskets.select(keep), y[keep]
+    return tables, basket_features(baskets.lines, tables, folds=folds), y
 
 
 def _compare(train_part: Baskets, valid_part: Baskets, classes: Sequence[str], config: TrainConfig,
              say: Progress) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    tables, X = _learn(train_part, classes, config)
-    y = _labels(train_part, classes)
+    tables, X, y = _learn(train_part, classes, config)
     Xv = basket_features(valid_part.lines, tables)
     yv = _labels(valid_part, classes)
     unseen = Xv[:, tables.feature_names().index("unseen_product_share")] > 0
-    say(f"features: {X.shape[0]:,} training and {Xv.shape[0]:,} validation baskets x {X.shape[1]}")
+    say(f"features: {X.shape[0]:,} training (of {train_part.lines.n_baskets:,}) and {Xv.shape[0]:,} validation "
+        f"baskets x {X.shape[1]}")
     comparison, detail = [], {}
     for cand in candidates(config.seed):
         start = time.monotonic()
         say(f"fitting {cand.name} …")
-        cand.fit(*_sample(X, y, config), len(classes))
+        cand.fit(X, y, len(classes))
         proba = cand.predict_proba(Xv)
         metrics = classification_metrics(yv, proba, classes)
         metrics["unseen_products"] = classification_metrics(yv[unseen], proba[unseen], classes)
@@ -146,9 +156,9 @@ def _compare(train_part: Baskets, valid_part: Baskets, classes: Sequence[str], c
 def _refit(everything: Baskets, classes: Sequence[str], chosen: str, config: TrainConfig,
            say: Progress) -> tuple[FeatureTables, bytes, float]:
     say(f"refitting {chosen} on all {everything.lines.n_baskets:,} baskets …")
-    tables, X = _learn(everything, classes, config)
+    tables, X, y = _learn(everything, classes, config)
     model = next(c for c in candidates(config.seed) if c.name == chosen)
-    model.fit(*_sample(X, _labels(everything, classes), config), len(classes))
+    model.fit(X, y, len(classes))
     onnx_bytes = model.to_onnx(X.shape[1])
     if onnx_bytes is None:
         raise RuntimeError(f"{chosen} cannot be exported to ONNX")
@@ -157,11 +167,13 @@ def _refit(everything: Baskets, classes: Sequence[str], chosen: str, config: Tra
     return tables, onnx_bytes, parity
 
 
-def _sample(X: np.ndarray, y: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    if X.shape[0] <= config.max_model_baskets:
-        return X, y
-    keep = np.sort(np.random.default_rng(config.seed).choice(X.shape[0], config.max_model_baskets, replace=False))
-    return X[keep], y[keep]
+def _sample(n_baskets: int, config: TrainConfig) -> np.ndarray | None:
+    """Which baskets the classifiers see (a mask), or None for all."""
+    if n_baskets <= config.max_model_baskets:
+        return None
+    keep = np.zeros(n_baskets, dtype=bool)
+    keep[np.random.default_rng(config.seed).choice(n_baskets, config.max_model_baskets, replace=False)] = True
+    return keep
 
 
 def _check_parity(model: Candidate, onnx_bytes: bytes, X: np.ndarray) -> float:
