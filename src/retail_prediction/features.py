@@ -301,29 +301,30 @@ class _BasketSums:
         for rows in enc.level_rows[1:]:
             no_hier &= rows[sl] < 0
         k, c = self.k, self.N_STATS
-        # One matrix of everything to sum per basket, written in place (no stacking copies).
-        values = np.empty((n, c + 4 * k))
-        values[:, 0] = 1.0
-        values[:, 1] = spend
-        values[:, 2] = lines.quantity[sl]
-        values[:, 3] = enc.log_price[sl]
-        values[:, 4] = enc.level_rows[0][sl] < 0
-        values[:, 5] = no_hier
-        values[:, 6] = np.log1p(evidence)
-        values[:, c: c + k] = p
-        np.multiply(p, w, out=values[:, c + k: c + 2 * k])
-        top = values[:, c + 2 * k: c + 3 * k]
+        # One matrix of everything to sum per basket, written in place (no stacking copies), one row per
+        # statistic: `reduceat` along contiguous rows is about 4x faster than down the columns of the transpose.
+        values = np.empty((c + 4 * k, n))
+        values[0] = 1.0
+        values[1] = spend
+        values[2] = lines.quantity[sl]
+        values[3] = enc.log_price[sl]
+        values[4] = enc.level_rows[0][sl] < 0
+        values[5] = no_hier
+        values[6] = np.log1p(evidence)
+        values[c: c + k] = p.T
+        np.multiply(p.T, w.T, out=values[c + k: c + 2 * k])
+        top = values[c + 2 * k: c + 3 * k]
         top[:] = 0.0
-        top[np.arange(n), p.argmax(axis=1)] = 1.0
-        np.multiply(top, w, out=values[:, c + 3 * k:])
+        top[p.argmax(axis=1), np.arange(n)] = 1.0
+        np.multiply(top, w.T, out=values[c + 3 * k:])
         if n > 1 and not (np.diff(basket) >= 0).all():
             order = np.argsort(basket, kind="stable")
-            basket, values, p = basket[order], values[order], p[order]
+            basket, values, p = basket[order], values[:, order], p[order]
         starts = np.flatnonzero(np.diff(basket, prepend=-1))
         ids = basket[starts]
         # Baskets numbered in line order (as loaded) make `ids` a contiguous range: a slice, not a gather.
         at: slice | np.ndarray = slice(int(ids[0]), int(ids[-1]) + 1) if ids[-1] - ids[0] + 1 == ids.size else ids
-        self.sums[at] += np.add.reduceat(values, starts, axis=0)
+        self.sums[at] += np.add.reduceat(values, starts, axis=1).T
         self.p_max[at] = np.maximum(self.p_max[at], np.maximum.reduceat(p, starts, axis=0))
 
     def finish(self) -> np.ndarray:
