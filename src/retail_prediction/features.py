@@ -283,25 +283,26 @@ class _BasketSums:
     """Per-basket sums and maxima of line quantities, filled chunk by chunk of lines.
 
     Lines are grouped by basket once (a stable sort, skipped when already grouped), then every sum is one
-    `add.reduceat` over a single matrix laid out like the output row, and `finish` divides that matrix by
-    one matrix of divisors: a fixed handful of NumPy calls whatever the number of classes or baskets,
-    which keeps one small basket cheap and ten million baskets fast.
+    `add.reduceat` over a single matrix with one row per statistic (along contiguous memory: about 4x faster
+    than down the columns of its transpose), and `finish` divides the sums by one matrix of divisors: a fixed
+    handful of NumPy calls whatever the number of classes or baskets, which keeps one small basket cheap and
+    ten million baskets fast.
     """
 
-    # Column blocks, in the order of `FeatureTables.feature_names()`: five per-class blocks, then the
-    # basket statistics (count, spend, quantity, log price, unseen, no hierarchy, log evidence).
-    P, P_SPEND, VOTE, VOTE_SPEND, P_MAX = range(5)
+    # Summed per basket: four per-class blocks (mean line probability, by spend, votes, votes by spend), then
+    # the basket statistics. The output puts the per-class maxima after the four blocks.
+    N_SUMMED_PER_CLASS = 4
     COUNT, SPEND, QUANTITY, LOG_PRICE, UNSEEN, NO_HIERARCHY, LOG_EVIDENCE = range(7)
+    N_STATS = 7
 
     def __init__(self, n_baskets: int, n_classes: int):
         self.k = k = n_classes
-        self.stat0 = 5 * k
-        self.sums = np.zeros((n_baskets, self.stat0 + 7))
+        self.stat0 = self.N_SUMMED_PER_CLASS * k
+        self.sums = np.zeros((n_baskets, self.stat0 + self.N_STATS))
         self.p_max = np.zeros((n_baskets, k))
-        # Which columns are means over lines, and which are spend-weighted means.
-        self.by_spend = np.zeros(self.stat0 + 7, dtype=bool)
-        self.by_spend[self.P_SPEND * k: (self.P_SPEND + 1) * k] = True
-        self.by_spend[self.VOTE_SPEND * k: (self.VOTE_SPEND + 1) * k] = True
+        # Which sums are spend-weighted means (the rest are means over lines).
+        self.by_spend = np.zeros(self.stat0 + self.N_STATS, dtype=bool)
+        self.by_spend[k: 2 * k] = self.by_spend[3 * k: 4 * k] = True
 
     def add(self, basket: np.ndarray, lines: Lines, sl: slice, enc: Encoded, p: np.ndarray,
             evidence: np.ndarray) -> None:
@@ -311,36 +312,36 @@ class _BasketSums:
         k, s0 = self.k, self.stat0
         spend = lines.spend[sl]
         # Spend weights get a tiny floor so a basket of zero-spend lines falls back to line weights.
-        w = (spend + 1e-9)[:, None]
-        values = np.empty((n, s0 + 7))  # written in place, no stacking copies
-        values[:, :k] = p
-        np.multiply(p, w, out=values[:, k: 2 * k])
-        top = values[:, 2 * k: 3 * k]
+        w = spend + 1e-9
+        values = np.empty((s0 + self.N_STATS, n))  # written in place, no stacking copies
+        pt = p.T
+        values[:k] = pt
+        np.multiply(pt, w, out=values[k: 2 * k])
+        top = values[2 * k: 3 * k]
         top[:] = 0.0
-        top[np.arange(n), p.argmax(axis=1)] = 1.0
-        np.multiply(top, w, out=values[:, 3 * k: 4 * k])
-        values[:, 4 * k: s0] = 0.0  # the maxima are kept apart
-        values[:, s0 + self.COUNT] = 1.0
-        values[:, s0 + self.SPEND] = spend
-        values[:, s0 + self.QUANTITY] = lines.quantity[sl]
-        values[:, s0 + self.LOG_PRICE] = enc.log_price[sl]
-        values[:, s0 + self.UNSEEN] = enc.level_rows[0, sl] < 0
-        values[:, s0 + self.NO_HIERARCHY] = (enc.level_rows[1:, sl] < 0).all(axis=0)
-        np.log1p(evidence, out=values[:, s0 + self.LOG_EVIDENCE])
+        top[p.argmax(axis=1), np.arange(n)] = 1.0
+        np.multiply(top, w, out=values[3 * k: 4 * k])
+        values[s0 + self.COUNT] = 1.0
+        values[s0 + self.SPEND] = spend
+        values[s0 + self.QUANTITY] = lines.quantity[sl]
+        values[s0 + self.LOG_PRICE] = enc.log_price[sl]
+        values[s0 + self.UNSEEN] = enc.level_rows[0, sl] < 0
+        values[s0 + self.NO_HIERARCHY] = (enc.level_rows[1:, sl] < 0).all(axis=0)
+        np.log1p(evidence, out=values[s0 + self.LOG_EVIDENCE])
         if n > 1 and (basket[1:] < basket[:-1]).any():
             order = np.argsort(basket, kind="stable")
-            basket, values, p = basket[order], values[order], p[order]
+            basket, values, p = basket[order], values[:, order], p[order]
         starts = np.flatnonzero(basket[1:] != basket[:-1]) + 1
         starts = np.concatenate(([0], starts)) if starts.size else np.zeros(1, dtype=np.intp)
         first, last = int(basket[0]), int(basket[-1])
         # Baskets numbered in line order (as loaded) make the ids a contiguous range: a slice, not a gather.
         at: slice | np.ndarray = slice(first, last + 1) if last - first + 1 == starts.size else basket[starts]
-        self.sums[at] += np.add.reduceat(values, starts, axis=0)
+        self.sums[at] += np.add.reduceat(values, starts, axis=1).T
         self.p_max[at] = np.maximum(self.p_max[at], np.maximum.reduceat(p, starts, axis=0))
 
     def finish(self) -> np.ndarray:
         # A block of baskets at a time: whole-column temporaries would cost several float64 copies of all rows.
-        out = np.empty(self.sums.shape, dtype=np.float32)
+        out = np.empty((self.sums.shape[0], self.stat0 + self.k + self.N_STATS), dtype=np.float32)
         for rows in _chunks(out.shape[0]):
             out[rows] = self._features(self.sums[rows], self.p_max[rows])
         return out
@@ -350,10 +351,14 @@ class _BasketSums:
         count = s[:, s0 + self.COUNT]
         weight = s[:, s0 + self.SPEND] + 1e-9 * count
         divisor = np.where(self.by_spend, np.where(weight > 0, weight, 1.0)[:, None], np.maximum(count, 1.0)[:, None])
-        out = s / divisor
-        out[:, self.P_MAX * k: (self.P_MAX + 1) * k] = p_max
-        out[:, s0 + self.COUNT] = count
-        np.log1p(s[:, s0 + self.SPEND: s0 + self.QUANTITY + 1], out=out[:, s0 + self.SPEND: s0 + self.QUANTITY + 1])
+        means = s / divisor
+        out = np.empty((s.shape[0], s0 + k + self.N_STATS))
+        out[:, :s0] = means[:, :s0]
+        out[:, s0: s0 + k] = p_max
+        stats = out[:, s0 + k:]
+        stats[:] = means[:, s0:]
+        stats[:, self.COUNT] = count
+        np.log1p(s[:, s0 + self.SPEND: s0 + self.QUANTITY + 1], out=stats[:, self.SPEND: self.QUANTITY + 1])
         return out
 
 
