@@ -16,6 +16,13 @@ to its hierarchy, and one with no known hierarchy to its price.
 How a basket is described. Per class: the mean line probability (by line and by spend), the share of
 lines (by count and by spend) whose most likely class it is, and the largest line probability; plus the
 basket's size, spend, quantity, price level and how much of it the tables know.
+
+Latent classes (see `latent.py`). The tables above blur the class of a product seen only in baskets of
+many lines; a second description estimates each product's own class from the labels of its baskets and a
+learned model of how a basket's label follows from its lines' classes. Per class a basket then also gets
+its lines' expected share of the class, the probability that all its lines are of it, that composition
+model's probability of the label, and the share of lines whose likeliest class it is. A line's latent
+class is one table lookup (its product's, else its hierarchy's), so serving stays as cheap.
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ from typing import Any
 
 import numpy as np
 
-FEATURE_SPEC_VERSION = 1
+from . import latent
+from .latent import LatentTables
+
+FEATURE_SPEC_VERSION = 2
 _LINE_CHUNK = 1 << 20  # lines per chunk: bounds the memory of the per-line class distributions
 _DICT_LOOKUP_MAX = 64  # distinct codes up to which a dict beats a vectorised search
 
@@ -120,6 +130,7 @@ class FeatureTables:
     prior_strength: float = 1.0
     hierarchy_names: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    latent: LatentTables | None = None  # always set by `fit_tables`; None only while it is being built
 
     @property
     def n_classes(self) -> int:
@@ -134,7 +145,7 @@ class FeatureTables:
         return self.prior / max(self.prior.sum(), 1e-12)
 
     def feature_names(self) -> list[str]:
-        per_class = ("p_mean", "p_spend", "vote_share", "vote_spend", "p_max")
+        per_class = ("p_mean", "p_spend", "vote_share", "vote_spend", "p_max", *_LATENT_STATS)
         names = [f"{stat}_{c}" for stat in per_class for c in self.classes]
         return [*names, *_BASKET_STATS]
 
@@ -151,6 +162,8 @@ class FeatureTables:
         for i, lv in enumerate(self.levels):
             arrays[f"level{i}_vocab"] = lv.vocab.astype(str)
             arrays[f"level{i}_counts"] = lv.counts
+        if self.latent is not None:
+            arrays.update(self.latent.arrays())
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
@@ -181,6 +194,7 @@ class FeatureTables:
                 price_counts=data["price_counts"], prior=data["prior"],
                 evidence_power=float(spec["evidence_power"]), prior_strength=float(spec["prior_strength"]),
                 hierarchy_names=tuple(spec["hierarchy"]), extra=dict(spec.get("extra", {})),
+                latent=LatentTables.from_arrays(data, len(levels) - 1),
             )
         if tables.feature_names() != spec["feature_names"]:
             raise ValueError("feature names in the spec do not match the tables")
@@ -190,6 +204,9 @@ class FeatureTables:
         return json.dumps(self.spec(), indent=2, sort_keys=True).encode()
 
 
+# Per class, from the latent product classes: expected share of the lines, P(all lines of the class),
+# the composition model's probability of the basket label, share of lines whose likeliest class it is.
+_LATENT_STATS = ("q_share", "q_pure", "g_prob", "q_vote")
 _BASKET_STATS = (
     "n_lines", "log_spend", "log_quantity", "mean_log_unit_price", "unseen_product_share",
     "unknown_hierarchy_share", "mean_log_evidence",
@@ -262,6 +279,20 @@ def line_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> tuple[
     return np.asarray(p), evidence
 
 
+def latent_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> np.ndarray:
+    """Latent class distribution of each line in `sl`: its product's posterior, else its hierarchy's."""
+    lt = _latent_of(tables)
+    n = sl.stop - sl.start
+    q = np.broadcast_to(lt.mean, (n, tables.n_classes))
+    for counts, totals, rows in zip(reversed(lt.level_counts), reversed(lt.level_totals),
+                                    reversed(enc.level_rows[1:]), strict=True):
+        q = _pull(q, counts, totals, rows[sl], tables.prior_strength)
+    rows = enc.level_rows[0][sl]
+    seen = rows >= 0
+    seen[seen] = lt.lines[rows[seen]] > 0
+    return np.where(seen[:, None], lt.posterior[np.maximum(rows, 0)], q)
+
+
 # ------------------------------------------------------------------------------------------------
 # Basket aggregation
 # ------------------------------------------------------------------------------------------------
@@ -275,13 +306,15 @@ class _BasketSums:
 
     N_STATS = 7  # count, spend, quantity, log price, unseen, no hierarchy, log evidence
 
+    N_PER_CLASS = 7  # p, p by spend, vote, vote by spend; latent q, log q, latent vote
+
     def __init__(self, n_baskets: int, n_classes: int):
         self.k = n_classes
-        self.sums = np.zeros((n_baskets, self.N_STATS + 4 * n_classes))
+        self.sums = np.zeros((n_baskets, self.N_STATS + self.N_PER_CLASS * n_classes))
         self.p_max = np.zeros((n_baskets, n_classes))
 
     def add(self, basket: np.ndarray, lines: Lines, sl: slice, enc: Encoded, p: np.ndarray,
-            evidence: np.ndarray) -> None:
+            evidence: np.ndarray, q: np.ndarray) -> None:
         n = p.shape[0]
         if n == 0:
             return
@@ -293,7 +326,7 @@ class _BasketSums:
             no_hier &= rows[sl] < 0
         k, c = self.k, self.N_STATS
         # One matrix of everything to sum per basket, written in place (no stacking copies).
-        values = np.empty((n, c + 4 * k))
+        values = np.empty((n, c + self.N_PER_CLASS * k))
         values[:, 0] = 1.0
         values[:, 1] = spend
         values[:, 2] = lines.quantity[sl]
@@ -306,7 +339,12 @@ class _BasketSums:
         top = values[:, c + 2 * k: c + 3 * k]
         top[:] = 0.0
         top[np.arange(n), p.argmax(axis=1)] = 1.0
-        np.multiply(top, w, out=values[:, c + 3 * k:])
+        np.multiply(top, w, out=values[:, c + 3 * k: c + 4 * k])
+        values[:, c + 4 * k: c + 5 * k] = q
+        np.log(np.maximum(q, latent.EPS), out=values[:, c + 5 * k: c + 6 * k])
+        q_top = values[:, c + 6 * k:]
+        q_top[:] = 0.0
+        q_top[np.arange(n), q.argmax(axis=1)] = 1.0
         if n > 1 and not (np.diff(basket) >= 0).all():
             order = np.argsort(basket, kind="stable")
             basket, values, p = basket[order], values[order], p[order]
@@ -317,14 +355,22 @@ class _BasketSums:
         self.sums[at] += np.add.reduceat(values, starts, axis=0)
         self.p_max[at] = np.maximum(self.p_max[at], np.maximum.reduceat(p, starts, axis=0))
 
-    def finish(self) -> np.ndarray:
+    def finish(self, models: Sequence[LatentTables], model_of: np.ndarray | None = None) -> np.ndarray:
+        """The feature rows; basket b's label probabilities from `models[model_of[b]]` (default: the first)."""
         s, k = self.sums, self.k
         count = np.maximum(s[:, 0], 1.0)[:, None]
         weight = (s[:, 1] + 1e-9 * s[:, 0])[:, None]
         weight = np.where(weight > 0, weight, 1.0)
         c = self.N_STATS
-        p, p_spend, vote, vote_spend = (s[:, c + i * k: c + (i + 1) * k] for i in range(4))
-        per_class = [p / count, p_spend / weight, vote / count, vote_spend / weight, self.p_max]
+        p, p_spend, vote, vote_spend, q, log_q, q_vote = (
+            s[:, c + i * k: c + (i + 1) * k] for i in range(self.N_PER_CLASS))
+        g_input = latent.composition_inputs(q / count, log_q)
+        g_prob = np.empty((s.shape[0], k))
+        for i, lt in enumerate(models):
+            at = slice(None) if model_of is None else model_of == i
+            g_prob[at] = np.exp(latent.log_softmax(g_input[at] @ lt.coef.T + lt.intercept))
+        per_class = [p / count, p_spend / weight, vote / count, vote_spend / weight, self.p_max,
+                     *g_input.reshape(-1, 2, k).transpose(1, 0, 2), g_prob, q_vote / count]
         stats = np.column_stack([
             s[:, 0], np.log1p(s[:, 1]), np.log1p(s[:, 2]), s[:, 3] / count[:, 0],
             s[:, 4] / count[:, 0], s[:, 5] / count[:, 0], s[:, 6] / count[:, 0],
@@ -341,19 +387,26 @@ def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | 
     enc = encode(lines, tables)
     sums = _BasketSums(lines.n_baskets, tables.n_classes)
     if folds is None:
-        for sl in _chunks(lines.n_lines):
-            p, evidence = line_distributions(enc, tables, sl)
-            sums.add(lines.basket[sl], lines, sl, enc, p, evidence)
-        return sums.finish()
+        _add_lines(sums, lines, enc, tables)
+        return sums.finish([_latent_of(tables)])
     for f in range(folds.n_folds):
         idx = np.flatnonzero(folds.line_fold == f)
-        sub = lines.take(idx)
-        sub_enc = enc.take(idx)
-        sub_tables = folds.tables_without(f, tables)
-        for sl in _chunks(sub.n_lines):
-            p, evidence = line_distributions(sub_enc, sub_tables, sl)
-            sums.add(sub.basket[sl], sub, sl, sub_enc, p, evidence)
-    return sums.finish()
+        _add_lines(sums, lines.take(idx), enc.take(idx), folds.tables_without(f, tables))
+    basket_fold = np.zeros(lines.n_baskets, dtype=np.int16)
+    basket_fold[lines.basket] = folds.line_fold
+    return sums.finish(folds.latent, basket_fold % len(folds.latent))
+
+
+def _latent_of(tables: FeatureTables) -> LatentTables:
+    if tables.latent is None:
+        raise ValueError("tables without latent classes (learn them with fit_tables)")
+    return tables.latent
+
+
+def _add_lines(sums: _BasketSums, lines: Lines, enc: Encoded, tables: FeatureTables) -> None:
+    for sl in _chunks(lines.n_lines):
+        p, evidence = line_distributions(enc, tables, sl)
+        sums.add(lines.basket[sl], lines, sl, enc, p, evidence, latent_distributions(enc, tables, sl))
 
 
 def _chunks(n: int) -> list[slice]:
@@ -377,13 +430,21 @@ class FoldCounts:
     level_counts: tuple[np.ndarray, ...]  # each (n_folds, n_vocab, n_classes)
     price_counts: np.ndarray  # (n_folds, n_bands, n_classes)
     prior: np.ndarray  # (n_folds, n_classes)
+    latent: tuple[LatentTables, ...] = ()  # per fold: learned from the other folds' baskets only
 
     def tables_without(self, f: int, tables: FeatureTables) -> FeatureTables:
-        return tables.with_counts(
+        without = tables.with_counts(
             [lv.counts - c[f] for lv, c in zip(tables.levels, self.level_counts, strict=True)],
             tables.price_counts - self.price_counts[f],
             tables.prior - self.prior[f],
         )
+        return replace(without, latent=self.latent[f % len(self.latent)]) if self.latent else without
+
+    def tables_of(self, keep: np.ndarray, tables: FeatureTables) -> FeatureTables:
+        """Tables of the folds where `keep` is true, summed from them alone: bit for bit independent of
+        the other folds' labels (a total minus a share is not, and the estimation amplifies rounding)."""
+        return tables.with_counts([c[keep].sum(axis=0) for c in self.level_counts],
+                                  self.price_counts[keep].sum(axis=0), self.prior[keep].sum(axis=0))
 
 
 def fit_tables(
@@ -396,6 +457,7 @@ def fit_tables(
     prior_strength: float = 1.0,
     price_bands: int = 32,
     n_folds: int = 0,
+    latent_groups: int = 5,
     seed: int = 0,
 ) -> tuple[FeatureTables, FoldCounts | None]:
     """Learn the tables from labelled lines (`basket_label[b]` = class index of basket b).
@@ -431,16 +493,70 @@ def fit_tables(
         prior=np.bincount(basket_label, minlength=n_classes).astype(float),
         evidence_power=evidence_power, prior_strength=prior_strength, hierarchy_names=tuple(hierarchy_names),
     )
+    products = _ProductLines(lines, level_rows, basket_label, vocabs[0].size)
+    tables = replace(tables, latent=products.learn(tables, np.ones(lines.n_baskets, dtype=bool), seed))
     if n_folds <= 1:
         return tables, None
     per_fold = [counts(weight * (line_fold == f)) for f in range(n_folds)]
-    return tables, FoldCounts(
+    folds = FoldCounts(
         n_folds=n_folds, line_fold=line_fold,
         level_counts=tuple(np.stack([fc[0][i] for fc in per_fold]) for i in range(len(vocabs))),
         price_counts=np.stack([fc[1] for fc in per_fold]),
         prior=np.stack([np.bincount(basket_label, weights=(basket_fold == f).astype(float),
                                     minlength=n_classes) for f in range(n_folds)]),
     )
+    # The latent classes cost an estimation each, so folds share them in groups (fold f in group
+    # f % groups); a group's estimate uses none of its folds' labels.
+    groups = min(latent_groups, n_folds)
+    fold_group = np.arange(n_folds) % groups
+    fold_latent = tuple(products.learn(folds.tables_of(fold_group != g, tables),
+                                       fold_group[basket_fold] != g, seed) for g in range(groups))
+    return tables, replace(folds, latent=fold_latent)
+
+
+class _ProductLines:
+    """The training lines as product rows per basket, to learn latent classes from any subset of baskets."""
+
+    def __init__(self, lines: Lines, level_rows: Sequence[np.ndarray], basket_label: np.ndarray, n_products: int):
+        self.label = basket_label
+        known = np.flatnonzero(level_rows[0] >= 0)
+        self.product, self.basket, self.n_baskets = level_rows[0][known], lines.basket[known], lines.n_baskets
+        # One line per product stands for it: products nest in the hierarchy, so its codes are the product's.
+        first = np.full(n_products, known.size, dtype=np.int64)
+        np.minimum.at(first, self.product, np.arange(known.size))
+        self.stand_in = lines.take(known[first])
+        self.codes = [rows[known[first]] for rows in level_rows[1:]]
+
+    def learn(self, tables: FeatureTables, used: np.ndarray, seed: int) -> LatentTables:
+        """Latent classes from the labels of the `used` baskets only."""
+        n_products = self.stand_in.n_lines
+        enc = encode(self.stand_in, tables)
+        start, _ = line_distributions(enc, tables, slice(0, n_products))
+        # The prior leaves the product's own counts out: they are the evidence the estimate weighs anew.
+        no_product = replace(tables.levels[0], counts=np.zeros_like(tables.levels[0].counts))
+        prior, _ = line_distributions(enc, replace(tables, levels=(no_product, *tables.levels[1:])),
+                                      slice(0, n_products))
+        keep = np.flatnonzero(used[self.basket])
+        product = self.product[keep]
+        posterior, coef, intercept = latent.estimate(product, self.basket[keep], self.label, self.n_baskets,
+                                                     start, prior, seed=seed)
+        n_lines = np.bincount(product, minlength=n_products).astype(float)
+        seen = (n_lines > 0).astype(float)
+        level_counts = tuple(_class_counts_soft(rows, vocab.size, posterior * seen[:, None])
+                             for rows, vocab in zip(self.codes, (lv.vocab for lv in tables.levels[1:]), strict=True))
+        level_totals = tuple(np.bincount(np.maximum(rows, 0), weights=seen * (rows >= 0), minlength=vocab.size)
+                             for rows, vocab in zip(self.codes, (lv.vocab for lv in tables.levels[1:]), strict=True))
+        mean = (posterior * seen[:, None]).sum(axis=0) / max(seen.sum(), 1.0)
+        return LatentTables(posterior=posterior, lines=n_lines, level_counts=level_counts,
+                            level_totals=level_totals, mean=mean, coef=coef, intercept=intercept)
+
+
+def _class_counts_soft(rows: np.ndarray, n_rows: int, values: np.ndarray) -> np.ndarray:
+    """Per code, the sum of the (n, K) `values` of the items with that code (rows < 0 are ignored)."""
+    k = values.shape[1]
+    known = rows >= 0
+    flat = (rows[known].astype(np.int64)[:, None] * k + np.arange(k)).ravel()
+    return np.bincount(flat, weights=values[known].ravel(), minlength=n_rows * k).reshape(n_rows, k)
 
 
 def _vocab(codes: Codes | None) -> np.ndarray:
