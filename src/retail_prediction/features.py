@@ -282,15 +282,17 @@ def line_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> tuple[
 def latent_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> np.ndarray:
     """Latent class distribution of each line in `sl`: its product's posterior, else its hierarchy's."""
     lt = _latent_of(tables)
-    n = sl.stop - sl.start
-    q = np.broadcast_to(lt.mean, (n, tables.n_classes))
-    for counts, totals, rows in zip(reversed(lt.level_counts), reversed(lt.level_totals),
-                                    reversed(enc.level_rows[1:]), strict=True):
-        q = _pull(q, counts, totals, rows[sl], tables.prior_strength)
     rows = enc.level_rows[0][sl]
     seen = rows >= 0
     seen[seen] = lt.lines[rows[seen]] > 0
-    return np.where(seen[:, None], lt.posterior[np.maximum(rows, 0)], q)
+    q = lt.posterior[np.maximum(rows, 0)]
+    if seen.all():  # the usual request: no fallback to compute
+        return q
+    fallback = np.broadcast_to(lt.mean, q.shape)
+    for counts, totals, level_rows in zip(reversed(lt.level_counts), reversed(lt.level_totals),
+                                          reversed(enc.level_rows[1:]), strict=True):
+        fallback = _pull(fallback, counts, totals, level_rows[sl], tables.prior_strength)
+    return np.where(seen[:, None], q, fallback)
 
 
 # ------------------------------------------------------------------------------------------------
