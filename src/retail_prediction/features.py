@@ -16,6 +16,13 @@ to its hierarchy, and one with no known hierarchy to its price.
 How a basket is described. Per class: the mean line probability (by line and by spend), the share of
 lines (by count and by spend) whose most likely class it is, and the largest line probability; plus the
 basket's size, spend, quantity, price level and how much of it the tables know.
+
+Latent classes (see `latent.py`). The tables above blur the class of a product seen only in baskets of
+many lines; a second description estimates each product's own class from the labels of its baskets and a
+learned model of how a basket's label follows from its lines' classes. Per class a basket then also gets
+its lines' expected share of the class, the probability that all its lines are of it, that composition
+model's probability of the label, and the share of lines whose likeliest class it is. A line's latent
+class is one table lookup (its product's, else its hierarchy's), so serving stays as cheap.
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ from typing import Any
 
 import numpy as np
 
-FEATURE_SPEC_VERSION = 1
+from . import latent
+from .latent import LatentTables
+
+FEATURE_SPEC_VERSION = 2
 _LINE_CHUNK = 1 << 20  # lines per chunk: bounds the memory of the per-line class distributions
 _DICT_LOOKUP_MAX = 64  # distinct codes up to which a dict beats a vectorised search
 
@@ -132,6 +142,7 @@ class FeatureTables:
     prior_strength: float = 1.0
     hierarchy_names: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    latent: LatentTables | None = None  # always set by `fit_tables`; None only while it is being built
 
     @property
     def n_classes(self) -> int:
@@ -151,7 +162,7 @@ class FeatureTables:
         return self.prior / max(self.prior.sum(), 1e-12)
 
     def feature_names(self) -> list[str]:
-        per_class = ("p_mean", "p_spend", "vote_share", "vote_spend", "p_max")
+        per_class = ("p_mean", "p_spend", "vote_share", "vote_spend", "p_max", *_LATENT_STATS)
         names = [f"{stat}_{c}" for stat in per_class for c in self.classes]
         return [*names, *_BASKET_STATS]
 
@@ -168,6 +179,8 @@ class FeatureTables:
         for i, lv in enumerate(self.levels):
             arrays[f"level{i}_vocab"] = lv.vocab.astype(str)
             arrays[f"level{i}_counts"] = lv.counts
+        if self.latent is not None:
+            arrays.update(self.latent.arrays())
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
@@ -198,6 +211,7 @@ class FeatureTables:
                 price_counts=data["price_counts"], prior=data["prior"],
                 evidence_power=float(spec["evidence_power"]), prior_strength=float(spec["prior_strength"]),
                 hierarchy_names=tuple(spec["hierarchy"]), extra=dict(spec.get("extra", {})),
+                latent=LatentTables.from_arrays(data, len(levels) - 1),
             )
         if tables.feature_names() != spec["feature_names"]:
             raise ValueError("feature names in the spec do not match the tables")
@@ -207,6 +221,9 @@ class FeatureTables:
         return json.dumps(self.spec(), indent=2, sort_keys=True).encode()
 
 
+# Per class, from the latent product classes: expected share of the lines, P(all lines of the class),
+# the composition model's probability of the basket label, share of lines whose likeliest class it is.
+_LATENT_STATS = ("q_share", "q_pure", "g_prob", "q_vote")
 _BASKET_STATS = (
     "n_lines", "log_spend", "log_quantity", "mean_log_unit_price", "unseen_product_share",
     "unknown_hierarchy_share", "mean_log_evidence",
@@ -276,6 +293,32 @@ def line_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> tuple[
     return p, totals[rows[:, -1]]
 
 
+def _pull(p: np.ndarray, counts: np.ndarray, totals: np.ndarray, rows: np.ndarray, strength: float) -> np.ndarray:
+    """Bayesian update of `p` by the counts of each line's row (rows < 0 leave p unchanged)."""
+    known = rows >= 0
+    if not known.any():
+        return p
+    safe = np.maximum(rows, 0)
+    c, t = counts[safe] * known[:, None], totals[safe] * known
+    return (c + strength * p) / (t + strength)[:, None]
+
+
+def latent_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> np.ndarray:
+    """Latent class distribution of each line in `sl`: its product's posterior, else its hierarchy's."""
+    lt = _latent_of(tables)
+    rows = enc.level_rows[0][sl]
+    seen = rows >= 0
+    seen[seen] = lt.lines[rows[seen]] > 0
+    q = lt.posterior[np.maximum(rows, 0)]
+    if seen.all():  # the usual request: no fallback to compute
+        return q
+    fallback = np.broadcast_to(lt.mean, q.shape)
+    for counts, totals, level_rows in zip(reversed(lt.level_counts), reversed(lt.level_totals),
+                                          reversed(enc.level_rows[1:]), strict=True):
+        fallback = _pull(fallback, counts, totals, level_rows[sl], tables.prior_strength)
+    return np.where(seen[:, None], q, fallback)
+
+
 # ------------------------------------------------------------------------------------------------
 # Basket aggregation
 # ------------------------------------------------------------------------------------------------
@@ -289,11 +332,15 @@ class _BasketSums:
     ten million baskets fast.
     """
 
-    # Summed per basket: four per-class blocks (mean line probability, by spend, votes, votes by spend), then
-    # the basket statistics. The output puts the per-class maxima after the four blocks.
-    N_SUMMED_PER_CLASS = 4
+    # Summed per basket: seven per-class blocks (line probability, by spend, votes, votes by spend; latent
+    # class probability, its log, latent votes), then the basket statistics.
+    P, P_SPEND, VOTE, VOTE_SPEND, Q, LOG_Q, Q_VOTE = range(7)
+    N_SUMMED_PER_CLASS = 7
     COUNT, SPEND, QUANTITY, LOG_PRICE, UNSEEN, NO_HIERARCHY, LOG_EVIDENCE = range(7)
     N_STATS = 7
+    # The output: the four evidence blocks, the maxima, the composition model's inputs (latent shares and
+    # P(all lines of a class)), its label probabilities, the latent votes, then the basket statistics.
+    N_OUT_PER_CLASS = 9
 
     def __init__(self, n_baskets: int, n_classes: int):
         self.k = k = n_classes
@@ -302,10 +349,11 @@ class _BasketSums:
         self.p_max = np.zeros((n_baskets, k))
         # Which sums are spend-weighted means (the rest are means over lines).
         self.by_spend = np.zeros(self.stat0 + self.N_STATS, dtype=bool)
-        self.by_spend[k: 2 * k] = self.by_spend[3 * k: 4 * k] = True
+        for block in (self.P_SPEND, self.VOTE_SPEND):
+            self.by_spend[block * k: (block + 1) * k] = True
 
     def add(self, basket: np.ndarray, lines: Lines, sl: slice, enc: Encoded, p: np.ndarray,
-            evidence: np.ndarray) -> None:
+            evidence: np.ndarray, q: np.ndarray) -> None:
         n = p.shape[0]
         if n == 0:
             return
@@ -314,13 +362,14 @@ class _BasketSums:
         # Spend weights get a tiny floor so a basket of zero-spend lines falls back to line weights.
         w = spend + 1e-9
         values = np.empty((s0 + self.N_STATS, n))  # written in place, no stacking copies
-        pt = p.T
-        values[:k] = pt
-        np.multiply(pt, w, out=values[k: 2 * k])
-        top = values[2 * k: 3 * k]
-        top[:] = 0.0
-        top[p.argmax(axis=1), np.arange(n)] = 1.0
-        np.multiply(top, w, out=values[3 * k: 4 * k])
+        block = [values[i * k: (i + 1) * k] for i in range(self.N_SUMMED_PER_CLASS)]
+        block[self.P][:] = p.T
+        np.multiply(p.T, w, out=block[self.P_SPEND])
+        _one_hot_rows(p, out=block[self.VOTE])
+        np.multiply(block[self.VOTE], w, out=block[self.VOTE_SPEND])
+        block[self.Q][:] = q.T
+        np.log(np.maximum(q.T, latent.EPS), out=block[self.LOG_Q])
+        _one_hot_rows(q, out=block[self.Q_VOTE])
         values[s0 + self.COUNT] = 1.0
         values[s0 + self.SPEND] = spend
         values[s0 + self.QUANTITY] = lines.quantity[sl]
@@ -339,27 +388,44 @@ class _BasketSums:
         self.sums[at] += np.add.reduceat(values, starts, axis=1).T
         self.p_max[at] = np.maximum(self.p_max[at], np.maximum.reduceat(p, starts, axis=0))
 
-    def finish(self) -> np.ndarray:
+    def finish(self, models: Sequence[LatentTables], model_of: np.ndarray | None = None) -> np.ndarray:
+        """The feature rows; basket b's label probabilities from `models[model_of[b]]` (default: the first)."""
         # A block of baskets at a time: whole-column temporaries would cost several float64 copies of all rows.
-        out = np.empty((self.sums.shape[0], self.stat0 + self.k + self.N_STATS), dtype=np.float32)
+        n_out = self.N_OUT_PER_CLASS * self.k + self.N_STATS
+        out = np.empty((self.sums.shape[0], n_out), dtype=np.float32)
         for rows in _chunks(out.shape[0]):
-            out[rows] = self._features(self.sums[rows], self.p_max[rows])
+            of = None if model_of is None else model_of[rows]
+            out[rows] = self._features(self.sums[rows], self.p_max[rows], models, of)
         return out
 
-    def _features(self, s: np.ndarray, p_max: np.ndarray) -> np.ndarray:
+    def _features(self, s: np.ndarray, p_max: np.ndarray, models: Sequence[LatentTables],
+                  model_of: np.ndarray | None) -> np.ndarray:
         k, s0 = self.k, self.stat0
         count = s[:, s0 + self.COUNT]
         weight = s[:, s0 + self.SPEND] + 1e-9 * count
         divisor = np.where(self.by_spend, np.where(weight > 0, weight, 1.0)[:, None], np.maximum(count, 1.0)[:, None])
         means = s / divisor
-        out = np.empty((s.shape[0], s0 + k + self.N_STATS))
-        out[:, :s0] = means[:, :s0]
-        out[:, s0: s0 + k] = p_max
-        stats = out[:, s0 + k:]
+        out = np.empty((s.shape[0], self.N_OUT_PER_CLASS * k + self.N_STATS))
+        out[:, :4 * k] = means[:, :4 * k]  # P, P_SPEND, VOTE, VOTE_SPEND
+        out[:, 4 * k: 5 * k] = p_max
+        g_input = out[:, 5 * k: 7 * k]
+        g_input[:] = latent.composition_inputs(means[:, self.Q * k: (self.Q + 1) * k],
+                                               s[:, self.LOG_Q * k: (self.LOG_Q + 1) * k])
+        for i, lt in enumerate(models):
+            at = slice(None) if model_of is None else model_of == i
+            out[at, 7 * k: 8 * k] = np.exp(latent.log_softmax(g_input[at] @ lt.coef.T + lt.intercept))
+        out[:, 8 * k: 9 * k] = means[:, self.Q_VOTE * k: (self.Q_VOTE + 1) * k]
+        stats = out[:, 9 * k:]
         stats[:] = means[:, s0:]
         stats[:, self.COUNT] = count
         np.log1p(s[:, s0 + self.SPEND: s0 + self.QUANTITY + 1], out=stats[:, self.SPEND: self.QUANTITY + 1])
         return out
+
+
+def _one_hot_rows(p: np.ndarray, out: np.ndarray) -> None:
+    """out[c, i] = 1 where c is line i's likeliest class, else 0 (`out` is classes x lines)."""
+    out[:] = 0.0
+    out[p.argmax(axis=1), np.arange(p.shape[0])] = 1.0
 
 
 def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | None = None,
@@ -372,21 +438,27 @@ def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | 
     """
     sums = _BasketSums(lines.n_baskets, tables.n_classes)
     if folds is None:
-        enc = enc if enc is not None else encode(lines, tables)
-        for sl in _chunks(lines.n_lines):
-            p, evidence = line_distributions(enc, tables, sl)
-            sums.add(lines.basket[sl], lines, sl, enc, p, evidence)
-        return sums.finish()
+        _add_lines(sums, lines, enc if enc is not None else encode(lines, tables), tables)
+        return sums.finish([_latent_of(tables)])
     for f in range(folds.n_folds):
-        idx = np.flatnonzero(folds.line_fold == f)
-        sub = lines.take(idx)
+        sub = lines.take(np.flatnonzero(folds.line_fold == f))
         # Encoded a fold at a time: per-line codes for all lines at once would cost ~32 bytes a line more.
-        sub_enc = encode(sub, tables)
-        sub_tables = folds.tables_without(f, tables)
-        for sl in _chunks(sub.n_lines):
-            p, evidence = line_distributions(sub_enc, sub_tables, sl)
-            sums.add(sub.basket[sl], sub, sl, sub_enc, p, evidence)
-    return sums.finish()
+        _add_lines(sums, sub, encode(sub, tables), folds.tables_without(f, tables))
+    basket_fold = np.zeros(lines.n_baskets, dtype=np.int16)
+    basket_fold[lines.basket] = folds.line_fold
+    return sums.finish(folds.latent, basket_fold % len(folds.latent))
+
+
+def _latent_of(tables: FeatureTables) -> LatentTables:
+    if tables.latent is None:
+        raise ValueError("tables without latent classes (learn them with fit_tables)")
+    return tables.latent
+
+
+def _add_lines(sums: _BasketSums, lines: Lines, enc: Encoded, tables: FeatureTables) -> None:
+    for sl in _chunks(lines.n_lines):
+        p, evidence = line_distributions(enc, tables, sl)
+        sums.add(lines.basket[sl], lines, sl, enc, p, evidence, latent_distributions(enc, tables, sl))
 
 
 def _chunks(n: int) -> list[slice]:
@@ -413,13 +485,21 @@ class FoldCounts:
     level_counts: tuple[np.ndarray, ...]  # each (n_folds, n_vocab, n_classes)
     price_counts: np.ndarray  # (n_folds, n_bands, n_classes)
     prior: np.ndarray  # (n_folds, n_classes)
+    latent: tuple[LatentTables, ...] = ()  # per fold: learned from the other folds' baskets only
 
     def tables_without(self, f: int, tables: FeatureTables) -> FeatureTables:
-        return tables.with_counts(
+        without = tables.with_counts(
             [lv.counts - c[f] for lv, c in zip(tables.levels, self.level_counts, strict=True)],
             tables.price_counts - self.price_counts[f],
             tables.prior - self.prior[f],
         )
+        return replace(without, latent=self.latent[f % len(self.latent)]) if self.latent else without
+
+    def tables_of(self, keep: np.ndarray, tables: FeatureTables) -> FeatureTables:
+        """Tables of the folds where `keep` is true, summed from them alone: bit for bit independent of
+        the other folds' labels (a total minus a share is not, and the estimation amplifies rounding)."""
+        return tables.with_counts([c[keep].sum(axis=0) for c in self.level_counts],
+                                  self.price_counts[keep].sum(axis=0), self.prior[keep].sum(axis=0))
 
 
 def fit_tables(
@@ -432,6 +512,7 @@ def fit_tables(
     prior_strength: float = 1.0,
     price_bands: int = 32,
     n_folds: int = 0,
+    latent_groups: int = 5,
     seed: int = 0,
 ) -> tuple[FeatureTables, FoldCounts | None]:
     """Learn the tables from labelled lines (`basket_label[b]` = class index of basket b).
@@ -469,16 +550,70 @@ def fit_tables(
         prior=np.bincount(basket_label, minlength=n_classes).astype(float),
         evidence_power=evidence_power, prior_strength=prior_strength, hierarchy_names=tuple(hierarchy_names),
     )
+    products = _ProductLines(lines, level_rows, basket_label, vocabs[0].size)
+    tables = replace(tables, latent=products.learn(tables, np.ones(lines.n_baskets, dtype=bool), seed))
     if n_folds <= 1:
         return tables, None
     per_fold = [counts(weight * (line_fold == f)) for f in range(n_folds)]
-    return tables, FoldCounts(
+    folds = FoldCounts(
         n_folds=n_folds, line_fold=line_fold,
         level_counts=tuple(np.stack([fc[0][i] for fc in per_fold]) for i in range(len(vocabs))),
         price_counts=np.stack([fc[1] for fc in per_fold]),
         prior=np.stack([np.bincount(basket_label, weights=(basket_fold == f).astype(float),
                                     minlength=n_classes) for f in range(n_folds)]),
     )
+    # The latent classes cost an estimation each, so folds share them in groups (fold f in group
+    # f % groups); a group's estimate uses none of its folds' labels.
+    groups = min(latent_groups, n_folds)
+    fold_group = np.arange(n_folds) % groups
+    fold_latent = tuple(products.learn(folds.tables_of(fold_group != g, tables),
+                                       fold_group[basket_fold] != g, seed) for g in range(groups))
+    return tables, replace(folds, latent=fold_latent)
+
+
+class _ProductLines:
+    """The training lines as product rows per basket, to learn latent classes from any subset of baskets."""
+
+    def __init__(self, lines: Lines, level_rows: Sequence[np.ndarray], basket_label: np.ndarray, n_products: int):
+        self.label = basket_label
+        known = np.flatnonzero(level_rows[0] >= 0)
+        self.product, self.basket, self.n_baskets = level_rows[0][known], lines.basket[known], lines.n_baskets
+        # One line per product stands for it: products nest in the hierarchy, so its codes are the product's.
+        first = np.full(n_products, known.size, dtype=np.int64)
+        np.minimum.at(first, self.product, np.arange(known.size))
+        self.stand_in = lines.take(known[first])
+        self.codes = [rows[known[first]] for rows in level_rows[1:]]
+
+    def learn(self, tables: FeatureTables, used: np.ndarray, seed: int) -> LatentTables:
+        """Latent classes from the labels of the `used` baskets only."""
+        n_products = self.stand_in.n_lines
+        enc = encode(self.stand_in, tables)
+        start, _ = line_distributions(enc, tables, slice(0, n_products))
+        # The prior leaves the product's own counts out: they are the evidence the estimate weighs anew.
+        no_product = replace(tables.levels[0], counts=np.zeros_like(tables.levels[0].counts))
+        prior, _ = line_distributions(enc, replace(tables, levels=(no_product, *tables.levels[1:])),
+                                      slice(0, n_products))
+        keep = np.flatnonzero(used[self.basket])
+        product = self.product[keep]
+        posterior, coef, intercept = latent.estimate(product, self.basket[keep], self.label, self.n_baskets,
+                                                     start, prior, seed=seed)
+        n_lines = np.bincount(product, minlength=n_products).astype(float)
+        seen = (n_lines > 0).astype(float)
+        level_counts = tuple(_class_counts_soft(rows, vocab.size, posterior * seen[:, None])
+                             for rows, vocab in zip(self.codes, (lv.vocab for lv in tables.levels[1:]), strict=True))
+        level_totals = tuple(np.bincount(np.maximum(rows, 0), weights=seen * (rows >= 0), minlength=vocab.size)
+                             for rows, vocab in zip(self.codes, (lv.vocab for lv in tables.levels[1:]), strict=True))
+        mean = (posterior * seen[:, None]).sum(axis=0) / max(seen.sum(), 1.0)
+        return LatentTables(posterior=posterior, lines=n_lines, level_counts=level_counts,
+                            level_totals=level_totals, mean=mean, coef=coef, intercept=intercept)
+
+
+def _class_counts_soft(rows: np.ndarray, n_rows: int, values: np.ndarray) -> np.ndarray:
+    """Per code, the sum of the (n, K) `values` of the items with that code (rows < 0 are ignored)."""
+    k = values.shape[1]
+    known = rows >= 0
+    flat = (rows[known].astype(np.int64)[:, None] * k + np.arange(k)).ravel()
+    return np.bincount(flat, weights=values[known].ravel(), minlength=n_rows * k).reshape(n_rows, k)
 
 
 def _vocab(codes: Codes | None) -> np.ndarray:

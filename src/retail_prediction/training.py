@@ -45,7 +45,7 @@ class TrainConfig:
     prior_strength: float = 1.0
     seed: int = 0
     # The classifiers see at most this many baskets (a seeded sample); the tables always learn from every
-    # line. 27 features need far fewer rows than the tables' products do, and this bounds the memory and
+    # line. 43 features need far fewer rows than the tables' products do, and this bounds the memory and
     # time of a 50-million-line training run.
     max_model_baskets: int = 2_000_000
 

@@ -1,6 +1,6 @@
 """The reference forest's answers computed in process (the expected answers of the load driver).
 
-    python offline.py rf.joblib FEATURES.npz OUT.json    (FEATURES.npz: X float32 [n, 27], feature_names)
+    python offline.py rf.joblib FEATURES.npz OUT.json    (FEATURES.npz: X float32 [n, n_features], feature_names)
 """
 
 import json

@@ -1,6 +1,6 @@
 """Fit the reference's RandomForest on precomputed basket features and save it with joblib.
 
-    python train.py FEATURES.npz rf.joblib      (FEATURES.npz: X float32 [n, 27], y int, feature_names)
+    python train.py FEATURES.npz rf.joblib      (FEATURES.npz: X float32 [n, n_features], y int, feature_names)
 
 scikit-learn defaults (100 trees, unlimited depth) as a user would start, random_state fixed.
 """
