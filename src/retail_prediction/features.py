@@ -520,44 +520,26 @@ def fit_tables(
     With `n_folds` > 1 it also returns per-fold counts for leak-free training features.
     """
     n_classes = len(classes)
-    per_basket = np.bincount(lines.basket, minlength=lines.n_baskets)
-    # Per basket, then spread to lines: per-line arrays are the memory of a 50-million-line run.
-    weight = (1.0 / np.maximum(per_basket, 1) ** evidence_power)[lines.basket]
-    cls = basket_label[lines.basket].astype(np.int32)
-    log_price = unit_log_price(lines)
-    quantiles = np.linspace(0, 1, price_bands + 1)[1:-1]
-    edges = np.unique(np.quantile(log_price, quantiles)) if lines.n_lines else np.array([])
-    band = np.searchsorted(edges, log_price).astype(np.int32)
-    del log_price
-    sources = [lines.product, *lines.hierarchy]
-    vocabs = [_vocab(src) for src in sources]
-    level_rows = [lookup(v, src, lines.n_lines) for v, src in zip(vocabs, sources, strict=True)]
     basket_fold = np.random.default_rng(seed).integers(0, max(n_folds, 1), lines.n_baskets, dtype=np.int16)
     line_fold = basket_fold[lines.basket]
-
-    def counts(line_weight: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """Per-level and per-price-band class counts of the lines, weighted."""
-        per_level = [_class_counts(rows.clip(0), v.size, cls, line_weight * (rows >= 0), n_classes)
-                     for v, rows in zip(vocabs, level_rows, strict=True)]
-        return per_level, _class_counts(band, edges.size + 1, cls, line_weight, n_classes)
-
-    per_level, by_band = counts(weight)
+    # The per-line arrays of the counting live only inside `_count_lines`: freed before the estimations.
+    counted = _count_lines(lines, basket_label, n_classes, evidence_power, price_bands, line_fold, n_folds)
     tables = FeatureTables(
         classes=tuple(classes),
-        levels=tuple(LevelTable(name, v, c)
-                     for name, v, c in zip(["product", *hierarchy_names], vocabs, per_level, strict=True)),
-        price_edges=edges, price_counts=by_band,
+        levels=tuple(LevelTable(name, v, c) for name, v, c in
+                     zip(["product", *hierarchy_names], counted.vocabs, counted.per_level, strict=True)),
+        price_edges=counted.edges, price_counts=counted.by_band,
         prior=np.bincount(basket_label, minlength=n_classes).astype(float),
         evidence_power=evidence_power, prior_strength=prior_strength, hierarchy_names=tuple(hierarchy_names),
     )
-    products = _ProductLines(lines, level_rows, basket_label, vocabs[0].size)
+    products = counted.products
     tables = replace(tables, latent=products.learn(tables, np.ones(lines.n_baskets, dtype=bool), seed))
     if n_folds <= 1:
         return tables, None
-    per_fold = [counts(weight * (line_fold == f)) for f in range(n_folds)]
+    per_fold = counted.per_fold
     folds = FoldCounts(
         n_folds=n_folds, line_fold=line_fold,
-        level_counts=tuple(np.stack([fc[0][i] for fc in per_fold]) for i in range(len(vocabs))),
+        level_counts=tuple(np.stack([fc[0][i] for fc in per_fold]) for i in range(len(counted.vocabs))),
         price_counts=np.stack([fc[1] for fc in per_fold]),
         prior=np.stack([np.bincount(basket_label, weights=(basket_fold == f).astype(float),
                                     minlength=n_classes) for f in range(n_folds)]),
@@ -571,18 +553,59 @@ def fit_tables(
     return tables, replace(folds, latent=fold_latent)
 
 
+@dataclass(frozen=True)
+class _Counted:
+    vocabs: list[np.ndarray]
+    edges: np.ndarray
+    per_level: list[np.ndarray]
+    by_band: np.ndarray
+    per_fold: list[tuple[list[np.ndarray], np.ndarray]]  # (per level, per band) of each fold's lines
+    products: _ProductLines
+
+
+def _count_lines(lines: Lines, basket_label: np.ndarray, n_classes: int, evidence_power: float, price_bands: int,
+                 line_fold: np.ndarray, n_folds: int) -> _Counted:
+    """Evidence-weighted class counts per code of every level and per price band, overall and per fold."""
+    per_basket = np.bincount(lines.basket, minlength=lines.n_baskets)
+    # Per basket, then spread to lines: per-line arrays are the memory of a 50-million-line run.
+    weight = (1.0 / np.maximum(per_basket, 1) ** evidence_power)[lines.basket]
+    cls = basket_label[lines.basket].astype(np.int32)
+    log_price = unit_log_price(lines)
+    quantiles = np.linspace(0, 1, price_bands + 1)[1:-1]
+    edges = np.unique(np.quantile(log_price, quantiles)) if lines.n_lines else np.array([])
+    band = np.searchsorted(edges, log_price).astype(np.int32)
+    del log_price
+    sources = [lines.product, *lines.hierarchy]
+    vocabs = [_vocab(src) for src in sources]
+    level_rows = [lookup(v, src, lines.n_lines) for v, src in zip(vocabs, sources, strict=True)]
+
+    def counts(line_weight: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        per_level = [_class_counts(rows.clip(0), v.size, cls, line_weight * (rows >= 0), n_classes)
+                     for v, rows in zip(vocabs, level_rows, strict=True)]
+        return per_level, _class_counts(band, edges.size + 1, cls, line_weight, n_classes)
+
+    per_level, by_band = counts(weight)
+    per_fold = [counts(weight * (line_fold == f)) for f in range(n_folds)] if n_folds > 1 else []
+    products = _ProductLines(lines, level_rows, basket_label, vocabs[0].size)
+    return _Counted(vocabs, edges, per_level, by_band, per_fold, products)
+
+
 class _ProductLines:
     """The training lines as product rows per basket, to learn latent classes from any subset of baskets."""
 
     def __init__(self, lines: Lines, level_rows: Sequence[np.ndarray], basket_label: np.ndarray, n_products: int):
-        self.label = basket_label
-        known = np.flatnonzero(level_rows[0] >= 0)
-        self.product, self.basket, self.n_baskets = level_rows[0][known], lines.basket[known], lines.n_baskets
+        self.label, self.n_baskets = basket_label, lines.n_baskets
+        known = level_rows[0] >= 0
+        # Training lines all have a known product: then these are views, not copies of every line.
+        self.product, self.basket = ((level_rows[0], lines.basket) if known.all()
+                                     else (level_rows[0][known], lines.basket[known]))
         # One line per product stands for it: products nest in the hierarchy, so its codes are the product's.
-        first = np.full(n_products, known.size, dtype=np.int64)
-        np.minimum.at(first, self.product, np.arange(known.size))
-        self.stand_in = lines.take(known[first])
-        self.codes = [rows[known[first]] for rows in level_rows[1:]]
+        first = np.full(n_products, self.product.size, dtype=np.int64)
+        for sl in _chunks(self.product.size):
+            np.minimum.at(first, self.product[sl], np.arange(sl.start, sl.stop))
+        stand_in = first if known.all() else np.flatnonzero(known)[first]
+        self.stand_in = lines.take(stand_in)
+        self.codes = [rows[stand_in] for rows in level_rows[1:]]
 
     def learn(self, tables: FeatureTables, used: np.ndarray, seed: int) -> LatentTables:
         """Latent classes from the labels of the `used` baskets only."""
@@ -593,9 +616,11 @@ class _ProductLines:
         no_product = replace(tables.levels[0], counts=np.zeros_like(tables.levels[0].counts))
         prior, _ = line_distributions(enc, replace(tables, levels=(no_product, *tables.levels[1:])),
                                       slice(0, n_products))
-        keep = np.flatnonzero(used[self.basket])
-        product = self.product[keep]
-        posterior, coef, intercept = latent.estimate(product, self.basket[keep], self.label, self.n_baskets,
+        keep = used[self.basket]
+        # A boolean mask, and no copy at all when every basket counts (the estimate for serving).
+        product, basket = (self.product, self.basket) if keep.all() else (self.product[keep], self.basket[keep])
+        del keep
+        posterior, coef, intercept = latent.estimate(product, basket, self.label, self.n_baskets,
                                                      start, prior, seed=seed)
         n_lines = np.bincount(product, minlength=n_products).astype(float)
         seen = (n_lines > 0).astype(float)

@@ -73,19 +73,25 @@ def _per_basket(basket: np.ndarray, values: np.ndarray, n_baskets: int) -> np.nd
     return np.bincount(flat, weights=values.ravel(), minlength=n_baskets * k).reshape(n_baskets, k)
 
 
-def _fit_composition(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int,
+def _sample(used: np.ndarray, seed: int) -> np.ndarray:
+    """The baskets the composition model learns from: at most G_SAMPLE of the used ones."""
+    candidates = np.flatnonzero(used)
+    return candidates[np.random.default_rng(seed).choice(candidates.size, min(G_SAMPLE, candidates.size),
+                                                         replace=False)]
+
+
+def _fit_composition(x: np.ndarray, y: np.ndarray, n_classes: int,
                      warm: Any | None) -> tuple[np.ndarray, np.ndarray, Any]:
-    """The composition model fitted on a sample of baskets (warm-started from the previous iteration's)."""
+    """The composition model fitted on sampled baskets (warm-started from the previous iteration's)."""
     from sklearn.linear_model import LogisticRegression
 
-    idx = np.random.default_rng(seed).choice(x.shape[0], min(G_SAMPLE, x.shape[0]), replace=False)
     model = warm or LogisticRegression(C=G_C, max_iter=200, warm_start=True)
-    if warm is not None and set(np.unique(y[idx])) != set(model.classes_.tolist()):
+    if warm is not None and set(np.unique(y)) != set(model.classes_.tolist()):
         model = LogisticRegression(C=G_C, max_iter=200, warm_start=True)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # tiny matrices: BLAS threads only contend with each other
-        model.fit(x[idx], y[idx])
+        model.fit(x, y)
     coef = np.zeros((n_classes, x.shape[1]))
     intercept = np.full(n_classes, -30.0)  # a class absent from these labels is never predicted
     seen = model.classes_.astype(int)
@@ -116,8 +122,10 @@ def estimate(product: np.ndarray, basket: np.ndarray, label: np.ndarray, n_baske
             ql = q[product[sl]]
             counts += _per_basket(basket[sl], ql, n_baskets)
             log_pure += _per_basket(basket[sl], np.log(np.maximum(ql, EPS)), n_baskets)
-        x = composition_inputs(counts[used] / n[used][:, None], log_pure[used])
-        coef, intercept, model = _fit_composition(x, label[used], k, seed + it, model)
+        # Inputs only for the sampled baskets: for all of them they would be the largest arrays here.
+        sample = _sample(used, seed + it)
+        x = composition_inputs(counts[sample] / n[sample][:, None], log_pure[sample])
+        coef, intercept, model = _fit_composition(x, label[sample], k, model)
         evidence = log_prior.copy()
         for sl in chunks:
             b, ql = basket[sl], q[product[sl]]
