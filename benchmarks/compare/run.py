@@ -160,6 +160,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]
     onnx_proba = predictor.predict_features(X)
     our_proba = np.array([[a["probabilities"][c] for c in classes] for a in ours])
     info["features_vs_api_max_abs_diff"] = float(np.abs(onnx_proba - our_proba).max())
+    info["n_features"] = int(X.shape[1])
     sizes = [len(b["basket_items"]) for b in baskets]
     info["baskets"] = {"n": len(baskets), "lines_mean": statistics.mean(sizes),
                        "lines_p95": float(np.percentile(sizes, 95)), "lines_max": max(sizes),
@@ -794,7 +795,8 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
       "same trees*: our artifact ships only `model.onnx`, so `benchmarks/compare/onnx_to_lightgbm.py` writes "
       "the ONNX tree ensemble back as a LightGBM text model (max |p_LightGBM − p_ONNX| on the benchmark "
       f"baskets: {results['info']['lightgbm_vs_onnx_max_abs_diff']:.1e}). **MLServer receives precomputed "
-      "feature vectors** (27 floats, V2 / Open Inference Protocol REST `POST /v2/models/basket-classifier/infer`): "
+      f"feature vectors** ({results['info'].get('n_features', '?')} floats, V2 / Open Inference Protocol REST "
+      "`POST /v2/models/basket-classifier/infer`): "
       "it does no featurization and no basket validation, i.e. *less work per request than the other two*. "
       "Its answers are checked against ONNX Runtime on the same features.")
     w(f"- Same port for all ({args.port}; MLServer's gRPC and metrics servers on the next two ports), one system "
@@ -862,7 +864,8 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
     w("")
     w(f"`wrk -t1 -c{args.batch_connections} -d{args.batch_seconds:g}s`, distinct random batches of real baskets "
       "cycled; every basket's answer checked. Ours and the reference: `POST /predict/batch` with "
-      "`{\"baskets\": [...]}`; MLServer: one V2 request with an `[N, 27]` feature tensor.")
+      "`{\"baskets\": [...]}`; MLServer: one V2 request with an "
+      f"`[N, {results['info'].get('n_features', '?')}]` feature tensor.")
     w("")
     w("| system | baskets per request | requests/s | baskets/s | p50 ms | p99 ms | errors | server CPU per basket µs |")
     w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -53,11 +53,8 @@ class Codes:
 
     @classmethod
     def from_strings(cls, strings: Sequence[str | None] | np.ndarray) -> Codes:
-        """One value per line (no dictionary building: lookups are per value either way)."""
-        values = np.array([("" if v is None else v) for v in strings], dtype=str)
-        index = np.arange(values.size, dtype=np.int32)
-        index[values == ""] = -1
-        return cls(values, index)
+        """One value per line (no dictionary building: lookups are per value either way); None = missing."""
+        return cls.from_string_rows([["" if v is None else str(v)] for v in strings], 1)[0]
 
     @classmethod
     def from_string_rows(cls, rows: Sequence[Sequence[str]], n_columns: int) -> list[Codes]:
