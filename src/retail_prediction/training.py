@@ -110,10 +110,11 @@ def _labels(baskets: Baskets, classes: Sequence[str]) -> np.ndarray:
     return np.searchsorted(np.asarray(classes), baskets.label).astype(np.int64)
 
 
-def _learn(baskets: Baskets, classes: Sequence[str],
-           config: TrainConfig) -> tuple[FeatureTables, np.ndarray, np.ndarray]:
+def _learn(baskets: Baskets, classes: Sequence[str], config: TrainConfig,
+           say: Progress) -> tuple[FeatureTables, np.ndarray, np.ndarray]:
     """Tables from all these baskets; features (out of fold: no label leaks in) and labels of the baskets the
     classifiers see, a seeded sample of at most `max_model_baskets`."""
+    say(f"learning the tables and latent product classes from {baskets.lines.n_baskets:,} baskets …")
     y = _labels(baskets, classes)
     tables, folds = fit_tables(baskets.lines, y, classes, hierarchy_names=schema.HIERARCHY,
                                evidence_power=config.evidence_power, prior_strength=config.prior_strength,
@@ -129,7 +130,7 @@ def _learn(baskets: Baskets, classes: Sequence[str],
 
 def _compare(train_part: Baskets, valid_part: Baskets, classes: Sequence[str], config: TrainConfig,
              say: Progress) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    tables, X, y = _learn(train_part, classes, config)
+    tables, X, y = _learn(train_part, classes, config, say)
     Xv = basket_features(valid_part.lines, tables)
     yv = _labels(valid_part, classes)
     unseen = Xv[:, tables.feature_names().index("unseen_product_share")] > 0
@@ -156,7 +157,7 @@ def _compare(train_part: Baskets, valid_part: Baskets, classes: Sequence[str], c
 def _refit(everything: Baskets, classes: Sequence[str], chosen: str, config: TrainConfig,
            say: Progress) -> tuple[FeatureTables, bytes, float]:
     say(f"refitting {chosen} on all {everything.lines.n_baskets:,} baskets …")
-    tables, X, y = _learn(everything, classes, config)
+    tables, X, y = _learn(everything, classes, config, say)
     model = next(c for c in candidates(config.seed) if c.name == chosen)
     model.fit(X, y, len(classes))
     onnx_bytes = model.to_onnx(X.shape[1])
