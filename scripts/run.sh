@@ -9,6 +9,21 @@ scripts/setup.sh
 . .venv/bin/activate
 
 MODEL=${MODEL_PATH:-models/model.tar.gz}
+load_error() {  # empty when this version can serve the archive (one of an older feature spec cannot)
+  python -c 'import sys
+from retail_prediction.predictor import Predictor
+try:
+    Predictor.load(sys.argv[1])
+except Exception as exc:
+    print(exc)' "$1"
+}
+if [ -z "${MODEL_URI:-}${MODEL_BUCKET:-}" ] && [ -f "$MODEL" ]; then
+  why=$(load_error "$MODEL")
+  if [ -n "$why" ]; then
+    echo "run.sh: $MODEL cannot be served by this version ($why); kept as $MODEL.unusable, training a new one" >&2
+    mv "$MODEL" "$MODEL.unusable"
+  fi
+fi
 if [ -z "${MODEL_URI:-}${MODEL_BUCKET:-}" ] && [ ! -f "$MODEL" ]; then
   DATA=${DATA_DIR:-}
   if [ -z "$DATA" ] && [ -d ../shared/data/lgsr ]; then

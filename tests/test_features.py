@@ -143,3 +143,12 @@ def test_latent_estimation_recovers_products_seen_only_in_multi_line_baskets() -
     np.testing.assert_array_equal(posterior.argmax(axis=1), true)
     # Sure of them, where the weighted counts it started from were not.
     assert posterior[30:].max(axis=1).min() > 0.9 > 0.6 > start[30:].max(axis=1).min()
+
+
+def test_tables_of_another_feature_spec_are_refused_with_advice(learned) -> None:
+    tables, _, _ = learned
+    spec = {**tables.spec(), "feature_spec_version": 1}
+    with pytest.raises(ValueError, match=r"feature spec version 1.*retrain"):
+        FeatureTables.load(spec, tables.to_npz_bytes())
+    reloaded = FeatureTables.load(tables.spec(), tables.to_npz_bytes())
+    assert reloaded.feature_names() == tables.feature_names()

@@ -197,7 +197,9 @@ class FeatureTables:
     @classmethod
     def load(cls, spec: dict[str, Any], npz: bytes) -> FeatureTables:
         if spec.get("feature_spec_version") != FEATURE_SPEC_VERSION:
-            raise ValueError(f"unsupported feature_spec_version {spec.get('feature_spec_version')!r}")
+            raise ValueError(f"the model was built with feature spec version {spec.get('feature_spec_version')!r}; "
+                             f"this version serves version {FEATURE_SPEC_VERSION}: retrain it with "
+                             "`retail-prediction train`")
         with np.load(io.BytesIO(npz), allow_pickle=False) as data:
             levels = tuple(
                 LevelTable(name, data[f"level{i}_vocab"], data[f"level{i}_counts"])
