@@ -532,7 +532,7 @@ def fit_tables(
         evidence_power=evidence_power, prior_strength=prior_strength, hierarchy_names=tuple(hierarchy_names),
     )
     products = counted.products
-    tables = replace(tables, latent=products.learn(tables, np.ones(lines.n_baskets, dtype=bool), seed))
+    tables = replace(tables, latent=products.learn(tables, None, seed))
     if n_folds <= 1:
         return tables, None
     per_fold = counted.per_fold
@@ -606,8 +606,8 @@ class _ProductLines:
         self.stand_in = lines.take(stand_in)
         self.codes = [rows[stand_in] for rows in level_rows[1:]]
 
-    def learn(self, tables: FeatureTables, used: np.ndarray, seed: int) -> LatentTables:
-        """Latent classes from the labels of the `used` baskets only."""
+    def learn(self, tables: FeatureTables, used: np.ndarray | None, seed: int) -> LatentTables:
+        """Latent classes from the labels of the `used` baskets only (None: all of them)."""
         n_products = self.stand_in.n_lines
         enc = encode(self.stand_in, tables)
         start, _ = line_distributions(enc, tables, slice(0, n_products))
@@ -615,10 +615,11 @@ class _ProductLines:
         no_product = replace(tables.levels[0], counts=np.zeros_like(tables.levels[0].counts))
         prior, _ = line_distributions(enc, replace(tables, levels=(no_product, *tables.levels[1:])),
                                       slice(0, n_products))
-        keep = used[self.basket]
-        # A boolean mask, and no copy at all when every basket counts (the estimate for serving).
-        product, basket = (self.product, self.basket) if keep.all() else (self.product[keep], self.basket[keep])
-        del keep
+        # No copy of the lines when every basket counts (the estimate for serving); else a boolean mask.
+        product, basket = self.product, self.basket
+        if used is not None:
+            keep = used[basket]
+            product, basket = product[keep], basket[keep]
         posterior, coef, intercept = latent.estimate(product, basket, self.label, self.n_baskets,
                                                      start, prior, seed=seed)
         n_lines = np.bincount(product, minlength=n_products).astype(float)

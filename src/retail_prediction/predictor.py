@@ -116,7 +116,9 @@ class Predictor:
 
     def predict_proba(self, lines: Lines) -> np.ndarray:
         """(n_baskets, n_classes) probabilities, columns in `classes` order."""
-        return self.score(lines).proba
+        if lines.n_baskets == 0:
+            return np.zeros((0, len(self.classes)))
+        return self.predict_features(self.features(lines))
 
     def score(self, lines: Lines) -> Scores:
         """Probabilities and unknown-code counts per basket, from one encoding of the lines."""

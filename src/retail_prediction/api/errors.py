@@ -75,9 +75,13 @@ def from_pydantic(exc: ValidationError) -> ApiError:
     return validation_error(exc.errors(include_url=False, include_input=False, include_context=False))
 
 
+def api_error_response(exc: ApiError) -> Response:
+    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+    return api_error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import ApiError, error_response, unexpected_error_response
+from .errors import ApiError, api_error_response, unexpected_error_response
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -41,7 +41,7 @@ class HotRoutes:
         try:
             response = await handler(request)
         except ApiError as exc:
-            response = error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+            response = api_error_response(exc)
         except ClientDisconnect:
             return  # nobody left to answer
         except Exception as exc:  # the uniform 500, never a stack trace
