@@ -42,6 +42,7 @@ from .latent import LatentTables
 FEATURE_SPEC_VERSION = 2
 _LINE_CHUNK = 1 << 20  # lines per chunk: bounds the memory of the per-line class distributions
 _DICT_LOOKUP_MAX = 64  # distinct codes up to which a dict beats a vectorised search
+_FIRST = np.zeros(1, dtype=np.intp)  # reduceat's segment starts for a single basket
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,13 @@ class LevelTable:
         """
         if codes is None or codes.values.size > _DICT_LOOKUP_MAX:
             return lookup(self.vocab, codes, n_lines)
+        return np.array(self.dict_rows(codes), dtype=np.int32)
+
+    def dict_rows(self, codes: Codes) -> list[int]:
+        """`rows` by dict lookups, as a list (for a few distinct codes)."""
         get = self.row_of.get
-        found = np.array([get(str(v), -1) for v in codes.values.tolist()] + [-1], dtype=np.int32)
-        return found[codes.index]  # index -1 (missing) picks the trailing -1
+        found = [get(str(v), -1) for v in codes.values.tolist()]
+        return [found[i] if i >= 0 else -1 for i in codes.index.tolist()]
 
 
 @dataclass(frozen=True)
@@ -258,9 +263,17 @@ class Encoded:
 def encode(lines: Lines, tables: FeatureTables) -> Encoded:
     hierarchy = dict(zip(tables.hierarchy_names, lines.hierarchy, strict=False))
     sources = [lines.product, *(hierarchy.get(name) for name in tables.hierarchy_names)]
-    rows = np.empty((len(sources), lines.n_lines), dtype=np.int32)
-    for level, (lv, src) in enumerate(zip(tables.levels, sources, strict=True)):
-        rows[level] = lv.rows(src, lines.n_lines)
+    n = lines.n_lines
+    if all(src is None or src.values.size <= _DICT_LOOKUP_MAX for src in sources):
+        # One request's few codes: every level's dict lookups into one list, then a single array.
+        flat: list[int] = []
+        for lv, src in zip(tables.levels, sources, strict=True):
+            flat += [-1] * n if src is None else lv.dict_rows(src)
+        rows = np.array(flat, dtype=np.int32).reshape(len(sources), n)
+    else:
+        rows = np.empty((len(sources), n), dtype=np.int32)
+        for level, (lv, src) in enumerate(zip(tables.levels, sources, strict=True)):
+            rows[level] = lv.rows(src, n)
     log_price = unit_log_price(lines)
     band = np.searchsorted(tables.price_edges, log_price).astype(np.int32)
     return Encoded(rows, band, log_price)
@@ -376,6 +389,11 @@ class _BasketSums:
         values[s0 + self.UNSEEN] = enc.level_rows[0, sl] < 0
         values[s0 + self.NO_HIERARCHY] = (enc.level_rows[1:, sl] < 0).all(axis=0)
         np.log1p(evidence, out=values[s0 + self.LOG_EVIDENCE])
+        if self.sums.shape[0] == 1:  # one basket (one API request): no grouping to work out
+            # reduceat, like the general path (not sum's pairwise order): the same bits either way.
+            self.sums[0] += np.add.reduceat(values, _FIRST, axis=1)[:, 0]
+            np.maximum(self.p_max[0], p.max(axis=0), out=self.p_max[0])
+            return
         if n > 1 and (basket[1:] < basket[:-1]).any():
             order = np.argsort(basket, kind="stable")
             basket, values, p = basket[order], values[:, order], p[order]

@@ -128,15 +128,13 @@ class Predictor:
             return Scores(np.zeros((0, len(self.classes))), empty, empty)
         enc = encode(lines, self.tables)
         proba = self.predict_features(basket_features(lines, self.tables, enc=enc))
-        unknown_product = enc.level_rows[0] < 0
-        # A category counts as unknown when the client gave one and no hierarchy level knows it.
-        given = np.zeros(lines.n_lines, dtype=bool)
-        known = np.zeros(lines.n_lines, dtype=bool)
-        for codes, rows in zip(lines.hierarchy, enc.level_rows[1:], strict=False):
-            if codes is not None:
-                given |= codes.index >= 0
-                known |= rows >= 0
-        return Scores(proba, _count_per_basket(lines, unknown_product), _count_per_basket(lines, given & ~known))
+        # A category counts as unknown when the client gave one and no hierarchy level knows it (a level
+        # the client left empty has row -1, so it never counts as knowing).
+        given_codes = [codes.index for codes in lines.hierarchy if codes is not None]
+        unknown_category = (np.stack(given_codes) >= 0).any(axis=0) if given_codes else np.zeros(lines.n_lines, bool)
+        unknown_category &= (enc.level_rows[1:] < 0).all(axis=0)
+        return Scores(proba, _count_per_basket(lines, enc.level_rows[0] < 0),
+                      _count_per_basket(lines, unknown_category))
 
     def predict_batch(self, lines: Lines, *, threads: int = 2, block: int = 1 << 15) -> np.ndarray:
         """`predict_proba` for many baskets (grouped by basket, as loaded from files), a block of baskets per task.
