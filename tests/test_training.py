@@ -102,8 +102,23 @@ def test_train_cli_until_week(lgsr: Path, tmp_path: Path) -> None:
     files = [str(lgsr / f"transactions_{w}.csv.gz") for w in SMALL_WEEKS[:6]]
     out = tmp_path / "m.tar.gz"
     proc = _cli("train", "--data", *files, "--out", str(out), "--until-week", str(SMALL_WEEKS[4]),
-                "--validation-weeks", "1")
+                "--validation-weeks", "1", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     assert "fitting lightgbm" in proc.stderr and "ONNX export checked" in proc.stderr
     meta = json.loads(read_artifact(out).files["metadata.json"])
     assert meta["training"]["weeks"] == [SMALL_WEEKS[0], SMALL_WEEKS[4]]
+    assert meta["training"]["threads"] == 1
+
+
+def test_train_cli_refuses_a_thread_count_below_one(tmp_path: Path) -> None:
+    proc = _cli("train", "--data", str(tmp_path), "--out", str(tmp_path / "m.tar.gz"), "--threads", "0")
+    assert proc.returncode == 2 and "--threads" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cpu_budget_follows_the_cpus_the_process_may_use() -> None:
+    """Pinned to one CPU (as a cgroup limit or affinity would), training sizes its pools to one thread."""
+    code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " \
+           "from retail_prediction.cpus import cpu_budget; print(cpu_budget())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"

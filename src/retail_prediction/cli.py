@@ -22,6 +22,12 @@ def _week(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="retail-prediction", description=__doc__)
     p.add_argument("--version", action="version", version=__version__)
@@ -40,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--until-week", type=_week, help="ignore lines after this shop week")
     t.add_argument("--validation-weeks", type=int, default=13)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=_positive, default=0,
+                   help="threads for reading and fitting (default: the CPUs this process may use, within its "
+                        "cgroup CPU limit)")
 
     e = sub.add_parser("evaluate", help="score labelled data and write metrics JSON, a PNG and a report")
     e.add_argument("--model", type=Path, required=True)
@@ -82,7 +91,8 @@ def _generate(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from .training import TrainConfig, train
 
-    config = TrainConfig(until_week=args.until_week, validation_weeks=args.validation_weeks, seed=args.seed)
+    config = TrainConfig(until_week=args.until_week, validation_weeks=args.validation_weeks, seed=args.seed,
+                         threads=args.threads)
     result = train(args.data, args.out, config, progress=_say)
     v = result.validation
     print(json.dumps({"model": str(result.path), "sha256": result.sha256, "chosen": result.chosen,

@@ -8,7 +8,6 @@ checked as it is read, and a bad file raises `DataError` naming the file, the li
 from __future__ import annotations
 
 import glob
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from .features import Codes, Lines
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 _BLOCK_SIZE = 8 << 20
-_READ_THREADS = min(4, os.cpu_count() or 1)
+_MAX_READ_THREADS = 4
 _DICT = pa.dictionary(pa.int32(), pa.string())
 _SCIENTIFIC = schema.SCIENTIFIC_ID_PATTERN
 _INTEGER = r"^\s*[+-]?[0-9]+\s*$"
@@ -124,10 +123,10 @@ def _combined(tables: list[pa.Table]) -> pa.Table:
 
 def _read_files(files: list[Path], wanted: set[str],
                 required: tuple[str, ...]) -> Iterator[tuple[Path, list[pa.RecordBatch]]]:
-    """Each file's batches, in order, files read _READ_THREADS at a time: Arrow's decompression and parsing
-    release the GIL. The first bad file's error is raised as soon as it is reached; files not started by then
-    are not read."""
-    pool = ThreadPoolExecutor(_READ_THREADS)
+    """Each file's batches, in order, files read up to _MAX_READ_THREADS at a time (within Arrow's CPU count):
+    Arrow's decompression and parsing release the GIL. The first bad file's error is raised as soon as it is
+    reached; files not started by then are not read."""
+    pool = ThreadPoolExecutor(min(_MAX_READ_THREADS, pa.cpu_count()))
     try:
         futures = [pool.submit(lambda p: list(_read_file(p, wanted, required)), path) for path in files]
         for path, future in zip(files, futures, strict=True):

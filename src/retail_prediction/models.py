@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Protocol
 
@@ -83,7 +82,8 @@ class LightGBMCandidate:
     name = "lightgbm"
 
     def __init__(
-        self, seed: int = 0, n_estimators: int = 150, learning_rate: float = 0.15, num_leaves: int = 31
+        self, seed: int = 0, n_estimators: int = 150, learning_rate: float = 0.15, num_leaves: int = 31,
+        threads: int = 1,
     ):
         self.params = dict(
             n_estimators=n_estimators,
@@ -91,7 +91,7 @@ class LightGBMCandidate:
             num_leaves=num_leaves,
             random_state=seed,
             verbose=-1,
-            n_jobs=os.cpu_count() or 1,
+            n_jobs=threads,
         )
 
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int) -> None:
@@ -158,5 +158,5 @@ def _full_proba(proba: np.ndarray, seen: np.ndarray, n_classes: int) -> np.ndarr
     return out
 
 
-def candidates(seed: int) -> list[Candidate]:
-    return [MajorityBaseline(), LogisticCandidate(seed), LightGBMCandidate(seed)]
+def candidates(seed: int, threads: int = 1) -> list[Candidate]:
+    return [MajorityBaseline(), LogisticCandidate(seed), LightGBMCandidate(seed, threads=threads)]

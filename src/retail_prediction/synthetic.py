@@ -53,7 +53,6 @@ import datetime as dt
 import io
 import json
 import multiprocessing
-import os
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -68,6 +67,7 @@ import numpy as np
 import polars as pl
 
 from . import schema as s
+from .cpus import cpu_budget
 
 LABEL_CODES: tuple[str, ...] = s.LABELS  # class index 0..3 = LA, MM, UM, XX
 XX = 3
@@ -619,7 +619,7 @@ def _run_jobs(world: World, jobs: list[tuple[int, int, int, str]], workers: int)
 
 def _default_workers(customers: int, weeks: int) -> int:
     """One process per core, unless the run is so small (under ~5 M lines) that starting them costs more."""
-    return 1 if customers * weeks < 800_000 else os.cpu_count() or 1
+    return 1 if customers * weeks < 800_000 else cpu_budget()
 
 
 def generate(out_dir: Path, *, weeks: int, customers: int, seed: int, start_week: int = 200607,

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from threadpoolctl import threadpool_limits
 
 from . import __version__, schema
 from .artifact import pack_artifact
+from .cpus import cpu_budget
 from .data import Baskets, DataError, ReadSummary, read_transactions, table_to_baskets
 from .evaluation import classification_metrics, confusion_png, markdown_report
 from .features import FeatureTables, basket_features, fit_tables
@@ -48,6 +50,8 @@ class TrainConfig:
     # line. 43 features need far fewer rows than the tables' products do, and this bounds the memory and
     # time of a 50-million-line training run.
     max_model_baskets: int = 2_000_000
+    # Threads for every pool of the run (Arrow, BLAS, LightGBM's OpenMP); 0 = the CPUs this process may use.
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,18 @@ class _Clock:
 
 def train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConfig = TrainConfig(),
           progress: Progress | None = None) -> TrainResult:
-    say = _Clock(progress)
+    config = replace(config, threads=config.threads or cpu_budget())
+    # Each library would otherwise size its own pool by the node's cores, not the pod's CPU limit.
+    previous = pa.cpu_count()
+    pa.set_cpu_count(config.threads)
+    try:
+        with threadpool_limits(limits=config.threads):
+            return _train(data, out, config, _Clock(progress))
+    finally:
+        pa.set_cpu_count(previous)
+
+
+def _train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConfig, say: Progress) -> TrainResult:
     summary = ReadSummary()
     table = read_transactions(data, columns=TRAIN_COLUMNS, progress=say, summary=summary)
     if config.until_week is not None:
@@ -137,7 +152,7 @@ def _compare(train_part: Baskets, valid_part: Baskets, classes: Sequence[str], c
     say(f"features: {X.shape[0]:,} training (of {train_part.lines.n_baskets:,}) and {Xv.shape[0]:,} validation "
         f"baskets x {X.shape[1]}")
     comparison, detail = [], {}
-    for cand in candidates(config.seed):
+    for cand in candidates(config.seed, config.threads):
         start = time.monotonic()
         say(f"fitting {cand.name} …")
         cand.fit(X, y, len(classes))
@@ -158,7 +173,7 @@ def _refit(everything: Baskets, classes: Sequence[str], chosen: str, config: Tra
            say: Progress) -> tuple[FeatureTables, bytes, float]:
     say(f"refitting {chosen} on all {everything.lines.n_baskets:,} baskets …")
     tables, X, y = _learn(everything, classes, config, say)
-    model = next(c for c in candidates(config.seed) if c.name == chosen)
+    model = next(c for c in candidates(config.seed, config.threads) if c.name == chosen)
     model.fit(X, y, len(classes))
     onnx_bytes = model.to_onnx(X.shape[1])
     if onnx_bytes is None:
@@ -257,7 +272,7 @@ def _metadata(everything: Baskets, summary: ReadSummary, weeks: np.ndarray, cut:
             "validation_weeks": [int(weeks[weeks > cut][0]), int(weeks[-1])],
             "until_week": config.until_week, "n_folds": config.n_folds,
             "evidence_power": config.evidence_power, "prior_strength": config.prior_strength, "seed": config.seed,
-            "max_model_baskets": config.max_model_baskets,
+            "max_model_baskets": config.max_model_baskets, "threads": config.threads,
         },
         "candidates": comparison,
         "onnx_parity_max_abs_diff": parity,
