@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import atexit
 import base64
-import hashlib
 import json
-import math
 import os
 import secrets
 import shutil
@@ -32,14 +30,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import boto3
+import jwt
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 Credentials = tuple[str, str]
 
@@ -83,80 +83,19 @@ def _identity(name: str, creds: Credentials, actions: list[str]) -> dict[str, An
 def _new_credentials(prefix: str) -> Credentials:
     return (f"{prefix}{secrets.token_hex(6).upper()}", secrets.token_urlsafe(24))
 
+
 # --------------------------------------------------------------------------------------------------
 # A minimal OIDC issuer, so the server's STS can be exercised like IRSA (web-identity tokens)
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _int_bytes(value: int) -> bytes:
-    return value.to_bytes((value.bit_length() + 7) // 8, "big")
-
-
-def _probable_prime(n: int, rounds: int = 24) -> bool:
-    if n % 2 == 0 or any(n % p == 0 for p in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)):
-        return False
-    d, s = n - 1, 0
-    while d % 2 == 0:
-        d, s = d // 2, s + 1
-    for _ in range(rounds):
-        x = pow(secrets.randbelow(n - 3) + 2, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(s - 1):
-            x = pow(x, 2, n)
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
-def _prime(bits: int) -> int:
-    while True:
-        # Top two bits set, so the product of two such primes has exactly 2 * bits bits.
-        candidate = secrets.randbits(bits) | (0b11 << (bits - 2)) | 1
-        if _probable_prime(candidate):
-            return candidate
-
-
-_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
-
-
-@dataclass(frozen=True)
-class RsaKey:
-    """A test-only RSA key with RS256 signing in pure Python (the venv has no crypto library)."""
-
-    n: int
-    e: int
-    d: int
-
-    @classmethod
-    def generate(cls, bits: int = 2048) -> RsaKey:
-        e = 65537
-        while True:
-            p, q = _prime(bits // 2), _prime(bits // 2)
-            phi = (p - 1) * (q - 1)
-            if p != q and math.gcd(e, phi) == 1:
-                return cls(n=p * q, e=e, d=pow(e, -1, phi))
-
-    def sign_rs256(self, message: bytes) -> bytes:
-        # EMSA-PKCS1-v1_5 with the SHA-256 DigestInfo prefix (RFC 8017 section 9.2).
-        size = (self.n.bit_length() + 7) // 8
-        digest_info = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
-        encoded = b"\x00\x01" + b"\xff" * (size - len(digest_info) - 3) + b"\x00" + digest_info
-        return pow(int.from_bytes(encoded, "big"), self.d, self.n).to_bytes(size, "big")
-
-    def jwk(self, kid: str) -> dict[str, str]:
-        return {"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
-                "n": _b64url(_int_bytes(self.n)), "e": _b64url(_int_bytes(self.e))}  # fmt: skip
+def new_signing_key() -> rsa.RSAPrivateKey:
+    """An RSA key for RS256 tokens (a cluster's service-account signing key, or a forger's)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 class OidcIssuer:
     """Serves OIDC discovery and a JWKS on 127.0.0.1 and mints RS256 tokens, like a cluster's
-    service-account issuer. The key is generated on first use (about a second of pure Python)."""
+    service-account issuer."""
 
     KID = "test-key"
 
@@ -164,23 +103,15 @@ class OidcIssuer:
         self.audience = audience
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._key: RsaKey | None = None
-        self._lock = threading.Lock()
+        self.key = new_signing_key()
         self._http: ThreadingHTTPServer | None = None
-
-    @property
-    def key(self) -> RsaKey:
-        with self._lock:
-            if self._key is None:
-                # 1024 bits is Go's minimum (the server's JWT check) and takes ~0.1 s in pure Python,
-                # where 2048 takes seconds; this key only ever signs test tokens.
-                self._key = RsaKey.generate(1024)
-            return self._key
 
     def _documents(self) -> dict[str, Any]:
         discovery = {"issuer": self.url, "jwks_uri": f"{self.url}/keys",
                      "id_token_signing_alg_values_supported": ["RS256"]}  # fmt: skip
-        return {"/.well-known/openid-configuration": discovery, "/keys": {"keys": [self.key.jwk(self.KID)]}}
+        jwk = {**RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True), "kid": self.KID, "use": "sig",
+               "alg": "RS256"}
+        return {"/.well-known/openid-configuration": discovery, "/keys": {"keys": [jwk]}}
 
     def start(self) -> None:
         issuer = self
@@ -208,15 +139,12 @@ class OidcIssuer:
             self._http = None
 
     def token(self, subject: str, *, audience: str | None = None, ttl: int = 600,
-              key: RsaKey | None = None) -> str:  # fmt: skip
+              key: rsa.RSAPrivateKey | None = None) -> str:  # fmt: skip
         """A signed JWT for ``subject``; pass another ``key`` to forge one the issuer did not sign."""
         now = int(time.time())
-        header = {"alg": "RS256", "typ": "JWT", "kid": self.KID}
         claims = {"iss": self.url, "sub": subject, "aud": audience or self.audience,
                   "iat": now, "nbf": now, "exp": now + ttl}  # fmt: skip
-        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
-        signature = (key or self.key).sign_rs256(signing_input.encode())
-        return f"{signing_input}.{_b64url(signature)}"
+        return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": self.KID})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 from retail_prediction import store
 from retail_prediction.artifact import pack_artifact, read_artifact, sha256_file
 from retail_prediction.store import FetchedArtifact, ModelSource, StoreError, fetch, probe_version, publish
-from s3server import MODELS_BUCKET, RsaKey, S3Server, free_ports
+from s3server import MODELS_BUCKET, S3Server, free_ports, new_signing_key
 
 UseIdentity = Callable[..., None]
 
@@ -286,7 +286,7 @@ def test_web_identity_refused_tokens(s3_server: S3Server, s3_use_web_identity: C
     assert oidc is not None
     source = ModelSource.from_bucket_key(MODELS_BUCKET, "model.tar.gz")
     refused = {
-        "signature": oidc.token("system:serviceaccount:retail:api", key=RsaKey.generate(1024)),
+        "signature": oidc.token("system:serviceaccount:retail:api", key=new_signing_key()),
         "audience": oidc.token("system:serviceaccount:retail:api", audience="someone-else"),
         "expired": oidc.token("system:serviceaccount:retail:api", ttl=-60),
     }
