@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
 from api_load import DEFAULT_DATA, sample_baskets  # benchmarks/ is on the path when run as a script
 
 
@@ -93,6 +94,9 @@ async def app_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
         print(f"GET /health, one at a time:            {health * 1e6:7.1f} µs per request")
         for k in (int(x) for x in args.in_flight.split(",")):
             async def batch_of(i: int, k: int = k) -> None:
+                if k == 1:  # awaited directly, like uvicorn's task does: gather would add a task per call
+                    await call(app, "POST", "/predict", bodies[i % len(bodies)])
+                    return
                 await asyncio.gather(*(call(app, "POST", "/predict", bodies[(i + j) % len(bodies)]) for j in range(k)))
 
             cost = await per_request(batch_of, n, k)
@@ -142,7 +146,7 @@ def main() -> None:
     baskets = sample_baskets(args.data, args.baskets)
     bodies = [orjson.dumps(b) for b in baskets]
     print(f"{len(bodies)} real baskets from {args.data}, model {args.model}, {os.cpu_count()} cores")
-    asyncio.run(app_figures(args, bodies))
+    uvloop.run(app_figures(args, bodies))  # the event loop uvicorn runs the app on
     stage_figures(args, bodies)
 
 
