@@ -94,6 +94,8 @@ def free_port() -> int:
 
 
 class Server:
+    command: tuple[str, ...] = (sys.executable, "-m", "retail_prediction.serve")
+
     def __init__(self, model: Path, env: dict[str, str], log: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -102,7 +104,7 @@ class Server:
                      "PORT": str(self.port), **env})
         self.started = time.perf_counter()
         with log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "retail_prediction.serve"], env=full,
+            self.proc = subprocess.Popen(list(self.command), env=full,
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self.ready_seconds = self._wait_ready()
