@@ -13,6 +13,7 @@ import numpy as np
 
 from conftest import SMALL_WEEKS
 from retail_prediction.artifact import read_artifact
+from retail_prediction.models import LightGBMCandidate
 from retail_prediction.predictor import REQUIRED_FILES, Predictor
 
 
@@ -47,6 +48,28 @@ def test_model_beats_the_baseline_on_held_out_weeks(trained_model: Path) -> None
     scores = {c["name"]: c["macro_f1"] for c in meta["candidates"]}
     assert scores[meta["chosen_model"]] == max(scores.values())
     assert scores[meta["chosen_model"]] > scores["majority"] + 0.5
+
+
+def test_lightgbm_learns_its_number_of_rounds(trained_model: Path) -> None:
+    """The rounds are found on held-out training rows, recorded for the comparison and the shipped model."""
+    meta = json.loads(read_artifact(trained_model).files["metadata.json"])
+    compared = next(c for c in meta["candidates"] if c["name"] == "lightgbm")
+    assert 1 <= compared["rounds"] < LightGBMCandidate().max_rounds
+    if meta["chosen_model"] == "lightgbm":
+        assert 1 <= meta["chosen_model_learned"]["rounds"] < LightGBMCandidate().max_rounds
+
+
+def test_lightgbm_stops_when_held_out_loss_stops_improving() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 5)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 1).astype(np.int64)  # 3 classes, noise-free
+    noisy = np.where(rng.random(y.size) < 0.2, rng.integers(0, 3, y.size), y)  # the rest cannot be learned
+    model = LightGBMCandidate(max_rounds=300, patience=5)
+    model.fit(X, noisy, 3)
+    assert 1 <= model.rounds < 300  # boosting on label noise only hurts the held-out log loss
+    tiny = LightGBMCandidate(max_rounds=7)
+    tiny.fit(X[:100], y[:100], 3)  # 10 held-out rows say nothing: the cap is used
+    assert tiny.rounds == 7
 
 
 def test_evaluate_writes_json_png_and_report(trained_model: Path, lgsr: Path, tmp_path: Path) -> None:

@@ -109,8 +109,8 @@ def _train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConf
     chosen = max((c for c in comparison if c["exportable"]), key=lambda c: c["macro_f1"])["name"]
     say(f"chosen: {chosen} (validation macro-F1 {comparison_by(comparison, chosen)['macro_f1']:.4f})")
 
-    tables, onnx_bytes, parity = _refit(everything, classes, chosen, config, say)
-    meta = _metadata(everything, summary, weeks, cut, classes, chosen, comparison, parity, tables, config)
+    tables, onnx_bytes, parity, size = _refit(everything, classes, chosen, config, say)
+    meta = _metadata(everything, summary, weeks, cut, classes, (chosen, size), comparison, parity, tables, config)
     files = _artifact_files(onnx_bytes, tables, meta, val_detail[chosen], comparison)
     sha = pack_artifact(out, files, metadata={"model_version": meta["model_version"]})
     say(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {sha[:12]}…)")
@@ -163,14 +163,24 @@ def _compare(train_part: Baskets, valid_part: Baskets, classes: Sequence[str], c
         comparison.append({"name": cand.name, "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
                            "log_loss": metrics["log_loss"], "exportable": cand.name != "majority",
                            "unseen_accuracy": metrics["unseen_products"]["accuracy"],
-                           "fit_seconds": round(time.monotonic() - start, 2)})
+                           "fit_seconds": round(time.monotonic() - start, 2), **_learned_size(cand)})
         say(f"{cand.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
-            f"({time.monotonic() - start:.1f}s)")
+            f"({time.monotonic() - start:.1f}s{_size_note(cand)})")
     return comparison, detail
 
 
+def _learned_size(model: Candidate) -> dict[str, int]:
+    """What a candidate learned about its own size (LightGBM: its boosting rounds), for the metadata."""
+    rounds = getattr(model, "rounds", None)
+    return {} if rounds is None else {"rounds": int(rounds)}
+
+
+def _size_note(model: Candidate) -> str:
+    return "".join(f", {v} {k}" for k, v in _learned_size(model).items())
+
+
 def _refit(everything: Baskets, classes: Sequence[str], chosen: str, config: TrainConfig,
-           say: Progress) -> tuple[FeatureTables, bytes, float]:
+           say: Progress) -> tuple[FeatureTables, bytes, float, dict[str, int]]:
     say(f"refitting {chosen} on all {everything.lines.n_baskets:,} baskets …")
     tables, X, y = _learn(everything, classes, config, say)
     model = next(c for c in candidates(config.seed, config.threads) if c.name == chosen)
@@ -179,8 +189,8 @@ def _refit(everything: Baskets, classes: Sequence[str], chosen: str, config: Tra
     if onnx_bytes is None:
         raise RuntimeError(f"{chosen} cannot be exported to ONNX")
     parity = _check_parity(model, onnx_bytes, X)
-    say(f"ONNX export checked: max |p_onnx - p_native| = {parity:.2e}")
-    return tables, onnx_bytes, parity
+    say(f"ONNX export checked: max |p_onnx - p_native| = {parity:.2e}{_size_note(model)}")
+    return tables, onnx_bytes, parity, _learned_size(model)
 
 
 def _sample(n_baskets: int, config: TrainConfig) -> np.ndarray | None:
@@ -256,15 +266,16 @@ def _library_versions() -> dict[str, str]:
 
 
 def _metadata(everything: Baskets, summary: ReadSummary, weeks: np.ndarray, cut: int, classes: Sequence[str],
-              chosen: str, comparison: list[dict[str, Any]], parity: float, tables: FeatureTables,
-              config: TrainConfig) -> dict[str, Any]:
+              chosen: tuple[str, dict[str, int]], comparison: list[dict[str, Any]], parity: float,
+              tables: FeatureTables, config: TrainConfig) -> dict[str, Any]:
     now = datetime.now(UTC)
     digest = hashlib.sha256(tables.to_npz_bytes()).hexdigest()[:8]
     return {
         "model_version": f"{now:%Y%m%d%H%M%S}-{digest}",
         "created_at": now.isoformat(timespec="seconds"),
         "classes": list(classes),
-        "chosen_model": chosen,
+        "chosen_model": chosen[0],
+        "chosen_model_learned": chosen[1],  # e.g. LightGBM's boosting rounds, found on held-out rows
         "training": {
             "files": len(summary.files), "rows": int(everything.lines.n_lines),
             "baskets": int(everything.lines.n_baskets), "products": int(tables.levels[0].vocab.size),
