@@ -4,7 +4,7 @@
 
 Runs what `train` runs on its data: read, group into baskets, the comparison's tables and out-of-fold features,
 the validation features, then the refit's. Prints wall and CPU seconds per stage, and the RSS after it and the
-peak so far (Linux /proc, no profiler needed). The classifiers see at most 2 M baskets x 27 float32 features,
+peak so far (Linux /proc, no profiler needed). The classifiers see at most 2 M baskets x 43 float32 features,
 a few hundred MB, so these peaks are the run's.
 """
 
@@ -20,7 +20,11 @@ import pyarrow as pa
 from retail_prediction import schema
 from retail_prediction.data import read_transactions, table_to_baskets
 from retail_prediction.features import basket_features
-from retail_prediction.training import TRAIN_COLUMNS, TrainConfig, _learn
+from retail_prediction.training import TRAIN_COLUMNS, TrainConfig, _learn, validation_cut
+
+
+def quiet(message: str) -> None:
+    """`train`'s progress lines are not wanted here: the stages print their own."""
 
 
 class Stages:
@@ -41,18 +45,18 @@ def main(data: str) -> None:
     table = read_transactions(data, columns=TRAIN_COLUMNS)
     stage(f"read {table.num_rows:,} lines")
     weeks = np.unique(table[schema.SHOP_WEEK].to_numpy())
-    cut = int(weeks[-min(config.validation_weeks, max(1, weeks.size // 4)) - 1])
+    cut = validation_cut(weeks, config)
     everything = table_to_baskets(table)
     del table
     pa.default_memory_pool().release_unused()
     stage(f"grouped into {everything.lines.n_baskets:,} baskets")
     classes = tuple(np.unique(everything.label).tolist())
-    tables, X, _ = _learn(everything.select(everything.week <= cut), classes, config)
+    tables, X, _ = _learn(everything.select(everything.week <= cut), classes, config, quiet)
     stage(f"comparison: tables, features {X.shape[0]:,}")
     valid = everything.select(everything.week > cut)
     stage(f"validation features {basket_features(valid.lines, tables).shape[0]:,}")
     del tables, X, valid
-    _, X, _ = _learn(everything, classes, config)
+    _, X, _ = _learn(everything, classes, config, quiet)
     stage(f"refit: tables, features {X.shape[0]:,}")
 
 

@@ -653,10 +653,8 @@ class _ProductLines:
 
 def _class_counts_soft(rows: np.ndarray, n_rows: int, values: np.ndarray) -> np.ndarray:
     """Per code, the sum of the (n, K) `values` of the items with that code (rows < 0 are ignored)."""
-    k = values.shape[1]
     known = rows >= 0
-    flat = (rows[known].astype(np.int64)[:, None] * k + np.arange(k)).ravel()
-    return np.bincount(flat, weights=values[known].ravel(), minlength=n_rows * k).reshape(n_rows, k)
+    return latent.sum_by_index(rows[known], values[known], n_rows)
 
 
 def _vocab(codes: Codes | None) -> np.ndarray:

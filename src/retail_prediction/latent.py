@@ -66,11 +66,11 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def _per_basket(basket: np.ndarray, values: np.ndarray, n_baskets: int) -> np.ndarray:
-    """(n_baskets, K) sums of per-line (n_lines, K) values, in one bincount."""
+def sum_by_index(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """(n, K) sums of the (m, K) `values` per `index` in 0..n-1 (e.g. per basket, per code), in one bincount."""
     k = values.shape[1]
-    flat = (basket.astype(np.int64)[:, None] * k + np.arange(k)).ravel()
-    return np.bincount(flat, weights=values.ravel(), minlength=n_baskets * k).reshape(n_baskets, k)
+    flat = (index.astype(np.int64)[:, None] * k + np.arange(k)).ravel()
+    return np.bincount(flat, weights=values.ravel(), minlength=n * k).reshape(n, k)
 
 
 def _sample(used: np.ndarray, seed: int) -> np.ndarray:
@@ -120,8 +120,8 @@ def estimate(product: np.ndarray, basket: np.ndarray, label: np.ndarray, n_baske
         counts, log_pure = np.zeros((n_baskets, k)), np.zeros((n_baskets, k))
         for sl in chunks:
             ql = q[product[sl]]
-            counts += _per_basket(basket[sl], ql, n_baskets)
-            log_pure += _per_basket(basket[sl], np.log(np.maximum(ql, EPS)), n_baskets)
+            counts += sum_by_index(basket[sl], ql, n_baskets)
+            log_pure += sum_by_index(basket[sl], np.log(np.maximum(ql, EPS)), n_baskets)
         # Inputs only for the sampled baskets: for all of them they would be the largest arrays here.
         sample = _sample(used, seed + it)
         x = composition_inputs(counts[sample] / n[sample][:, None], log_pure[sample])
@@ -132,7 +132,7 @@ def estimate(product: np.ndarray, basket: np.ndarray, label: np.ndarray, n_baske
             inv_n = (1.0 / n[b]).astype(np.float32)[:, None, None]
             others_pure = np.exp(log_pure[b] - np.log(np.maximum(ql, EPS)))
             loglik = _label_loglik(counts[b] - ql, others_pure, inv_n, label[b], coef, intercept)
-            evidence += _per_basket(product[sl], loglik, n_products)
+            evidence += sum_by_index(product[sl], loglik, n_products)
         q = np.exp(log_softmax(evidence))
     return q, coef, intercept
 

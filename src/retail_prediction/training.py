@@ -21,13 +21,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from threadpoolctl import threadpool_limits
 
 from . import __version__, schema
 from .artifact import pack_artifact
 from .cpus import cpu_budget
-from .data import Baskets, DataError, ReadSummary, read_transactions, table_to_baskets
+from .data import Baskets, DataError, ReadSummary, filter_weeks, read_transactions, table_to_baskets
 from .evaluation import classification_metrics, confusion_png, markdown_report
 from .features import FeatureTables, basket_features, fit_tables
 from .models import Candidate, candidates
@@ -89,15 +88,14 @@ def train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConfi
 def _train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConfig, say: Progress) -> TrainResult:
     summary = ReadSummary()
     table = read_transactions(data, columns=TRAIN_COLUMNS, progress=say, summary=summary)
-    if config.until_week is not None:
-        table = table.filter(pc.less_equal(table[schema.SHOP_WEEK], config.until_week))
+    table = filter_weeks(table, None, config.until_week)
     weeks = np.unique(table[schema.SHOP_WEEK].to_numpy())
     if weeks.size < 2:
         raise DataError(", ".join(summary.files), f"need at least 2 shop weeks to validate on later weeks, "
                         f"found {weeks.size}")
-    n_val = min(config.validation_weeks, max(1, weeks.size // 4))
-    cut = int(weeks[-n_val - 1])
-    say(f"{table.num_rows:,} lines, weeks {weeks[0]}-{weeks[-1]}; validating on the last {n_val} weeks (> {cut})")
+    cut = validation_cut(weeks, config)
+    say(f"{table.num_rows:,} lines, weeks {weeks[0]}-{weeks[-1]}; validating on the last "
+        f"{int((weeks > cut).sum())} weeks (> {cut})")
 
     # One grouping of lines into baskets serves the comparison and the refit; the Arrow table goes at once.
     everything = table_to_baskets(table)
@@ -110,11 +108,18 @@ def _train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConf
     say(f"chosen: {chosen} (validation macro-F1 {comparison_by(comparison, chosen)['macro_f1']:.4f})")
 
     tables, onnx_bytes, parity, size = _refit(everything, classes, chosen, config, say)
-    meta = _metadata(everything, summary, weeks, cut, classes, (chosen, size), comparison, parity, tables, config)
+    meta = _metadata(everything, summary, weeks, cut, classes, chosen, size, comparison, parity, tables,
+                     config)
     files = _artifact_files(onnx_bytes, tables, meta, val_detail[chosen], comparison)
     sha = pack_artifact(out, files, metadata={"model_version": meta["model_version"]})
     say(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {sha[:12]}…)")
     return TrainResult(out, sha, chosen, val_detail[chosen], meta)
+
+
+def validation_cut(weeks: np.ndarray, config: TrainConfig) -> int:
+    """The last training week of the comparison: the latest `validation_weeks` (at most a quarter) are held out."""
+    n_val = min(config.validation_weeks, max(1, weeks.size // 4))
+    return int(weeks[-n_val - 1])
 
 
 def comparison_by(comparison: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -266,7 +271,7 @@ def _library_versions() -> dict[str, str]:
 
 
 def _metadata(everything: Baskets, summary: ReadSummary, weeks: np.ndarray, cut: int, classes: Sequence[str],
-              chosen: tuple[str, dict[str, int]], comparison: list[dict[str, Any]], parity: float,
+              chosen: str, learned: dict[str, int], comparison: list[dict[str, Any]], parity: float,
               tables: FeatureTables, config: TrainConfig) -> dict[str, Any]:
     now = datetime.now(UTC)
     digest = hashlib.sha256(tables.to_npz_bytes()).hexdigest()[:8]
@@ -274,8 +279,8 @@ def _metadata(everything: Baskets, summary: ReadSummary, weeks: np.ndarray, cut:
         "model_version": f"{now:%Y%m%d%H%M%S}-{digest}",
         "created_at": now.isoformat(timespec="seconds"),
         "classes": list(classes),
-        "chosen_model": chosen[0],
-        "chosen_model_learned": chosen[1],  # e.g. LightGBM's boosting rounds, found on held-out rows
+        "chosen_model": chosen,
+        "chosen_model_learned": learned,  # e.g. LightGBM's boosting rounds, found on held-out rows
         "training": {
             "files": len(summary.files), "rows": int(everything.lines.n_lines),
             "baskets": int(everything.lines.n_baskets), "products": int(tables.levels[0].vocab.size),

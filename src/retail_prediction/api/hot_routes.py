@@ -10,7 +10,6 @@ other methods (405) and trailing-slash variants behave as before.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import ClientDisconnect, Request
@@ -21,8 +20,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .errors import ApiError, api_error_response, unexpected_error_response
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-log = logging.getLogger("retail_prediction.api")
 
 
 class HotRoutes:
