@@ -25,23 +25,34 @@ WORKDIR /build
 
 RUN python3 -m venv /opt/venv
 
-# 1) Pinned, hash-checked, wheels only: nothing is compiled and no compiler is needed.
-COPY requirements/runtime.lock requirements/runtime.lock
-RUN --mount=type=secret,id=ca_bundle \
-    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
-    /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps --only-binary=:all: \
-        -r requirements/runtime.lock
+# 1) A C compiler and Python's headers for the package's compiled featurization loops (Cython). They stay
+#    in this stage: the runtime stage copies the venv only. Versions come with the base image's suite.
+# hadolint ignore=DL3008
+RUN include="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"; \
+    set -- gcc libc6-dev; \
+    if [ ! -f "$include/Python.h" ]; then set -- "$@" python3-dev; fi; \
+    apt-get update \
+    && apt-get install -y --no-install-recommends "$@" \
+    && rm -rf /var/lib/apt/lists/*
 
-# 2) The package itself (no dependencies: they are all in the lock), then drop the installers.
-COPY pyproject.toml README.md ./
-COPY src ./src
+# 2) Pinned, hash-checked, wheels only: the runtime dependencies, then the build tools (Cython, setuptools).
+COPY requirements/runtime.lock requirements/build.lock requirements/
 RUN --mount=type=secret,id=ca_bundle \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi; \
-    /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+    for lock in runtime build; do \
+        /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps --only-binary=:all: \
+            -r "requirements/$lock.lock"; \
+    done
+
+# 3) The package itself, built with the tools just installed (no dependencies: they are all in the lock),
+#    then the installers and build tools are dropped.
+COPY pyproject.toml setup.py README.md ./
+COPY src ./src
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
     && /opt/venv/bin/pip check \
-    && /opt/venv/bin/python -m pip uninstall --yes pip setuptools wheel \
+    && /opt/venv/bin/python -m pip uninstall --yes pip setuptools wheel cython \
     && find /opt/venv -depth -type d -name tests -path '*/site-packages/*/tests' -prune -exec rm -rf {} + \
-    && /opt/venv/bin/python -c "import retail_prediction.healthcheck"
+    && /opt/venv/bin/python -c "import retail_prediction.healthcheck, retail_prediction.featurize_kernel"
 
 # ---------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime

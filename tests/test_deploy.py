@@ -344,8 +344,11 @@ def test_dockerignore_is_an_allow_list() -> None:
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     assert lines[0] == "*", "everything is excluded unless allowed"
     allowed = {ln[1:] for ln in lines if ln.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "requirements/runtime.lock", "src/", "src/**"}
-    for pattern in ("**/__pycache__", "**/*.tar.gz", "**/*.onnx", "**/*.parquet", "**/*.egg-info"):
+    assert allowed == {"pyproject.toml", "setup.py", "README.md", "requirements/runtime.lock",
+                       "requirements/build.lock", "src/", "src/**"}
+    # no local build products: the builder stage compiles the extension for the image's own Python
+    for pattern in ("**/__pycache__", "**/*.tar.gz", "**/*.onnx", "**/*.parquet", "**/*.egg-info", "**/*.so",
+                    "src/**/*.c"):
         assert pattern in lines
 
 
@@ -395,9 +398,9 @@ def test_workflows_use_oidc_not_keys() -> None:
 # --------------------------------------------------------------------------------- the lock --
 
 
-def _lock_pins() -> dict[str, tuple[str, int]]:
+def _lock_pins(lock: str = "runtime") -> dict[str, tuple[str, int]]:
     pins: dict[str, tuple[str, int]] = {}
-    text = (ROOT / "requirements" / "runtime.lock").read_text()
+    text = (ROOT / "requirements" / f"{lock}.lock").read_text()
     for block in re.split(r"\n(?=[A-Za-z0-9])", text):
         m = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", block.strip())
         if m:
@@ -418,6 +421,18 @@ def test_runtime_lock_matches_pyproject() -> None:
     assert all(count >= 1 for _, count in pins.values()), "every locked package carries hashes"
     training = {"pyarrow", "lightgbm", "scikit-learn", "scipy", "onnx", "skl2onnx", "matplotlib", "pytest"}
     assert not training & set(pins), "training/dev libraries must not be in the runtime lock"
+
+
+def test_build_lock_matches_the_build_requirements() -> None:
+    """The image's builder installs the build tools from this lock (hash-checked), not from the index."""
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    pins = _lock_pins("build")
+    for req in requires:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", req.strip())
+        assert m, f"build requirement not pinned with ==: {req}"
+        name = re.sub(r"[-_.]+", "-", m.group(1)).lower()
+        assert pins.get(name, ("missing",))[0] == m.group(2), f"{name}: regenerate requirements/build.lock"
+    assert all(count >= 1 for _, count in pins.values()), "every locked package carries hashes"
 
 
 # ------------------------------------------------------------------------------ build-push.sh --

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from retail_prediction import schema
+from retail_prediction import featurize_kernel, schema
 from retail_prediction.data import read_transactions, table_to_baskets
-from retail_prediction.features import Codes, FeatureTables, Lines, basket_features, fit_tables
-from retail_prediction.predictor import LineItem, Predictor, lines_from_items
+from retail_prediction.features import (
+    Codes,
+    FeatureTables,
+    Lines,
+    basket_features,
+    encode,
+    fit_tables,
+    line_distributions,
+)
+from retail_prediction.predictor import LineItem, Predictor, encode_items, lines_from_items
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +60,74 @@ def test_serving_path_gives_the_training_features_for_real_baskets(trained_model
     np.testing.assert_allclose(one_by_one, from_files[picks], rtol=1e-6, atol=1e-6)
     batch = lines_from_items([_items_of(later, int(b)) for b in picks], predictor.hierarchy_levels)
     np.testing.assert_allclose(predictor.features(batch), from_files[picks], rtol=1e-6, atol=1e-6)
+    # The API's own path: codes looked up straight from the client's strings, then scored.
+    for b in picks[:50]:
+        lines, enc = encode_items([_items_of(later, int(b))], predictor.tables)
+        np.testing.assert_array_equal(enc.level_rows, encode(later.lines.take(later.lines.basket == b),
+                                                             predictor.tables).level_rows)
+        np.testing.assert_allclose(predictor.score(lines, enc).proba[0],
+                                   predictor.predict_features(from_files[[b]])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_loops_follow_the_definitions(baskets, learned) -> None:
+    """The compiled loops against a plain NumPy statement of what they compute, on real baskets."""
+    tables, _, _ = learned
+    lines = baskets.lines.take(np.flatnonzero(baskets.lines.basket < 300))
+    lines = replace(lines, n_baskets=300)
+    enc = encode(lines, tables)
+    p, evidence = line_distributions(lines, enc, tables)
+    m = tables.prior_strength
+    # The log price from the featurization itself: a band edge sits exactly on some training line's price,
+    # where another log1p's last bit would move the line to the next band.
+    log_price = np.empty(lines.n_lines)
+    featurize_kernel.log_prices(lines.spend, lines.quantity, log_price)
+    np.testing.assert_allclose(log_price, np.log1p(lines.spend / lines.quantity), rtol=1e-15)
+    band = np.searchsorted(tables.price_edges, log_price)
+    want = np.tile(tables.prior_share, (lines.n_lines, 1))
+    # Coarse to fine: the price band, each hierarchy level from the top, then the product; unknown codes skip.
+    steps = [(tables.price_counts, band), *((lv.counts, rows) for lv, rows in
+                                            zip(tables.levels[::-1], enc.level_rows[::-1], strict=True))]
+    for counts, rows in steps:
+        known = rows >= 0
+        c = counts[np.maximum(rows, 0)]
+        pulled = (c + m * want) / (c.sum(axis=1) + m)[:, None]
+        want = np.where(known[:, None], pulled, want)
+    np.testing.assert_allclose(p, want, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(evidence, np.where(enc.level_rows[0] >= 0,
+                                                  tables.levels[0].counts[np.maximum(enc.level_rows[0], 0)].sum(axis=1),
+                                                  0.0), rtol=1e-12)
+    rows = basket_features(lines, tables, enc=enc)
+    names = tables.feature_names()
+    n = np.bincount(lines.basket, minlength=300)
+    k = tables.n_classes
+    per_basket = np.zeros((300, k))
+    np.add.at(per_basket, lines.basket, p)
+    col = [names.index(f"p_mean_{c}") for c in tables.classes]
+    np.testing.assert_allclose(rows[:, col], per_basket / n[:, None], rtol=1e-6)
+    p_max = np.zeros((300, k))
+    np.maximum.at(p_max, lines.basket, p)
+    np.testing.assert_allclose(rows[:, [names.index(f"p_max_{c}") for c in tables.classes]], p_max, rtol=1e-6)
+    votes = np.zeros((300, k))
+    np.add.at(votes, (lines.basket, p.argmax(axis=1)), 1.0)
+    np.testing.assert_allclose(rows[:, [names.index(f"vote_share_{c}") for c in tables.classes]], votes / n[:, None],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(rows[:, names.index("n_lines")], n)
+    np.testing.assert_allclose(rows[:, names.index("log_spend")], np.log1p(np.bincount(lines.basket, lines.spend)),
+                               rtol=1e-6)
+    np.testing.assert_allclose(rows[:, names.index("mean_log_unit_price")],
+                               np.bincount(lines.basket, log_price) / n, rtol=1e-6, atol=1e-7)
+    # The composition model's probabilities are a distribution over the classes.
+    g = rows[:, [names.index(f"g_prob_{c}") for c in tables.classes]]
+    np.testing.assert_allclose(g.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_price_bands_are_numpys_searchsorted() -> None:
+    edges = np.array([-1.0, 0.0, 0.5, 0.5, 2.0])
+    prices = np.array([-np.inf, -2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, 3.0, np.inf, np.nan])
+    for e in (edges, np.zeros(0), edges[:1]):
+        out = np.empty(prices.size, dtype=np.int32)
+        featurize_kernel.price_bands(prices, e, out)
+        np.testing.assert_array_equal(out, np.searchsorted(e, prices))
 
 
 def test_out_of_fold_features_do_not_see_their_own_label(baskets, learned) -> None:

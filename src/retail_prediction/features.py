@@ -32,22 +32,21 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import latent
+from . import featurize_kernel, latent
 from .latent import LatentTables
 
 FEATURE_SPEC_VERSION = 2
-_LINE_CHUNK = 1 << 20  # lines per chunk: bounds the memory of the per-line class distributions
+_LINE_CHUNK = 1 << 20  # lines per chunk of the counting: bounds the memory of its (row, class) keys
 _DICT_LOOKUP_MAX = 64  # distinct codes up to which a dict beats a vectorised search
-_FIRST = np.zeros(1, dtype=np.intp)  # reduceat's segment starts for a single basket
 
 
-@dataclass(frozen=True)
-class Codes:
-    """A string column, dictionary-encoded: `values[index[i]]` is line i's code; index -1 = missing."""
+class Codes(NamedTuple):
+    """A string column, dictionary-encoded: `values[index[i]]` is line i's code; index -1 = missing.
+    (A named tuple: a request builds one per column, and a frozen dataclass costs several times more.)"""
 
     values: np.ndarray
     index: np.ndarray
@@ -59,8 +58,11 @@ class Codes:
 
     @classmethod
     def from_string_rows(cls, rows: Sequence[Sequence[str]], n_columns: int) -> list[Codes]:
-        """One `Codes` per column of a row-major table of strings (one line per row, "" = missing)."""
-        values = np.array(rows, dtype=str).reshape(-1, n_columns)
+        """One `Codes` per column of a row-major table of strings (one line per row, "" = missing).
+
+        The values stay Python strings (an object array): a client's few lines are looked up in dicts,
+        and a fixed-width string array would only be converted back."""
+        values = np.array(rows, dtype=object).reshape(-1, n_columns)
         index = np.repeat(np.arange(values.shape[0], dtype=np.int32)[:, None], n_columns, axis=1)
         index[values == ""] = -1
         return [cls(values[:, j], index[:, j]) for j in range(n_columns)]
@@ -152,12 +154,14 @@ class FeatureTables:
 
     @cached_property
     def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every table in one matrix in smoothing order (price bands, coarsest level, ..., products) with an
-        all-zero row last for unknown codes; its row totals; and where each table starts (plus the zero row)."""
+        """Every table in one matrix in smoothing order (price bands, coarsest level, ..., products), its row
+        totals, and the row where each table starts: the form the compiled loops take."""
         blocks = [self.price_counts, *(lv.counts for lv in reversed(self.levels))]
-        offsets = np.cumsum([0, *(block.shape[0] for block in blocks)])
-        counts = np.concatenate([*blocks, np.zeros((1, self.n_classes))])
-        return counts, counts.sum(axis=1), offsets
+        return latent.stack_counts(blocks, [block.sum(axis=1) for block in blocks])
+
+    @cached_property
+    def edges(self) -> np.ndarray:
+        return _f64(self.price_edges)
 
     @cached_property
     def prior_share(self) -> np.ndarray:
@@ -249,15 +253,9 @@ def lookup(vocab: np.ndarray, codes: Codes | None, n_lines: int) -> np.ndarray:
     return np.where(codes.index >= 0, found[np.maximum(codes.index, 0)], -1).astype(np.int32)
 
 
-def unit_log_price(lines: Lines) -> np.ndarray:
-    return np.log1p(lines.spend / lines.quantity)
-
-
 @dataclass(frozen=True)
 class Encoded:
     level_rows: np.ndarray  # (levels, lines): row of each line's code per level (products first), -1 unknown
-    band: np.ndarray
-    log_price: np.ndarray
 
 
 def encode(lines: Lines, tables: FeatureTables) -> Encoded:
@@ -274,175 +272,67 @@ def encode(lines: Lines, tables: FeatureTables) -> Encoded:
         rows = np.empty((len(sources), n), dtype=np.int32)
         for level, (lv, src) in enumerate(zip(tables.levels, sources, strict=True)):
             rows[level] = lv.rows(src, n)
-    log_price = unit_log_price(lines)
-    band = np.searchsorted(tables.price_edges, log_price).astype(np.int32)
-    return Encoded(rows, band, log_price)
+    return Encoded(rows)
+
+
+def encode_strings(rows: Sequence[Sequence[str]], tables: FeatureTables) -> Encoded:
+    """`encode` of `lines` whose codes are given as rows of strings, as a client sends them (product, then
+    the hierarchy levels in the spec's order; "" = missing): one dict lookup per code, no string arrays."""
+    gets = [lv.row_of.get for lv in tables.levels]
+    flat = [get(row[level], -1) if row[level] else -1 for level, get in enumerate(gets) for row in rows]
+    return Encoded(np.array(flat, dtype=np.int32).reshape(len(gets), len(rows)))
 
 
 # ------------------------------------------------------------------------------------------------
-# Per-line class distributions
+# Per-line class distributions and their per-basket sums (the loops are compiled: featurize_kernel.pyx)
 # ------------------------------------------------------------------------------------------------
-def line_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> tuple[np.ndarray, np.ndarray]:
-    """Class distribution of each line in `sl`, and the product-level evidence behind it.
+def line_distributions(lines: Lines, enc: Encoded, tables: FeatureTables) -> tuple[np.ndarray, np.ndarray]:
+    """Class distribution of each line, and the product-level evidence behind it.
 
-    The smoothing is a chain of Bayesian updates, coarse to fine: p <- (c_l + m p) / (t_l + m) for each
-    level l the line's code is known at. Unrolled, p = prior * prod_l a_l + sum_l b_l * prod_{j>l} a_j with
-    a_l = m / (t_l + m) and b_l = c_l / (t_l + m); an unknown code reads the all-zero row (a = 1, b = 0). So
-    every level is one gather from one stacked table and the whole chain a handful of array operations,
-    which is what keeps one served basket cheap.
+    The smoothing is a chain of Bayesian updates, coarse to fine: p <- (c_l + m p) / (t_l + m) from the
+    global prior through the price band and each hierarchy level to the product, skipping every level
+    whose code is unknown.
     """
-    counts, totals, offsets = tables.stacked
-    rows = np.empty((sl.stop - sl.start, offsets.size - 1), dtype=np.int64)
-    rows[:, 0] = enc.band[sl]
-    rows[:, 1:] = enc.level_rows[::-1, sl].T
-    rows = np.where(rows >= 0, rows + offsets[:-1], offsets[-1])
-    denom = totals[rows] + tables.prior_strength  # (n, levels)
-    a = tables.prior_strength / denom
-    b = counts[rows] / denom[:, :, None]  # (n, levels, classes)
-    after = np.ones_like(a)  # prod_{j>l} a_j
-    after[:, :-1] = np.cumprod(a[:, :0:-1], axis=1)[:, ::-1]
-    p = np.einsum("nlk,nl->nk", b, after) + (a[:, 0] * after[:, 0])[:, None] * tables.prior_share
-    return p, totals[rows[:, -1]]
+    n = enc.level_rows.shape[1]
+    p, evidence = np.empty((n, tables.n_classes)), np.empty(n)
+    featurize_kernel.line_distributions(enc.level_rows, _f64(lines.spend), _f64(lines.quantity), tables.edges,
+                                        *tables.stacked, tables.prior_share, tables.prior_strength, p, evidence)
+    return p, evidence
 
 
-def _pull(p: np.ndarray, counts: np.ndarray, totals: np.ndarray, rows: np.ndarray, strength: float) -> np.ndarray:
-    """Bayesian update of `p` by the counts of each line's row (rows < 0 leave p unchanged)."""
-    known = rows >= 0
-    if not known.any():
-        return p
-    safe = np.maximum(rows, 0)
-    c, t = counts[safe] * known[:, None], totals[safe] * known
-    return (c + strength * p) / (t + strength)[:, None]
-
-
-def latent_distributions(enc: Encoded, tables: FeatureTables, sl: slice) -> np.ndarray:
-    """Latent class distribution of each line in `sl`: its product's posterior, else its hierarchy's."""
-    lt = _latent_of(tables)
-    rows = enc.level_rows[0][sl]
-    seen = rows >= 0
-    seen[seen] = lt.lines[rows[seen]] > 0
-    q = lt.posterior[np.maximum(rows, 0)]
-    if seen.all():  # the usual request: no fallback to compute
-        return q
-    fallback = np.broadcast_to(lt.mean, q.shape)
-    for counts, totals, level_rows in zip(reversed(lt.level_counts), reversed(lt.level_totals),
-                                          reversed(enc.level_rows[1:]), strict=True):
-        fallback = _pull(fallback, counts, totals, level_rows[sl], tables.prior_strength)
-    return np.where(seen[:, None], q, fallback)
-
-
-# ------------------------------------------------------------------------------------------------
-# Basket aggregation
-# ------------------------------------------------------------------------------------------------
 class _BasketSums:
-    """Per-basket sums and maxima of line quantities, filled chunk by chunk of lines.
-
-    Lines are grouped by basket once (a stable sort, skipped when already grouped), then every sum is one
-    `add.reduceat` over a single matrix with one row per statistic (along contiguous memory: about 4x faster
-    than down the columns of its transpose), and `finish` divides the sums by one matrix of divisors: a fixed
-    handful of NumPy calls whatever the number of classes or baskets, which keeps one small basket cheap and
-    ten million baskets fast.
-    """
-
-    # Summed per basket: seven per-class blocks (line probability, by spend, votes, votes by spend; latent
-    # class probability, its log, latent votes), then the basket statistics.
-    P, P_SPEND, VOTE, VOTE_SPEND, Q, LOG_Q, Q_VOTE = range(7)
-    N_SUMMED_PER_CLASS = 7
-    COUNT, SPEND, QUANTITY, LOG_PRICE, UNSEEN, NO_HIERARCHY, LOG_EVIDENCE = range(7)
-    N_STATS = 7
-    # The output: the four evidence blocks, the maxima, the composition model's inputs (latent shares and
-    # P(all lines of a class)), its label probabilities, the latent votes, then the basket statistics.
-    N_OUT_PER_CLASS = 9
+    """Per-basket sums and maxima of what describes each line (layout: featurize_kernel.pyx), filled from
+    one or more sets of lines, then turned into feature rows."""
 
     def __init__(self, n_baskets: int, n_classes: int):
-        self.k = k = n_classes
-        self.stat0 = self.N_SUMMED_PER_CLASS * k
-        self.sums = np.zeros((n_baskets, self.stat0 + self.N_STATS))
-        self.p_max = np.zeros((n_baskets, k))
-        # Which sums are spend-weighted means (the rest are means over lines).
-        self.by_spend = np.zeros(self.stat0 + self.N_STATS, dtype=bool)
-        for block in (self.P_SPEND, self.VOTE_SPEND):
-            self.by_spend[block * k: (block + 1) * k] = True
+        self.k = n_classes
+        self.sums = np.zeros((n_baskets, featurize_kernel.SUMMED_PER_CLASS * n_classes + featurize_kernel.N_STATS))
+        self.p_max = np.zeros((n_baskets, n_classes))
 
-    def add(self, basket: np.ndarray, lines: Lines, sl: slice, enc: Encoded, p: np.ndarray,
-            evidence: np.ndarray, q: np.ndarray) -> None:
-        n = p.shape[0]
-        if n == 0:
-            return
-        k, s0 = self.k, self.stat0
-        spend = lines.spend[sl]
-        # Spend weights get a tiny floor so a basket of zero-spend lines falls back to line weights.
-        w = spend + 1e-9
-        values = np.empty((s0 + self.N_STATS, n))  # written in place, no stacking copies
-        block = [values[i * k: (i + 1) * k] for i in range(self.N_SUMMED_PER_CLASS)]
-        block[self.P][:] = p.T
-        np.multiply(p.T, w, out=block[self.P_SPEND])
-        _one_hot_rows(p, out=block[self.VOTE])
-        np.multiply(block[self.VOTE], w, out=block[self.VOTE_SPEND])
-        block[self.Q][:] = q.T
-        np.log(np.maximum(q.T, latent.EPS), out=block[self.LOG_Q])
-        _one_hot_rows(q, out=block[self.Q_VOTE])
-        values[s0 + self.COUNT] = 1.0
-        values[s0 + self.SPEND] = spend
-        values[s0 + self.QUANTITY] = lines.quantity[sl]
-        values[s0 + self.LOG_PRICE] = enc.log_price[sl]
-        values[s0 + self.UNSEEN] = enc.level_rows[0, sl] < 0
-        values[s0 + self.NO_HIERARCHY] = (enc.level_rows[1:, sl] < 0).all(axis=0)
-        np.log1p(evidence, out=values[s0 + self.LOG_EVIDENCE])
-        if self.sums.shape[0] == 1:  # one basket (one API request): no grouping to work out
-            # reduceat, like the general path (not sum's pairwise order): the same bits either way.
-            self.sums[0] += np.add.reduceat(values, _FIRST, axis=1)[:, 0]
-            np.maximum(self.p_max[0], p.max(axis=0), out=self.p_max[0])
-            return
-        if n > 1 and (basket[1:] < basket[:-1]).any():
-            order = np.argsort(basket, kind="stable")
-            basket, values, p = basket[order], values[:, order], p[order]
-        starts = np.flatnonzero(basket[1:] != basket[:-1]) + 1
-        starts = np.concatenate(([0], starts)) if starts.size else np.zeros(1, dtype=np.intp)
-        first, last = int(basket[0]), int(basket[-1])
-        # Baskets numbered in line order (as loaded) make the ids a contiguous range: a slice, not a gather.
-        at: slice | np.ndarray = slice(first, last + 1) if last - first + 1 == starts.size else basket[starts]
-        self.sums[at] += np.add.reduceat(values, starts, axis=1).T
-        self.p_max[at] = np.maximum(self.p_max[at], np.maximum.reduceat(p, starts, axis=0))
+    def add(self, lines: Lines, enc: Encoded, tables: FeatureTables) -> None:
+        """Each line described with `tables` and added to its basket, in line order (so a basket's sums
+        have the same bits whichever other baskets come with it)."""
+        featurize_kernel.add_lines(
+            enc.level_rows, _f64(lines.spend), _f64(lines.quantity), np.asarray(lines.basket, dtype=np.int32),
+            tables.edges, *tables.stacked, tables.prior_share,
+            *_latent_of(tables).kernel_arrays, tables.prior_strength, latent.EPS, self.sums, self.p_max,
+        )
 
     def finish(self, models: Sequence[LatentTables], model_of: np.ndarray | None = None) -> np.ndarray:
         """The feature rows; basket b's label probabilities from `models[model_of[b]]` (default: the first)."""
-        # A block of baskets at a time: whole-column temporaries would cost several float64 copies of all rows.
-        n_out = self.N_OUT_PER_CLASS * self.k + self.N_STATS
-        out = np.empty((self.sums.shape[0], n_out), dtype=np.float32)
-        for rows in _chunks(out.shape[0]):
-            of = None if model_of is None else model_of[rows]
-            out[rows] = self._features(self.sums[rows], self.p_max[rows], models, of)
-        return out
-
-    def _features(self, s: np.ndarray, p_max: np.ndarray, models: Sequence[LatentTables],
-                  model_of: np.ndarray | None) -> np.ndarray:
-        k, s0 = self.k, self.stat0
-        count = s[:, s0 + self.COUNT]
-        weight = s[:, s0 + self.SPEND] + 1e-9 * count
-        divisor = np.where(self.by_spend, np.where(weight > 0, weight, 1.0)[:, None], np.maximum(count, 1.0)[:, None])
-        means = s / divisor
-        out = np.empty((s.shape[0], self.N_OUT_PER_CLASS * k + self.N_STATS))
-        out[:, :4 * k] = means[:, :4 * k]  # P, P_SPEND, VOTE, VOTE_SPEND
-        out[:, 4 * k: 5 * k] = p_max
-        g_input = out[:, 5 * k: 7 * k]
-        g_input[:] = latent.composition_inputs(means[:, self.Q * k: (self.Q + 1) * k],
-                                               s[:, self.LOG_Q * k: (self.LOG_Q + 1) * k])
-        for i, lt in enumerate(models):
-            at = slice(None) if model_of is None else model_of == i
-            out[at, 7 * k: 8 * k] = np.exp(latent.log_softmax(g_input[at] @ lt.coef.T + lt.intercept))
-        out[:, 8 * k: 9 * k] = means[:, self.Q_VOTE * k: (self.Q_VOTE + 1) * k]
-        stats = out[:, 9 * k:]
-        stats[:] = means[:, s0:]
-        stats[:, self.COUNT] = count
-        np.log1p(s[:, s0 + self.SPEND: s0 + self.QUANTITY + 1], out=stats[:, self.SPEND: self.QUANTITY + 1])
+        n = self.sums.shape[0]
+        out = np.empty((n, featurize_kernel.OUT_PER_CLASS * self.k + featurize_kernel.N_STATS), dtype=np.float32)
+        model_of = np.zeros(n, dtype=np.int32) if model_of is None else np.asarray(model_of, dtype=np.int32)
+        if len(models) == 1:
+            coef, intercept = models[0].composition
+        else:
+            coef, intercept = (np.concatenate(parts) for parts in zip(*(lt.composition for lt in models), strict=True))
+        featurize_kernel.basket_rows(self.sums, self.p_max, coef, intercept, model_of, out)
         return out
 
 
-def _one_hot_rows(p: np.ndarray, out: np.ndarray) -> None:
-    """out[c, i] = 1 where c is line i's likeliest class, else 0 (`out` is classes x lines)."""
-    out[:] = 0.0
-    out[p.argmax(axis=1), np.arange(p.shape[0])] = 1.0
+def _f64(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.float64)
 
 
 def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | None = None,
@@ -455,12 +345,12 @@ def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | 
     """
     sums = _BasketSums(lines.n_baskets, tables.n_classes)
     if folds is None:
-        _add_lines(sums, lines, enc if enc is not None else encode(lines, tables), tables)
+        sums.add(lines, enc if enc is not None else encode(lines, tables), tables)
         return sums.finish([_latent_of(tables)])
     for f in range(folds.n_folds):
         sub = lines.take(np.flatnonzero(folds.line_fold == f))
         # Encoded a fold at a time: per-line codes for all lines at once would cost ~32 bytes a line more.
-        _add_lines(sums, sub, encode(sub, tables), folds.tables_without(f, tables))
+        sums.add(sub, encode(sub, tables), folds.tables_without(f, tables))
     basket_fold = np.zeros(lines.n_baskets, dtype=np.int16)
     basket_fold[lines.basket] = folds.line_fold
     return sums.finish(folds.latent, basket_fold % len(folds.latent))
@@ -470,12 +360,6 @@ def _latent_of(tables: FeatureTables) -> LatentTables:
     if tables.latent is None:
         raise ValueError("tables without latent classes (learn them with fit_tables)")
     return tables.latent
-
-
-def _add_lines(sums: _BasketSums, lines: Lines, enc: Encoded, tables: FeatureTables) -> None:
-    for sl in _chunks(lines.n_lines):
-        p, evidence = line_distributions(enc, tables, sl)
-        sums.add(lines.basket[sl], lines, sl, enc, p, evidence, latent_distributions(enc, tables, sl))
 
 
 def _chunks(n: int) -> list[slice]:
@@ -587,10 +471,13 @@ def _count_lines(lines: Lines, basket_label: np.ndarray, n_classes: int, evidenc
     # Per basket, then spread to lines: per-line arrays are the memory of a 50-million-line run.
     weight = (1.0 / np.maximum(per_basket, 1) ** evidence_power)[lines.basket]
     cls = basket_label[lines.basket].astype(np.int32)
-    log_price = unit_log_price(lines)
+    # Prices and bands by the featurization's own code, so the counted bands are the ones it reads.
+    log_price = np.empty(lines.n_lines)
+    featurize_kernel.log_prices(_f64(lines.spend), _f64(lines.quantity), log_price)
     quantiles = np.linspace(0, 1, price_bands + 1)[1:-1]
-    edges = np.unique(np.quantile(log_price, quantiles)) if lines.n_lines else np.array([])
-    band = np.searchsorted(edges, log_price).astype(np.int32)
+    edges = _f64(np.unique(np.quantile(log_price, quantiles))) if lines.n_lines else np.zeros(0)
+    band = np.empty(lines.n_lines, dtype=np.int32)
+    featurize_kernel.price_bands(log_price, edges, band)
     del log_price
     sources = [lines.product, *lines.hierarchy]
     vocabs = [_vocab(src) for src in sources]
@@ -628,11 +515,10 @@ class _ProductLines:
         """Latent classes from the labels of the `used` baskets only (None: all of them)."""
         n_products = self.stand_in.n_lines
         enc = encode(self.stand_in, tables)
-        start, _ = line_distributions(enc, tables, slice(0, n_products))
+        start, _ = line_distributions(self.stand_in, enc, tables)
         # The prior leaves the product's own counts out: they are the evidence the estimate weighs anew.
         no_product = replace(tables.levels[0], counts=np.zeros_like(tables.levels[0].counts))
-        prior, _ = line_distributions(enc, replace(tables, levels=(no_product, *tables.levels[1:])),
-                                      slice(0, n_products))
+        prior, _ = line_distributions(self.stand_in, enc, replace(tables, levels=(no_product, *tables.levels[1:])))
         # No copy of the lines when every basket counts (the estimate for serving); else a boolean mask.
         product, basket = self.product, self.basket
         if used is not None:

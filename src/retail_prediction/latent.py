@@ -16,7 +16,9 @@ the coarsest level to the finest, as the evidence tables are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,18 @@ class LatentTables:
     coef: np.ndarray  # (K, 2K) composition model: class shares, then log P(all lines of a class)
     intercept: np.ndarray  # (K,)
 
+    @cached_property
+    def kernel_arrays(self) -> tuple[np.ndarray, ...]:
+        """What the compiled featurization takes: posteriors, their lines, the hierarchy tables stacked
+        coarsest first (counts, totals, starts; see `stack_counts`) and the mean posterior."""
+        stacked = stack_counts(self.level_counts[::-1], self.level_totals[::-1])
+        return (np.ascontiguousarray(self.posterior, dtype=np.float64), _f64(self.lines), *stacked, _f64(self.mean))
+
+    @cached_property
+    def composition(self) -> tuple[np.ndarray, np.ndarray]:
+        """The composition model as the compiled featurization takes it: (1, K, 2K) and (1, K)."""
+        return _f64(self.coef[None]), _f64(self.intercept[None])
+
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"latent_posterior": self.posterior, "latent_lines": self.lines, "latent_mean": self.mean,
                "latent_coef": self.coef, "latent_intercept": self.intercept}
@@ -54,6 +68,19 @@ class LatentTables:
             level_totals=tuple(data[f"latent_level{i}_totals"] for i in range(n_levels)),
             coef=data["latent_coef"], intercept=data["latent_intercept"],
         )
+
+
+def stack_counts(counts: Sequence[np.ndarray], totals: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Tables of class counts (codes x K) and their per-code totals, each stacked into one array, plus the
+    row where each table starts."""
+    starts = np.cumsum([0, *(c.shape[0] for c in counts)])[:-1].astype(np.int64)
+    k = counts[0].shape[1] if counts else 0
+    return (np.ascontiguousarray(np.concatenate(counts) if counts else np.zeros((1, k)), dtype=np.float64),
+            _f64(np.concatenate(totals) if totals else np.zeros(1)), starts)
+
+
+def _f64(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.float64)
 
 
 def composition_inputs(share: np.ndarray, log_pure: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .artifact import LoadedArtifact, read_artifact
-from .features import Codes, FeatureTables, Lines, basket_features, encode
+from .features import Codes, Encoded, FeatureTables, Lines, basket_features, encode, encode_strings
 
 REQUIRED_FILES = ("model.onnx", "tables.npz", "feature_spec.json", "metadata.json")
 
@@ -35,18 +35,36 @@ def lines_from_items(baskets: Sequence[Sequence[LineItem]], hierarchy_levels: in
     A free-form `category` is offered to every hierarchy level where no explicit code was given: the
     learned vocabularies decide where (if anywhere) it is known.
     """
+    return _line_table(baskets, hierarchy_levels)[0]
+
+
+def encode_items(baskets: Sequence[Sequence[LineItem]], tables: FeatureTables) -> tuple[Lines, Encoded]:
+    """`lines_from_items` and its `encode`, with the codes looked up straight from the client's strings."""
+    lines, text = _line_table(baskets, len(tables.hierarchy_names))
+    return lines, encode_strings(text, tables)
+
+
+def _line_table(baskets: Sequence[Sequence[LineItem]], hierarchy_levels: int) -> tuple[Lines, list[list[str]]]:
     items = [item for basket in baskets for item in basket]
-    basket = np.repeat(np.arange(len(baskets), dtype=np.int64), [len(b) for b in baskets])
+    if len(baskets) == 1:  # one request: per-call costs dominate, so no grouping arithmetic
+        basket = np.zeros(len(items), dtype=np.int32)
+    else:
+        basket = np.repeat(np.arange(len(baskets), dtype=np.int32), [len(b) for b in baskets])
     amounts = np.array([(i.quantity, i.price) for i in items], dtype=np.float64).reshape(-1, 2)
-    padding = (None,) * hierarchy_levels
-    # One string matrix (product, then each level) instead of one array per column: per-call costs
-    # dominate a single basket.
-    text = [[i.product_id or "", *(code or i.category or "" for code in (*i.hierarchy, *padding)[:hierarchy_levels])]
-            for i in items]
+    # One string matrix (product, then each level) instead of one array per column.
+    text = [_codes_of(i, hierarchy_levels) for i in items]
     product, *levels = Codes.from_string_rows(text, 1 + hierarchy_levels)
     quantity = amounts[:, 0]
-    return Lines(basket=basket, n_baskets=len(baskets), product=product, quantity=quantity,
-                 spend=quantity * amounts[:, 1], hierarchy=tuple(levels))
+    lines = Lines(basket=basket, n_baskets=len(baskets), product=product, quantity=quantity,
+                  spend=quantity * amounts[:, 1], hierarchy=tuple(levels))
+    return lines, text
+
+
+def _codes_of(item: LineItem, levels: int) -> list[str]:
+    """The line's product code, then its code at each hierarchy level ("" = missing)."""
+    category = item.category or ""
+    hierarchy = item.hierarchy if len(item.hierarchy) == levels else (*item.hierarchy, *(None,) * levels)[:levels]
+    return [item.product_id or "", *[code or category for code in hierarchy]]
 
 
 @dataclass(frozen=True)
@@ -120,19 +138,22 @@ class Predictor:
             return np.zeros((0, len(self.classes)))
         return self.predict_features(self.features(lines))
 
-    def score(self, lines: Lines) -> Scores:
-        """Probabilities and unknown-code counts per basket, from one encoding of the lines."""
+    def score(self, lines: Lines, enc: Encoded | None = None) -> Scores:
+        """Probabilities and unknown-code counts per basket, from one encoding of the lines (`enc`, when
+        the caller has it)."""
         n = lines.n_baskets
         if n == 0:
             empty = np.zeros(0, dtype=np.int64)
             return Scores(np.zeros((0, len(self.classes))), empty, empty)
-        enc = encode(lines, self.tables)
+        enc = enc if enc is not None else encode(lines, self.tables)
         proba = self.predict_features(basket_features(lines, self.tables, enc=enc))
         # A category counts as unknown when the client gave one and no hierarchy level knows it (a level
         # the client left empty has row -1, so it never counts as knowing).
         given_codes = [codes.index for codes in lines.hierarchy if codes is not None]
-        unknown_category = (np.stack(given_codes) >= 0).any(axis=0) if given_codes else np.zeros(lines.n_lines, bool)
-        unknown_category &= (enc.level_rows[1:] < 0).all(axis=0)
+        if given_codes and enc.level_rows.shape[0] > 1:
+            unknown_category = (np.max(given_codes, axis=0) >= 0) & (enc.level_rows[1:].max(axis=0) < 0)
+        else:
+            unknown_category = np.zeros(lines.n_lines, dtype=bool)
         return Scores(proba, _count_per_basket(lines, enc.level_rows[0] < 0),
                       _count_per_basket(lines, unknown_category))
 
@@ -160,6 +181,8 @@ class Predictor:
 
 
 def _count_per_basket(lines: Lines, flag: np.ndarray) -> np.ndarray:
+    if lines.n_baskets == 1:  # one request: no grouping needed
+        return np.array([np.count_nonzero(flag)])
     return np.bincount(lines.basket[flag], minlength=lines.n_baskets)
 
 

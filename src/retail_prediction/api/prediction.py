@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..predictor import LineItem, Predictor, lines_from_items
+from ..predictor import LineItem, Predictor, encode_items
 from ..schema import label_name
 from .cache import BasketKey, PredictionCache, basket_key
 from .schemas import HIERARCHY_FIELDS, PredictRequest, request_lines
@@ -26,8 +26,7 @@ def score(predictor: Predictor, requests: Sequence[PredictRequest]) -> list[dict
 
 
 def score_items(predictor: Predictor, baskets: Sequence[Sequence[LineItem]]) -> list[dict[str, Any]]:
-    lines = lines_from_items(baskets, predictor.hierarchy_levels)
-    scores = predictor.score(lines)
+    scores = predictor.score(*encode_items(baskets, predictor.tables))
     proba = scores.proba.tolist()
     unknown_products = scores.unknown_products.tolist()
     unknown_categories = scores.unknown_categories.tolist()

@@ -1,0 +1,9 @@
+"""The compiled part of the package: the featurization's loops (all other settings are in pyproject.toml)."""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+setup(ext_modules=cythonize(
+    [Extension("retail_prediction.featurize_kernel", ["src/retail_prediction/featurize_kernel.pyx"])],
+    compiler_directives={"language_level": 3},
+))

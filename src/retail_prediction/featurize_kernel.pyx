@@ -1,0 +1,261 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The featurization's per-line and per-basket loops, compiled (see `features.py` for what they compute).
+
+Why compiled: one API request is a basket of a few lines, where NumPy spends its time in per-call
+overheads (about a hundred calls on arrays of a few elements), not in arithmetic. These loops make one
+pass over the lines and one over the baskets, with no temporaries, so the same code is cheap for one
+basket and for ten million, and training and serving still share every line of it. The GIL is released
+while they run.
+
+Layout of the per-basket sums (`sums`, one row per basket): SUMMED_PER_CLASS blocks of K columns (line
+probability, by spend, votes, votes by spend; latent class probability, its log, latent votes), then
+N_STATS basket statistics (lines, spend, quantity, log unit price, unseen products, lines without a known
+hierarchy code, log evidence). The feature row (`basket_rows`) holds OUT_PER_CLASS blocks of K columns,
+then the statistics: the order of `FeatureTables.feature_names()`.
+"""
+
+from libc.math cimport exp, log, log1p
+from libc.stdlib cimport free, malloc
+
+# Per-class blocks of the sums, then the statistics after them.
+cdef enum:
+    P, P_SPEND, VOTE, VOTE_SPEND, Q, LOG_Q, Q_VOTE, _SUMMED_PER_CLASS
+cdef enum:
+    COUNT, SPEND, QUANTITY, LOG_PRICE, UNSEEN, NO_HIERARCHY, LOG_EVIDENCE, _N_STATS
+# The feature row's per-class blocks after the four means of P..VOTE_SPEND: the largest line probability,
+# the composition model's inputs (latent class shares, P(all lines of a class)), its label probabilities,
+# and the latent votes; the statistics follow.
+cdef enum:
+    O_P_MAX = 4, O_SHARE, O_PURE, O_G_PROB, O_Q_VOTE, _OUT_PER_CLASS
+
+SUMMED_PER_CLASS = _SUMMED_PER_CLASS
+N_STATS = _N_STATS
+OUT_PER_CLASS = _OUT_PER_CLASS
+cdef double SPEND_FLOOR = 1e-9  # spend weights get a floor so a basket of zero-spend lines falls back to line weights
+
+
+cdef inline void _pull(double* p, const double* counts, double total, double strength, Py_ssize_t k) noexcept nogil:
+    """One Bayesian update of the distribution `p` by a code's class counts: p <- (c + m p) / (t + m)."""
+    cdef double denom = total + strength
+    cdef Py_ssize_t c
+    for c in range(k):
+        p[c] = (counts[c] + strength * p[c]) / denom
+
+
+cdef inline Py_ssize_t _argmax(const double* p, Py_ssize_t k) noexcept nogil:
+    """The first largest entry, as NumPy's argmax."""
+    cdef Py_ssize_t c, best = 0
+    for c in range(1, k):
+        if p[c] > p[best]:
+            best = c
+    return best
+
+
+cdef inline double _log_price(double spend, double quantity) noexcept nogil:
+    """The log unit price: what a line's price band and the basket's price level are computed from."""
+    return log1p(spend / quantity)
+
+
+cdef inline Py_ssize_t _band(double log_price, const double* edges, Py_ssize_t n_edges) noexcept nogil:
+    """The price band: how many band edges lie below the price (NumPy's searchsorted, NaN in the last band)."""
+    cdef Py_ssize_t lo = 0, hi = n_edges, mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if not edges[mid] >= log_price:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def log_prices(const double[:] spend, const double[:] quantity, double[::1] out):
+    """Every line's log unit price (`out`)."""
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(out.shape[0]):
+            out[i] = _log_price(spend[i], quantity[i])
+
+
+def price_bands(const double[::1] log_price, const double[::1] edges, int[::1] out):
+    """Every line's price band (`out`) given the inner band edges (sorted)."""
+    cdef Py_ssize_t i, n_edges = edges.shape[0]
+    with nogil:
+        for i in range(out.shape[0]):
+            out[i] = _band(log_price[i], &edges[0] if n_edges else NULL, n_edges)
+
+
+cdef inline double _line_p(Py_ssize_t i, const int* rows, Py_ssize_t n, Py_ssize_t levels, Py_ssize_t band,
+                           const double* counts, const double* totals, const long long* offsets,
+                           const double* prior, double strength, Py_ssize_t k, double* p) noexcept nogil:
+    """Line i's class distribution into `p`: the prior pulled by its price band, then by every level it has a
+    known code at, coarsest first and the product last. Returns the product's evidence (0 if unknown).
+
+    `rows` is (levels, n), products first; table j of the stacked `counts` starts at row offsets[j]: the
+    price bands, then the levels coarsest first."""
+    cdef Py_ssize_t c, j, row
+    cdef int r
+    cdef double evidence = 0.0
+    for c in range(k):
+        p[c] = prior[c]
+    row = offsets[0] + band
+    _pull(p, counts + row * k, totals[row], strength, k)
+    for j in range(1, levels + 1):
+        r = rows[(levels - j) * n + i]
+        if r >= 0:
+            row = offsets[j] + r
+            _pull(p, counts + row * k, totals[row], strength, k)
+            if j == levels:
+                evidence = totals[row]
+    return evidence
+
+
+cdef inline const double* _line_q(Py_ssize_t i, const int* rows, Py_ssize_t n, Py_ssize_t levels,
+                                  const double* posterior, const double* product_lines, const double* lat_counts,
+                                  const double* lat_totals, const long long* lat_offsets, const double* lat_mean,
+                                  double strength, Py_ssize_t k, double* fallback) noexcept nogil:
+    """Line i's latent class distribution: its product's posterior if the product was seen in training, else
+    the mean posterior pulled by the hierarchy codes it has, coarsest first (written into `fallback`)."""
+    cdef Py_ssize_t c, j, row
+    cdef int r = rows[i]
+    if r >= 0 and product_lines[r] > 0:
+        return posterior + r * k
+    for c in range(k):
+        fallback[c] = lat_mean[c]
+    for j in range(levels - 1):
+        r = rows[(levels - 1 - j) * n + i]
+        if r >= 0:
+            row = lat_offsets[j] + r
+            _pull(fallback, lat_counts + row * k, lat_totals[row], strength, k)
+    return fallback
+
+
+def line_distributions(const int[:, ::1] level_rows, const double[:] spend, const double[:] quantity,
+                       const double[::1] edges, const double[:, ::1] counts, const double[::1] totals,
+                       const long long[::1] offsets, const double[::1] prior, double strength,
+                       double[:, ::1] p_out, double[::1] evidence_out):
+    """Every line's class distribution (`p_out`, lines x K) and product evidence (`evidence_out`)."""
+    cdef Py_ssize_t levels = level_rows.shape[0], n = level_rows.shape[1], k = prior.shape[0], i, band
+    cdef Py_ssize_t n_edges = edges.shape[0]
+    cdef const double* edge0 = &edges[0] if n_edges else NULL
+    if n == 0:
+        return
+    with nogil:
+        for i in range(n):
+            band = _band(_log_price(spend[i], quantity[i]), edge0, n_edges)
+            evidence_out[i] = _line_p(i, &level_rows[0, 0], n, levels, band, &counts[0, 0], &totals[0],
+                                      &offsets[0], &prior[0], strength, k, &p_out[i, 0])
+
+
+def add_lines(const int[:, ::1] level_rows, const double[:] spend, const double[:] quantity, const int[:] basket,
+              const double[::1] edges, const double[:, ::1] counts, const double[::1] totals, const long long[::1] offsets,
+              const double[::1] prior, const double[:, ::1] posterior, const double[::1] product_lines,
+              const double[:, ::1] lat_counts, const double[::1] lat_totals, const long long[::1] lat_offsets,
+              const double[::1] lat_mean, double strength, double eps, double[:, ::1] sums, double[:, ::1] p_max):
+    """Adds every line to its basket's row of `sums` and `p_max` (baskets x K), in line order."""
+    cdef Py_ssize_t levels = level_rows.shape[0], n = level_rows.shape[1], k = prior.shape[0]
+    cdef Py_ssize_t s0 = _SUMMED_PER_CLASS * k, i, c, j, b
+    cdef double* p
+    cdef double* fallback
+    cdef const double* q
+    cdef double* s
+    cdef double* pm
+    cdef double w, evidence, log_price
+    cdef int no_hierarchy
+    cdef Py_ssize_t n_edges = edges.shape[0]
+    cdef const double* edge0 = &edges[0] if n_edges else NULL
+    if n == 0:
+        return
+    p = <double*> malloc(2 * k * sizeof(double))
+    if p == NULL:
+        raise MemoryError()
+    fallback = p + k
+    with nogil:
+        for i in range(n):
+            b = basket[i]
+            s, pm = &sums[b, 0], &p_max[b, 0]
+            log_price = _log_price(spend[i], quantity[i])
+            evidence = _line_p(i, &level_rows[0, 0], n, levels, _band(log_price, edge0, n_edges), &counts[0, 0],
+                               &totals[0], &offsets[0], &prior[0], strength, k, p)
+            q = _line_q(i, &level_rows[0, 0], n, levels, &posterior[0, 0], &product_lines[0], &lat_counts[0, 0],
+                        &lat_totals[0], &lat_offsets[0], &lat_mean[0], strength, k, fallback)
+            w = spend[i] + SPEND_FLOOR
+            for c in range(k):
+                s[P * k + c] += p[c]
+                s[P_SPEND * k + c] += p[c] * w
+                s[Q * k + c] += q[c]
+                s[LOG_Q * k + c] += log(q[c] if q[c] > eps else eps)
+                if p[c] > pm[c]:
+                    pm[c] = p[c]
+            c = _argmax(p, k)
+            s[VOTE * k + c] += 1.0
+            s[VOTE_SPEND * k + c] += w
+            s[Q_VOTE * k + _argmax(q, k)] += 1.0
+            no_hierarchy = 1
+            for j in range(1, levels):
+                if level_rows[j, i] >= 0:
+                    no_hierarchy = 0
+            s[s0 + COUNT] += 1.0
+            s[s0 + SPEND] += spend[i]
+            s[s0 + QUANTITY] += quantity[i]
+            s[s0 + LOG_PRICE] += log_price
+            s[s0 + UNSEEN] += level_rows[0, i] < 0
+            s[s0 + NO_HIERARCHY] += no_hierarchy
+            s[s0 + LOG_EVIDENCE] += log1p(evidence)
+    free(p)
+
+
+def basket_rows(const double[:, ::1] sums, const double[:, ::1] p_max, const double[:, :, ::1] coef,
+                const double[:, ::1] intercept, const int[:] model_of, float[:, ::1] out):
+    """The feature row of every basket from its sums; basket b's label probabilities come from composition
+    model `model_of[b]` (`coef[m]` is K x 2K, on the latent class shares then P(all lines of a class))."""
+    cdef Py_ssize_t n = sums.shape[0], k = p_max.shape[1], s0 = _SUMMED_PER_CLASS * k, b, c, j, m
+    cdef const double* s
+    cdef const double* w
+    cdef float* o
+    cdef double* g
+    cdef double* z
+    cdef double count, by_line, by_spend, top, total
+    if n == 0:
+        return
+    g = <double*> malloc(3 * k * sizeof(double))
+    if g == NULL:
+        raise MemoryError()
+    z = g + 2 * k
+    with nogil:
+        for b in range(n):
+            s, o, m = &sums[b, 0], &out[b, 0], model_of[b]
+            count = s[s0 + COUNT]
+            by_line = count if count > 1.0 else 1.0
+            by_spend = s[s0 + SPEND] + SPEND_FLOOR * count
+            if not by_spend > 0:
+                by_spend = 1.0
+            for c in range(k):
+                o[P * k + c] = s[P * k + c] / by_line
+                o[P_SPEND * k + c] = s[P_SPEND * k + c] / by_spend
+                o[VOTE * k + c] = s[VOTE * k + c] / by_line
+                o[VOTE_SPEND * k + c] = s[VOTE_SPEND * k + c] / by_spend
+                o[O_P_MAX * k + c] = p_max[b, c]
+                g[c] = s[Q * k + c] / by_line
+                g[k + c] = exp(s[LOG_Q * k + c])
+                o[O_SHARE * k + c] = g[c]
+                o[O_PURE * k + c] = g[k + c]
+                o[O_Q_VOTE * k + c] = s[Q_VOTE * k + c] / by_line
+            top = -1e300
+            for c in range(k):
+                w = &coef[m, c, 0]
+                z[c] = intercept[m, c]
+                for j in range(2 * k):
+                    z[c] += w[j] * g[j]
+                if z[c] > top:
+                    top = z[c]
+            total = 0.0
+            for c in range(k):
+                total += exp(z[c] - top)
+            for c in range(k):
+                o[O_G_PROB * k + c] = exp(z[c] - top - log(total))
+            o[_OUT_PER_CLASS * k + COUNT] = count
+            o[_OUT_PER_CLASS * k + SPEND] = log1p(s[s0 + SPEND])
+            o[_OUT_PER_CLASS * k + QUANTITY] = log1p(s[s0 + QUANTITY])
+            for j in range(<int> LOG_PRICE, <int> _N_STATS):
+                o[_OUT_PER_CLASS * k + j] = s[s0 + j] / by_line
+    free(g)
