@@ -7,8 +7,8 @@ the kernel out and drives the ASGI app directly (the same middleware, hot routes
 handlers), so the app's own cost per request can be set beside the HTTP stack's. It prints:
   1. one request at a time: GET /health and POST /predict through the whole app (real baskets);
   2. /predict with N requests in flight at once (micro-batching) for a few N;
-  3. the stages of scoring one basket, each timed alone in a loop: validation, line table, encoding,
-     features, ONNX Runtime, the whole `score`.
+  3. the stages of scoring one basket, each timed alone in a loop: validation, line items, line table and
+     code lookups, features, ONNX Runtime, the whole `score`.
 Figures are per request, best conditions (caches hot, no other work): a real server pays more per request
 (see docs/benchmarks.md for both).
 """
@@ -106,22 +106,21 @@ async def app_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
 def stage_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
     from retail_prediction.api.prediction import line_items, score
     from retail_prediction.api.schemas import Limits, request_models
-    from retail_prediction.features import basket_features, encode
-    from retail_prediction.predictor import Predictor, lines_from_items
+    from retail_prediction.features import basket_features
+    from retail_prediction.predictor import Predictor, encode_items
 
     predictor = Predictor.load(args.model)
+    tables = predictor.tables
     validator = request_models(Limits(128, 500, 1000)).predict
     requests = [validator.validate_json(b) for b in bodies]
     items = [line_items(r) for r in requests]
-    levels = predictor.hierarchy_levels
-    lines = [lines_from_items([i], levels) for i in items]
-    encoded = [encode(x, predictor.tables) for x in lines]
-    features = [basket_features(x, predictor.tables, enc=e) for x, e in zip(lines, encoded, strict=True)]
+    encoded = [encode_items([i], tables) for i in items]
+    features = [basket_features(lines, tables, enc=enc) for lines, enc in encoded]
     stages: dict[str, Callable[[int], Any]] = {
         "validation (JSON -> checked dict)": lambda i: validator.validate_json(bodies[i]),
-        "line table (dict -> arrays)": lambda i: lines_from_items([line_items(requests[i])], levels),
-        "encoding (codes -> table rows)": lambda i: encode(lines[i], predictor.tables),
-        "features (rows -> 43 numbers)": lambda i: basket_features(lines[i], predictor.tables, enc=encoded[i]),
+        "lines (dict -> line items)": lambda i: line_items(requests[i]),
+        "line table and table rows of the codes": lambda i: encode_items([items[i]], tables),
+        "features (rows -> 43 numbers)": lambda i: basket_features(encoded[i][0], tables, enc=encoded[i][1]),
         "ONNX Runtime (one row)": lambda i: predictor.predict_features(features[i]),
         "score: all of the above but validation": lambda i: score(predictor, [requests[i]]),
     }

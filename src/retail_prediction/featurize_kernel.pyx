@@ -259,3 +259,25 @@ def basket_rows(const double[:, ::1] sums, const double[:, ::1] p_max, const dou
             for j in range(<int> LOG_PRICE, <int> _N_STATS):
                 o[_OUT_PER_CLASS * k + j] = s[s0 + j] / by_line
     free(g)
+
+
+def unknown_codes(const int[:, ::1] level_rows, const int[:] basket, const int[:, ::1] given, long long[:, ::1] out):
+    """Per basket, what the tables do not know (reported beside a prediction, not a feature): lines whose
+    product is unknown (out[b, 0]), and lines that name a hierarchy code or category (given[j, i] >= 0 at
+    some level j) that no hierarchy level knows (out[b, 1])."""
+    cdef Py_ssize_t levels = level_rows.shape[0], n = level_rows.shape[1], n_given = given.shape[0], i, j
+    cdef bint named, known
+    with nogil:
+        for i in range(n):
+            if level_rows[0, i] < 0:
+                out[basket[i], 0] += 1
+            named = False
+            for j in range(n_given):
+                if given[j, i] >= 0:
+                    named = True
+            known = False
+            for j in range(1, levels):
+                if level_rows[j, i] >= 0:
+                    known = True
+            if named and not known:
+                out[basket[i], 1] += 1

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnxruntime as ort
 
+from . import featurize_kernel
 from .artifact import LoadedArtifact, read_artifact
 from .features import Codes, Encoded, FeatureTables, Lines, basket_features, encode, encode_strings
 
@@ -147,15 +148,12 @@ class Predictor:
             return Scores(np.zeros((0, len(self.classes))), empty, empty)
         enc = enc if enc is not None else encode(lines, self.tables)
         proba = self.predict_features(basket_features(lines, self.tables, enc=enc))
-        # A category counts as unknown when the client gave one and no hierarchy level knows it (a level
-        # the client left empty has row -1, so it never counts as knowing).
-        given_codes = [codes.index for codes in lines.hierarchy if codes is not None]
-        if given_codes and enc.level_rows.shape[0] > 1:
-            unknown_category = (np.max(given_codes, axis=0) >= 0) & (enc.level_rows[1:].max(axis=0) < 0)
-        else:
-            unknown_category = np.zeros(lines.n_lines, dtype=bool)
-        return Scores(proba, _count_per_basket(lines, enc.level_rows[0] < 0),
-                      _count_per_basket(lines, unknown_category))
+        # A category counts as unknown when the client gave one and no hierarchy level knows it.
+        named = [codes.index for codes in lines.hierarchy if codes is not None]
+        given = np.stack(named).astype(np.int32, copy=False) if named else np.zeros((0, lines.n_lines), np.int32)
+        unknown = np.zeros((n, 2), dtype=np.int64)
+        featurize_kernel.unknown_codes(enc.level_rows, np.asarray(lines.basket, dtype=np.int32), given, unknown)
+        return Scores(proba, unknown[:, 0], unknown[:, 1])
 
     def predict_batch(self, lines: Lines, *, threads: int = 2, block: int = 1 << 15) -> np.ndarray:
         """`predict_proba` for many baskets (grouped by basket, as loaded from files), a block of baskets per task.
@@ -172,18 +170,12 @@ class Predictor:
     def unknown_products(self, lines: Lines) -> np.ndarray:
         """Per basket: how many lines hold a product the model never saw in training."""
         rows = self.tables.levels[0].rows(lines.product, lines.n_lines)
-        return _count_per_basket(lines, rows < 0)
+        return np.bincount(lines.basket[rows < 0], minlength=lines.n_baskets)
 
     def example_products(self, limit: int = 20) -> list[dict[str, Any]]:
         """Products the model knows best (most evidence), for the web page's picker."""
         examples = self.metadata.get("example_products", [])
         return list(examples[:limit])
-
-
-def _count_per_basket(lines: Lines, flag: np.ndarray) -> np.ndarray:
-    if lines.n_baskets == 1:  # one request: no grouping needed
-        return np.array([np.count_nonzero(flag)])
-    return np.bincount(lines.basket[flag], minlength=lines.n_baskets)
 
 
 def _probability_output(session: ort.InferenceSession) -> str:
