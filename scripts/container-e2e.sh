@@ -377,11 +377,15 @@ check_contents() {
 import importlib.util as u, os, shutil, sys
 bad = [t for t in ("gcc", "cc", "g++", "make", "curl", "wget", "pip", "pip3") if shutil.which(t)]
 bad += ["module " + m for m in ("pyarrow", "sklearn", "lightgbm", "scipy", "pandas", "matplotlib",
-        "onnx", "pytest", "pip", "setuptools") if u.find_spec(m)]
+        "onnx", "pytest", "pip", "setuptools", "Cython") if u.find_spec(m)]
 for m in ("numpy", "onnxruntime", "fastapi", "uvicorn", "pydantic_settings", "boto3",
           "prometheus_client", "orjson", "retail_prediction", "retail_prediction.healthcheck"):
     if not u.find_spec(m):
         bad.append("missing module " + m)
+try:  # the compiled featurization loops, built by the builder stage for this Python
+    import retail_prediction.featurize_kernel
+except ImportError as exc:
+    bad.append(f"compiled module: {exc}")
 import glob
 skip = ("/proc", "/sys", "/dev", "/usr/share/python-wheels")
 # third-party packages ship their own sample files (onnxruntime/datasets/*.onnx): only our package counts

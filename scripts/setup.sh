@@ -9,7 +9,8 @@ VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# The compiled featurization loops are built at install: a change to them (or to the build) reinstalls too.
+stamp="$VENV/.installed-$(cat pyproject.toml setup.py src/retail_prediction/*.pyx | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -e '.[train,dev]'
