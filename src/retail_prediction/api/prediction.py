@@ -16,7 +16,7 @@ from .schemas import HIERARCHY_FIELDS, PredictRequest, request_lines
 
 def line_items(request: PredictRequest) -> list[LineItem]:
     return [LineItem(product, line["quantity"], line["price"], line.get("category"),
-                     tuple(line.get(name) for name in HIERARCHY_FIELDS))
+                     tuple(map(line.get, HIERARCHY_FIELDS)))
             for product, line in request_lines(request)]
 
 
