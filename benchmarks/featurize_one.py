@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from retail_prediction.predictor import LineItem, Predictor, lines_from_items
+from retail_prediction.features import basket_features
+from retail_prediction.predictor import LineItem, Predictor, encode_items
 
 
 def main() -> None:
@@ -20,16 +21,23 @@ def main() -> None:
     predictor = Predictor.load(args.model)
     examples = predictor.metadata["example_products"][: args.lines]
     items = [LineItem(e["product_id"], 2, e["price"], hierarchy=tuple(e["hierarchy"])) for e in examples]
-    levels = predictor.hierarchy_levels
-    stages = {
-        "lines_from_items": lambda: lines_from_items([items], levels),
-        "basket_features": lambda: predictor.features(lines_from_items([items], levels)),
-        "features + ONNX": lambda: predictor.predict_proba(lines_from_items([items], levels)),
+    tables = predictor.tables
+    lines, enc = encode_items([items], tables)
+    stages = {  # the API's path: encode_items, then Predictor.score
+        "line table + codes": lambda: encode_items([items], tables),
+        "features alone": lambda: basket_features(lines, tables, enc=enc),
+        "lines to features": lambda: _features(items, predictor),
+        "score (+ ONNX)": lambda: predictor.score(*encode_items([items], tables)),
     }
     for name, run in stages.items():
         run()
         best = min(_time(run, args.repeat // 5) for _ in range(5))
         print(f"{name:>18}: {best * 1e6:7.1f} µs per basket of {len(items)} lines")
+
+
+def _features(items: list[LineItem], predictor: Predictor):
+    lines, enc = encode_items([items], predictor.tables)
+    return basket_features(lines, predictor.tables, enc=enc)
 
 
 def _time(run, n: int) -> float:

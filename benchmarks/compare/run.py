@@ -570,7 +570,7 @@ def profile(system: System, args: argparse.Namespace, work: Path, connections: i
 # Where a sample's time goes: the first rule matching a frame, from the innermost frame outwards.
 PARTS = [
     ("ONNX Runtime (`Session.run`)", r"Session\.run"),
-    ("featurization (`lines_from_items`, `basket_features`, unknown counts)",
+    ("featurization (`encode_items`, `basket_features`, unknown counts)",
      r"retail_prediction/(features|predictor)\.py"),
     ("request body read + pydantic validation", r"model_validate_json|retail_prediction/api/body\.py"),
     ("answer building (`score`, `line_items`, orjson)", r"retail_prediction/api/(prediction|app)\.py|orjson"),
@@ -782,9 +782,9 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
       f"endpoint, a pandas DataFrame built per request, a scikit-learn RandomForest ({rf['trees']} trees, "
       f"{rf['nodes']:,} nodes, {rf['file_mb']:.0f} MB joblib file, scikit-learn defaults, trained on the "
       f"baskets of weeks {rf['train_weeks']}) loaded with joblib, under `uvicorn --workers {args.workers}` "
-      "with its defaults (access log on). It computes *the same features* by calling our vectorised "
-      "`basket_features` on the DataFrame's columns, so its featurization is as fast as ours per call: a "
-      "hand-written pandas featurization would make it slower. It is a different model (a forest, not the "
+      "with its defaults (access log on). It computes *the same features* by calling our "
+      "`basket_features` (compiled loops) on the DataFrame's columns, so its featurization is as fast as ours "
+      "per call: a hand-written pandas featurization would make it slower. It is a different model (a forest, not the "
       "LightGBM trees), as such hand-built services usually are; its answers are checked against the same "
       "forest run in process.")
     w("- **MLServer** with its LightGBM runtime (`mlserver-lightgbm`), `debug=false`, otherwise default settings "
