@@ -1,14 +1,14 @@
 """Side-by-side serving benchmark: our API vs a hand-built reference vs Seldon MLServer (issue 5).
 
     bash benchmarks/compare/setup.sh          # once: wrk, the MLServer and reference venvs
-    python benchmarks/compare/run.py --model /tmp/lead/model.tar.gz --out docs/benchmarks-serving.md
+    python benchmarks/compare/run.py --model models/model.tar.gz   # the report goes into docs/benchmarks.md
 
 Not part of the test suite. Each system is started by this script, one at a time, on the same port
 (`--port`, MLServer's gRPC and metrics ports next to it), with the same worker count (`--workers`):
 
   ours       `python -m retail_prediction.serve` (POST /predict, POST /predict/batch; GET /health as the
              ceiling of our HTTP stack), default settings except the ones listed in the report;
-  reference  benchmarks/compare/reference/app.py under uvicorn: FastAPI + pydantic models, a pandas
+  reference  benchmarks/reference/app.py under uvicorn: FastAPI + pydantic models, a pandas
              DataFrame per request, a scikit-learn RandomForest loaded with joblib, the same features;
   mlserver   MLServer with its LightGBM runtime serving the same trees (model.onnx converted back to a
              LightGBM model, checked against ONNX Runtime), on *precomputed* feature vectors over its V2
@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+REFERENCE = HERE.parent / "reference"  # the hand-built reference app (never shipped)
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(ROOT / "benchmarks")]
 
@@ -181,10 +182,10 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]
         Xt, yt = training_features(args.data, predictor, args.rf_weeks)
         np.savez(train_npz, X=Xt, y=yt, feature_names=np.array(predictor.feature_names))
         log(f"training the reference RandomForest on {len(yt)} baskets")
-        run([args.reference_python, str(HERE / "reference/train.py"), str(train_npz), str(rf)])
+        run([args.reference_python, str(REFERENCE / "train.py"), str(train_npz), str(rf)])
     sample_npz, answers = work / "sample-features.npz", work / "rf-answers.json"
     np.savez(sample_npz, X=X, feature_names=np.array(predictor.feature_names))
-    run([args.reference_python, str(HERE / "reference/offline.py"), str(rf), str(sample_npz), str(answers)])
+    run([args.reference_python, str(REFERENCE / "offline.py"), str(rf), str(sample_npz), str(answers)])
     forest = json.loads(answers.read_text())
     ref_proba = np.array(forest["proba"])
     info["rf"] = {"trees": forest["trees"], "nodes": forest["nodes"], "file_mb": rf.stat().st_size / 1e6,
@@ -320,7 +321,7 @@ class System:
             env.update({"MODEL_DIR": str(self.work / "model"), "RF_PATH": str(self.work / "rf.joblib"),
                         "PYTHONPATH": str(ROOT / "src")})
             return ([self.args.reference_python, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port",
-                     str(self.port), "--workers", workers], env, HERE / "reference")
+                     str(self.port), "--workers", workers], env, REFERENCE)
         root = self.work / "mlserver"
         (root / MLSERVER_MODEL).mkdir(parents=True, exist_ok=True)
         settings = json.loads((HERE / "mlserver/settings.json").read_text())
@@ -747,6 +748,31 @@ def _f(x: float | None, digits: int = 0) -> str:
     return "–" if x is None else f"{x:,.{digits}f}"
 
 
+BEGIN = ("<!-- BEGIN serving benchmark report: written by benchmarks/compare/run.py, do not edit by hand "
+         "(the reading of the run is benchmarks/compare/NOTES.md) -->")
+END = "<!-- END serving benchmark report -->"
+
+
+def write_report(out: Path, text: str) -> None:
+    """The report as its own file, or between the markers of a document that has them (docs/benchmarks.md),
+    its title dropped and its headings one level down so that it nests under the document's section."""
+    current = out.read_text() if out.exists() else ""
+    if BEGIN not in current or END not in current:
+        out.write_text(text)
+        return
+    head, rest = current.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    out.write_text(f"{head}{BEGIN}\n{_nested(text)}\n{END}{tail}")
+
+
+def _nested(text: str) -> str:
+    lines, fenced = [], False
+    for line in text.splitlines()[1:]:  # without the title
+        fenced ^= line.startswith("```")
+        lines.append("#" + line if line.startswith("#") and not fenced else line)
+    return "\n".join(lines).strip("\n")
+
+
 def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Path) -> str:
     S = results["systems"]
     L: list[str] = []
@@ -778,7 +804,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, png: Path, out: Pa
       "`MAX_BODY_BYTES=4194304` (batches of 1000 baskets are ~1.1 MB). Full work per request: validation, "
       "featurization, ONNX Runtime.")
     rf = results["info"]["rf"]
-    w(f"- **reference** (`benchmarks/compare/reference/`, never shipped): FastAPI + pydantic models, a sync "
+    w(f"- **reference** (`benchmarks/reference/`, never shipped): FastAPI + pydantic models, a sync "
       f"endpoint, a pandas DataFrame built per request, a scikit-learn RandomForest ({rf['trees']} trees, "
       f"{rf['nodes']:,} nodes, {rf['file_mb']:.0f} MB joblib file, scikit-learn defaults, trained on the "
       f"baskets of weeks {rf['train_weeks']}) loaded with joblib, under `uvicorn --workers {args.workers}` "
@@ -981,9 +1007,9 @@ def _example_cmd(S: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path("/tmp/lead/model.tar.gz"))
+    p.add_argument("--model", type=Path, default=ROOT / "models/model.tar.gz")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks-serving.md")
+    p.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks.md")
     p.add_argument("--png", type=Path, default=ROOT / "docs/img/p99-vs-throughput.png")
     p.add_argument("--json", type=Path, default=HERE / "last-run.json")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "retail-bench")
@@ -1030,7 +1056,7 @@ def main(argv: list[str] | None = None) -> None:
                     "rate_connections", "batch_connections", "smoke"):
             setattr(args, key, results["settings"][key])
         plot(results, args, args.png)
-        args.out.write_text(report(results, args, args.png, args.out))
+        write_report(args.out, report(results, args, args.png, args.out))
         log(f"re-rendered {args.out} and {args.png} from {args.json}")
         return
     args.model = args.model.resolve()
@@ -1061,7 +1087,7 @@ def main(argv: list[str] | None = None) -> None:
     results["elapsed_s"] = (dt.datetime.now(dt.UTC) - started).total_seconds()
     args.json.write_text(json.dumps(results, indent=2, default=str))
     plot(results, args, args.png)
-    args.out.write_text(report(results, args, args.png, args.out))
+    write_report(args.out, report(results, args, args.png, args.out))
     log(f"done in {results['elapsed_s']:.0f} s: {args.out}, {args.png}, {args.json}")
 
 
