@@ -1,8 +1,9 @@
 """THE featurization: transaction lines -> one row of model features per basket.
 
-Training and serving both call `basket_features` (serving through `Featurizer`), so the two can never
-drift apart. Everything is vectorised over a flat table of lines with a basket index: one call handles
-one basket or ten million.
+Training and serving both call `basket_features` (serving through `Predictor`), so the two can never
+drift apart. Everything works on a flat table of lines with a basket index: one call handles one basket or
+ten million. The per-line and per-basket loops are compiled (`featurize_kernel.pyx`): at one basket NumPy's
+per-call overhead, not arithmetic, was the cost.
 
 How a line is described. Each training basket's label is evidence about the products in it, and the
 fewer products a basket holds the more its label says about each of them, so a line's evidence weight
