@@ -9,7 +9,7 @@ from .model_manager import LoadedModel, LoadStatus
 from .schemas import CONTEXT_FIELDS
 from .settings import Settings
 
-# Line fields the featurization reads (via lines_from_items) and the request fields it ignores.
+# Line fields the featurization reads (via encode_items) and the request fields it ignores.
 _LINE_INPUTS = ["product_id", "quantity", "price", "category", "prod_code_10", "prod_code_20", "prod_code_30",
                 "prod_code_40"]
 
