@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retail_prediction import featurize_kernel, schema
+from retail_prediction import featurize_kernel, latent, schema
 from retail_prediction.data import read_transactions, table_to_baskets
 from retail_prediction.features import (
     Codes,
@@ -116,9 +116,15 @@ def test_compiled_loops_follow_the_definitions(baskets, learned) -> None:
                                rtol=1e-6)
     np.testing.assert_allclose(rows[:, names.index("mean_log_unit_price")],
                                np.bincount(lines.basket, log_price) / n, rtol=1e-6, atol=1e-7)
-    # The composition model's probabilities are a distribution over the classes.
+    # The composition model's probabilities: latent.py's definition (the one its estimation fits) applied to
+    # the row's own inputs, the latent class shares and P(all lines of a class).
     g = rows[:, [names.index(f"g_prob_{c}") for c in tables.classes]]
     np.testing.assert_allclose(g.sum(axis=1), 1.0, rtol=1e-5)
+    share = rows[:, [names.index(f"q_share_{c}") for c in tables.classes]].astype(np.float64)
+    pure = rows[:, [names.index(f"q_pure_{c}") for c in tables.classes]].astype(np.float64)
+    x = latent.composition_inputs(share, np.log(pure))
+    want_g = np.exp(latent.log_softmax(x @ tables.latent.coef.T + tables.latent.intercept))
+    np.testing.assert_allclose(g, want_g, rtol=1e-4, atol=1e-6)
 
 
 def test_price_bands_are_numpys_searchsorted() -> None:

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import featurize_kernel, latent
-from .latent import LatentTables
+from .latent import LatentTables, as_f64
 
 FEATURE_SPEC_VERSION = 2
 _LINE_CHUNK = 1 << 20  # lines per chunk of the counting: bounds the memory of its (row, class) keys
@@ -61,8 +61,8 @@ class Codes(NamedTuple):
     def from_string_rows(cls, rows: Sequence[Sequence[str]], n_columns: int) -> list[Codes]:
         """One `Codes` per column of a row-major table of strings (one line per row, "" = missing).
 
-        The values stay Python strings (an object array): a client's few lines are looked up in dicts,
-        and a fixed-width string array would only be converted back."""
+        The values stay Python strings (an object array): building it costs a third of a fixed-width string
+        array's, and a request's codes are looked up from its strings anyway (`encode_strings`)."""
         values = np.array(rows, dtype=object).reshape(-1, n_columns)
         index = np.repeat(np.arange(values.shape[0], dtype=np.int32)[:, None], n_columns, axis=1)
         index[values == ""] = -1
@@ -120,18 +120,14 @@ class LevelTable:
     def rows(self, codes: Codes | None, n_lines: int) -> np.ndarray:
         """Row of each line's code, -1 where missing or unknown (see `lookup`).
 
-        A few distinct codes (one API request) are looked up in a dict, which is several times faster than
-        NumPy's string search at that size; both are exact matches, so the answer is the same.
+        A few distinct codes are looked up in a dict, which is several times faster than NumPy's string search
+        at that size; both are exact matches, so the answer is the same.
         """
         if codes is None or codes.values.size > _DICT_LOOKUP_MAX:
             return lookup(self.vocab, codes, n_lines)
-        return np.array(self.dict_rows(codes), dtype=np.int32)
-
-    def dict_rows(self, codes: Codes) -> list[int]:
-        """`rows` by dict lookups, as a list (for a few distinct codes)."""
         get = self.row_of.get
         found = [get(str(v), -1) for v in codes.values.tolist()]
-        return [found[i] if i >= 0 else -1 for i in codes.index.tolist()]
+        return np.array([found[i] if i >= 0 else -1 for i in codes.index.tolist()], dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -162,7 +158,7 @@ class FeatureTables:
 
     @cached_property
     def edges(self) -> np.ndarray:
-        return _f64(self.price_edges)
+        return as_f64(self.price_edges)
 
     @cached_property
     def prior_share(self) -> np.ndarray:
@@ -262,22 +258,14 @@ class Encoded:
 def encode(lines: Lines, tables: FeatureTables) -> Encoded:
     hierarchy = dict(zip(tables.hierarchy_names, lines.hierarchy, strict=False))
     sources = [lines.product, *(hierarchy.get(name) for name in tables.hierarchy_names)]
-    n = lines.n_lines
-    if all(src is None or src.values.size <= _DICT_LOOKUP_MAX for src in sources):
-        # One request's few codes: every level's dict lookups into one list, then a single array.
-        flat: list[int] = []
-        for lv, src in zip(tables.levels, sources, strict=True):
-            flat += [-1] * n if src is None else lv.dict_rows(src)
-        rows = np.array(flat, dtype=np.int32).reshape(len(sources), n)
-    else:
-        rows = np.empty((len(sources), n), dtype=np.int32)
-        for level, (lv, src) in enumerate(zip(tables.levels, sources, strict=True)):
-            rows[level] = lv.rows(src, n)
+    rows = np.empty((len(sources), lines.n_lines), dtype=np.int32)
+    for level, (lv, src) in enumerate(zip(tables.levels, sources, strict=True)):
+        rows[level] = lv.rows(src, lines.n_lines)
     return Encoded(rows)
 
 
 def encode_strings(rows: Sequence[Sequence[str]], tables: FeatureTables) -> Encoded:
-    """`encode` of `lines` whose codes are given as rows of strings, as a client sends them (product, then
+    """`encode` for lines whose codes are given as rows of strings, as a client sends them (product, then
     the hierarchy levels in the spec's order; "" = missing): one dict lookup per code, no string arrays."""
     gets = [lv.row_of.get for lv in tables.levels]
     flat = [get(row[level], -1) if row[level] else -1 for level, get in enumerate(gets) for row in rows]
@@ -296,7 +284,7 @@ def line_distributions(lines: Lines, enc: Encoded, tables: FeatureTables) -> tup
     """
     n = enc.level_rows.shape[1]
     p, evidence = np.empty((n, tables.n_classes)), np.empty(n)
-    featurize_kernel.line_distributions(enc.level_rows, _f64(lines.spend), _f64(lines.quantity), tables.edges,
+    featurize_kernel.line_distributions(enc.level_rows, as_f64(lines.spend), as_f64(lines.quantity), tables.edges,
                                         *tables.stacked, tables.prior_share, tables.prior_strength, p, evidence)
     return p, evidence
 
@@ -314,7 +302,7 @@ class _BasketSums:
         """Each line described with `tables` and added to its basket, in line order (so a basket's sums
         have the same bits whichever other baskets come with it)."""
         featurize_kernel.add_lines(
-            enc.level_rows, _f64(lines.spend), _f64(lines.quantity), np.asarray(lines.basket, dtype=np.int32),
+            enc.level_rows, as_f64(lines.spend), as_f64(lines.quantity), np.asarray(lines.basket, dtype=np.int32),
             tables.edges, *tables.stacked, tables.prior_share,
             *_latent_of(tables).kernel_arrays, tables.prior_strength, latent.EPS, self.sums, self.p_max,
         )
@@ -330,10 +318,6 @@ class _BasketSums:
             coef, intercept = (np.concatenate(parts) for parts in zip(*(lt.composition for lt in models), strict=True))
         featurize_kernel.basket_rows(self.sums, self.p_max, coef, intercept, model_of, out)
         return out
-
-
-def _f64(values: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(values, dtype=np.float64)
 
 
 def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | None = None,
@@ -474,9 +458,9 @@ def _count_lines(lines: Lines, basket_label: np.ndarray, n_classes: int, evidenc
     cls = basket_label[lines.basket].astype(np.int32)
     # Prices and bands by the featurization's own code, so the counted bands are the ones it reads.
     log_price = np.empty(lines.n_lines)
-    featurize_kernel.log_prices(_f64(lines.spend), _f64(lines.quantity), log_price)
+    featurize_kernel.log_prices(as_f64(lines.spend), as_f64(lines.quantity), log_price)
     quantiles = np.linspace(0, 1, price_bands + 1)[1:-1]
-    edges = _f64(np.unique(np.quantile(log_price, quantiles))) if lines.n_lines else np.zeros(0)
+    edges = as_f64(np.unique(np.quantile(log_price, quantiles))) if lines.n_lines else np.zeros(0)
     band = np.empty(lines.n_lines, dtype=np.int32)
     featurize_kernel.price_bands(log_price, edges, band)
     del log_price

@@ -46,12 +46,12 @@ class LatentTables:
         """What the compiled featurization takes: posteriors, their lines, the hierarchy tables stacked
         coarsest first (counts, totals, starts; see `stack_counts`) and the mean posterior."""
         stacked = stack_counts(self.level_counts[::-1], self.level_totals[::-1])
-        return (np.ascontiguousarray(self.posterior, dtype=np.float64), _f64(self.lines), *stacked, _f64(self.mean))
+        return as_f64(self.posterior), as_f64(self.lines), *stacked, as_f64(self.mean)
 
     @cached_property
     def composition(self) -> tuple[np.ndarray, np.ndarray]:
         """The composition model as the compiled featurization takes it: (1, K, 2K) and (1, K)."""
-        return _f64(self.coef[None]), _f64(self.intercept[None])
+        return as_f64(self.coef[None]), as_f64(self.intercept[None])
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"latent_posterior": self.posterior, "latent_lines": self.lines, "latent_mean": self.mean,
@@ -75,11 +75,12 @@ def stack_counts(counts: Sequence[np.ndarray], totals: Sequence[np.ndarray]) -> 
     row where each table starts."""
     starts = np.cumsum([0, *(c.shape[0] for c in counts)])[:-1].astype(np.int64)
     k = counts[0].shape[1] if counts else 0
-    return (np.ascontiguousarray(np.concatenate(counts) if counts else np.zeros((1, k)), dtype=np.float64),
-            _f64(np.concatenate(totals) if totals else np.zeros(1)), starts)
+    return (as_f64(np.concatenate(counts) if counts else np.zeros((1, k))),
+            as_f64(np.concatenate(totals) if totals else np.zeros(1)), starts)
 
 
-def _f64(values: np.ndarray) -> np.ndarray:
+def as_f64(values: np.ndarray) -> np.ndarray:
+    """A contiguous float64 array (no copy when it already is one): what the compiled loops take."""
     return np.ascontiguousarray(values, dtype=np.float64)
 
 

@@ -25,7 +25,7 @@ _Pending = tuple[LoadedModel, PredictRequest, "asyncio.Future[dict[str, Any]]"]
 log = logging.getLogger("retail_prediction.api")
 
 # After this many flushes in a row that each found a single basket, requests come one at a time: they are
-# scored directly, without the queue's loop hops and future (~8 % of a lone request's CPU), but one in
+# scored directly, without the queue's loop hops and future (~10 % of a lone request's CPU), but one in
 # PROBE_EVERY still goes through the queue, and the first probe that finds company restores batching.
 SOLO_FLUSHES = 32
 PROBE_EVERY = 16
