@@ -104,24 +104,26 @@ async def app_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
 
 
 def stage_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
-    from retail_prediction.api.prediction import line_items, score
-    from retail_prediction.api.schemas import Limits, request_models
-    from retail_prediction.features import basket_features
-    from retail_prediction.predictor import Predictor, encode_items
+    from retail_prediction.api.decoding import decode_predict
+    from retail_prediction.api.prediction import answers, score
+    from retail_prediction.api.schemas import Limits, request_types
+    from retail_prediction.features import encoded_features
+    from retail_prediction.predictor import Predictor, encode_clients
 
     predictor = Predictor.load(args.model)
     tables = predictor.tables
-    validator = request_models(Limits(128, 500, 1000)).predict
-    requests = [validator.validate_json(b) for b in bodies]
-    items = [line_items(r) for r in requests]
-    encoded = [encode_items([i], tables) for i in items]
-    features = [basket_features(lines, tables, enc=enc) for lines, enc in encoded]
+    types = request_types(Limits(128, 500, 1000))
+    requests = [decode_predict(b, types) for b in bodies]
+    encoded = [encode_clients([r.basket_items], tables) for r in requests]
+    features = [encoded_features(e.enc, e.spend, e.quantity, e.basket, 1, tables) for e in encoded]
+    scores = [predictor.score(e) for e in encoded]
     stages: dict[str, Callable[[int], Any]] = {
-        "validation (JSON -> checked dict)": lambda i: validator.validate_json(bodies[i]),
-        "lines (dict -> line items)": lambda i: line_items(requests[i]),
-        "line table and table rows of the codes": lambda i: encode_items([items[i]], tables),
-        "features (rows -> 43 numbers)": lambda i: basket_features(encoded[i][0], tables, enc=encoded[i][1]),
+        "validation (JSON -> checked structs)": lambda i: decode_predict(bodies[i], types),
+        "line table and table rows of the codes": lambda i: encode_clients([requests[i].basket_items], tables),
+        "features (rows -> 43 numbers)": lambda i: encoded_features(encoded[i].enc, encoded[i].spend,
+                                                                    encoded[i].quantity, encoded[i].basket, 1, tables),
         "ONNX Runtime (one row)": lambda i: predictor.predict_features(features[i]),
+        "answer (probabilities -> dict)": lambda i: answers(predictor, scores[i]),
         "score: all of the above but validation": lambda i: score(predictor, [requests[i]]),
     }
     print("\nscoring one basket, each stage alone in a loop (caches hot):")

@@ -5,10 +5,11 @@
 Starts our server twice per round on 127.0.0.1 and drives POST /predict with `wrk -c1` (real baskets):
   real      the server as shipped;
   constant  the same server with `Predictor.score` replaced by ONNX Runtime on one fixed feature row
-            (validation, the line table, the HTTP stack, the micro-batcher, ONNX Runtime and the answer are
-            unchanged; encoding and featurization are skipped, so its answers are WRONG on purpose).
-The gap between the two is what the code lookups and the featurization cost inside a real request, where
-they run with cold caches; MLServer, which is sent precomputed features, never pays it.
+            (validation, the line table with its code lookups, the HTTP stack, the micro-batcher, ONNX
+            Runtime and the answer are unchanged; the featurization is skipped, so its answers are WRONG on
+            purpose).
+The gap between the two is what the featurization costs inside a real request, where it runs with cold
+caches; MLServer, which is sent precomputed features, never pays it.
 """
 
 from __future__ import annotations
@@ -27,18 +28,13 @@ from api_load import DEFAULT_DATA, WRK_SCRIPT, Server, run_wrk, sample_baskets
 _CONSTANT_FEATURES = """
 import numpy as np
 from retail_prediction import predictor, serve
-from retail_prediction.api import prediction
 
-def score(self, lines, enc=None):
+def score(self, lines):
     row = np.full((lines.n_baskets, len(self.feature_names)), 0.25, dtype=np.float32)
     zeros = np.zeros(lines.n_baskets, dtype=np.int64)
     return predictor.Scores(self.predict_features(row), zeros, zeros)
 
-def line_table_only(baskets, tables):  # the line table as shipped, no code lookups
-    return predictor.lines_from_items(baskets, len(tables.hierarchy_names)), None
-
 predictor.Predictor.score = score
-prediction.encode_items = line_table_only
 serve.main()
 """
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from retail_prediction.features import basket_features
-from retail_prediction.predictor import LineItem, Predictor, encode_items
+from retail_prediction.features import encoded_features
+from retail_prediction.predictor import ClientLines, LineItem, Predictor, encode_clients
 
 
 def main() -> None:
@@ -20,14 +20,14 @@ def main() -> None:
     args = parser.parse_args()
     predictor = Predictor.load(args.model)
     examples = predictor.metadata["example_products"][: args.lines]
-    items = [LineItem(e["product_id"], 2, e["price"], hierarchy=tuple(e["hierarchy"])) for e in examples]
+    items = [LineItem.of(e["product_id"], 2, e["price"], None, e["hierarchy"]) for e in examples]
     tables = predictor.tables
-    lines, enc = encode_items([items], tables)
-    stages = {  # the API's path: encode_items, then Predictor.score
-        "line table + codes": lambda: encode_items([items], tables),
-        "features alone": lambda: basket_features(lines, tables, enc=enc),
-        "lines to features": lambda: _features(items, predictor),
-        "score (+ ONNX)": lambda: predictor.score(*encode_items([items], tables)),
+    lines = encode_clients([items], tables)
+    stages = {  # the API's path: encode_clients, then Predictor.score
+        "line table + codes": lambda: encode_clients([items], tables),
+        "features alone": lambda: _features(lines, predictor),
+        "lines to features": lambda: _features(encode_clients([items], tables), predictor),
+        "score (+ ONNX)": lambda: predictor.score(encode_clients([items], tables)),
     }
     for name, run in stages.items():
         run()
@@ -35,9 +35,8 @@ def main() -> None:
         print(f"{name:>18}: {best * 1e6:7.1f} µs per basket of {len(items)} lines")
 
 
-def _features(items: list[LineItem], predictor: Predictor):
-    lines, enc = encode_items([items], predictor.tables)
-    return basket_features(lines, predictor.tables, enc=enc)
+def _features(lines: ClientLines, predictor: Predictor):
+    return encoded_features(lines.enc, lines.spend, lines.quantity, lines.basket, lines.n_baskets, predictor.tables)
 
 
 def _time(run, n: int) -> float:

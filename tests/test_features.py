@@ -16,10 +16,11 @@ from retail_prediction.features import (
     Lines,
     basket_features,
     encode,
+    encoded_features,
     fit_tables,
     line_distributions,
 )
-from retail_prediction.predictor import LineItem, Predictor, encode_items, lines_from_items
+from retail_prediction.predictor import ClientLines, LineItem, Predictor, encode_clients
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +42,13 @@ def _items_of(baskets, b: int) -> list[LineItem]:
     out = []
     for i in idx:
         hierarchy = tuple(str(h.values[h.index[i]]) for h in lines.hierarchy)
-        out.append(LineItem(product_id=str(lines.product.values[lines.product.index[i]]),
-                            quantity=float(lines.quantity[i]), price=float(lines.spend[i] / lines.quantity[i]),
-                            hierarchy=hierarchy))
+        out.append(LineItem.of(str(lines.product.values[lines.product.index[i]]), float(lines.quantity[i]),
+                               float(lines.spend[i] / lines.quantity[i]), None, hierarchy))
     return out
+
+
+def _served_features(lines: ClientLines, predictor: Predictor) -> np.ndarray:
+    return encoded_features(lines.enc, lines.spend, lines.quantity, lines.basket, lines.n_baskets, predictor.tables)
 
 
 def test_serving_path_gives_the_training_features_for_real_baskets(trained_model: Path, lgsr: Path) -> None:
@@ -54,18 +58,18 @@ def test_serving_path_gives_the_training_features_for_real_baskets(trained_model
     from_files = predictor.features(later.lines)
     picks = np.random.default_rng(1).choice(later.lines.n_baskets, 200, replace=False)
     one_by_one = np.vstack([
-        predictor.features(lines_from_items([_items_of(later, int(b))], predictor.hierarchy_levels)) for b in picks
+        _served_features(encode_clients([_items_of(later, int(b))], predictor.tables), predictor) for b in picks
     ])
     # Unit price is rebuilt from spend / quantity on the API side: equal to float32 precision.
     np.testing.assert_allclose(one_by_one, from_files[picks], rtol=1e-6, atol=1e-6)
-    batch = lines_from_items([_items_of(later, int(b)) for b in picks], predictor.hierarchy_levels)
-    np.testing.assert_allclose(predictor.features(batch), from_files[picks], rtol=1e-6, atol=1e-6)
-    # The API's own path: codes looked up straight from the client's strings, then scored.
+    batch = encode_clients([_items_of(later, int(b)) for b in picks], predictor.tables)
+    np.testing.assert_allclose(_served_features(batch, predictor), from_files[picks], rtol=1e-6, atol=1e-6)
+    # Codes looked up straight from the client's strings land on the rows the file path finds; scored.
     for b in picks[:50]:
-        lines, enc = encode_items([_items_of(later, int(b))], predictor.tables)
-        np.testing.assert_array_equal(enc.level_rows, encode(later.lines.take(later.lines.basket == b),
-                                                             predictor.tables).level_rows)
-        np.testing.assert_allclose(predictor.score(lines, enc).proba[0],
+        lines = encode_clients([_items_of(later, int(b))], predictor.tables)
+        np.testing.assert_array_equal(lines.enc.level_rows, encode(later.lines.take(later.lines.basket == b),
+                                                                   predictor.tables).level_rows)
+        np.testing.assert_allclose(predictor.score(lines).proba[0],
                                    predictor.predict_features(from_files[[b]])[0], rtol=1e-5, atol=1e-6)
 
 
@@ -157,8 +161,8 @@ def test_unknown_products_fall_back_to_hierarchy_then_price(learned) -> None:
     group = tables.levels[1].vocab[0]
 
     def feats(product: str, hierarchy: tuple[str | None, ...]) -> np.ndarray:
-        lines = lines_from_items([[LineItem(product, 1, 2.5, hierarchy=hierarchy)]], len(schema.HIERARCHY))
-        return basket_features(lines, tables)[0]
+        lines = encode_clients([[LineItem.of(product, 1, 2.5, None, hierarchy)]], tables)
+        return encoded_features(lines.enc, lines.spend, lines.quantity, lines.basket, 1, tables)[0]
 
     seen = feats(str(known), ())
     by_group = feats("NEW-PRODUCT", (str(group), None, None, None))

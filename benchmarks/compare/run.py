@@ -137,9 +137,11 @@ class Cases:
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]]:
     from onnx_to_lightgbm import convert
 
-    from retail_prediction.api.prediction import line_items, score
-    from retail_prediction.api.schemas import Limits, request_models
-    from retail_prediction.predictor import Predictor, lines_from_items
+    from retail_prediction.api.decoding import decode_predict
+    from retail_prediction.api.prediction import score
+    from retail_prediction.api.schemas import Limits, request_types
+    from retail_prediction.features import encoded_features
+    from retail_prediction.predictor import Predictor, encode_clients
 
     info: dict[str, Any] = {}
     model_dir = work / "model"
@@ -150,13 +152,14 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]
     classes = list(predictor.classes)
     log(f"model {predictor.version}; sampling {args.baskets} real baskets from the last data file")
     baskets = sample_baskets(args.data, args.baskets)
-    parse = request_models(Limits()).predict.validate_json
+    types = request_types(Limits())
     ours, features = [], []
     for b in baskets:
-        request = parse(json.dumps(b))
+        request = decode_predict(json.dumps(b).encode(), types)
         ours.append(score(predictor, [request])[0])  # what /predict answers, computed in process
-        lines = lines_from_items([line_items(request)], predictor.hierarchy_levels)
-        features.append(predictor.features(lines)[0])
+        lines = encode_clients([request.basket_items], predictor.tables)
+        features.append(encoded_features(lines.enc, lines.spend, lines.quantity, lines.basket, 1,
+                                         predictor.tables)[0])
     X = np.stack(features).astype(np.float32)
     onnx_proba = predictor.predict_features(X)
     our_proba = np.array([[a["probabilities"][c] for c in classes] for a in ours])
@@ -571,10 +574,10 @@ def profile(system: System, args: argparse.Namespace, work: Path, connections: i
 # Where a sample's time goes: the first rule matching a frame, from the innermost frame outwards.
 PARTS = [
     ("ONNX Runtime (`Session.run`)", r"Session\.run"),
-    ("featurization (`encode_items`, `basket_features`, unknown counts)",
+    ("featurization (`encode_clients`, `encoded_features`, unknown counts)",
      r"retail_prediction/(features|predictor)\.py"),
-    ("request body read + pydantic validation", r"model_validate_json|retail_prediction/api/body\.py"),
-    ("answer building (`score`, `line_items`, orjson)", r"retail_prediction/api/(prediction|app)\.py|orjson"),
+    ("request body read + validation (msgspec)", r"retail_prediction/api/(body|decoding)\.py"),
+    ("answer building (`score`, `answers`, orjson)", r"retail_prediction/api/(prediction|app)\.py|orjson"),
     ("micro-batcher", r"retail_prediction/api/batcher\.py"),
     ("access log (JSON logging)", r"/logging/__init__\.py|retail_prediction/api/logging\.py"),
     ("metrics (prometheus_client)", r"prometheus_client|retail_prediction/api/metrics\.py"),
@@ -653,7 +656,7 @@ def versions(args: argparse.Namespace) -> dict[str, str]:
         except (OSError, subprocess.CalledProcessError) as exc:
             return f"unavailable ({exc})"
 
-    ours = ["retail-prediction", "fastapi", "starlette", "uvicorn", "pydantic", "onnxruntime", "numpy", "orjson"]
+    ours = ["retail-prediction", "fastapi", "starlette", "uvicorn", "msgspec", "onnxruntime", "numpy", "orjson"]
     return {
         "ours (main venv)": f"{platform.python_version()} " + " ".join(f"{n}=={md.version(n)}" for n in ours),
         "reference venv": venv(args.reference_python, ["fastapi", "starlette", "uvicorn", "pydantic", "pandas",

@@ -54,19 +54,11 @@ class Codes(NamedTuple):
 
     @classmethod
     def from_strings(cls, strings: Sequence[str | None] | np.ndarray) -> Codes:
-        """One value per line (no dictionary building: lookups are per value either way); None = missing."""
-        return cls.from_string_rows([["" if v is None else str(v)] for v in strings], 1)[0]
-
-    @classmethod
-    def from_string_rows(cls, rows: Sequence[Sequence[str]], n_columns: int) -> list[Codes]:
-        """One `Codes` per column of a row-major table of strings (one line per row, "" = missing).
-
-        The values stay Python strings (an object array): building it costs a third of a fixed-width string
-        array's, and a request's codes are looked up from its strings anyway (`encode_strings`)."""
-        values = np.array(rows, dtype=object).reshape(-1, n_columns)
-        index = np.repeat(np.arange(values.shape[0], dtype=np.int32)[:, None], n_columns, axis=1)
+        """One value per line (no dictionary building); None or "" = missing."""
+        values = np.array(["" if v is None else str(v) for v in strings], dtype=object)
+        index = np.arange(values.size, dtype=np.int32)
         index[values == ""] = -1
-        return [cls(values[:, j], index[:, j]) for j in range(n_columns)]
+        return cls(values, index)
 
     def take(self, lines: np.ndarray | slice) -> Codes:
         return Codes(self.values, self.index[lines])
@@ -155,6 +147,17 @@ class FeatureTables:
         totals, and the row where each table starts: the form the compiled loops take."""
         blocks = [self.price_counts, *(lv.counts for lv in reversed(self.levels))]
         return latent.stack_counts(blocks, [block.sum(axis=1) for block in blocks])
+
+    @cached_property
+    def row_tables(self) -> list[dict[str, int]]:
+        """Each level's code -> row dict, products first: how client codes are looked up."""
+        return [lv.row_of for lv in self.levels]
+
+    @cached_property
+    def kernel(self) -> featurize_kernel.KernelTables:
+        """The tables as the compiled per-line loop reads them (built once per tables)."""
+        return featurize_kernel.KernelTables(self.edges, *self.stacked, self.prior_share,
+                                             *_latent_of(self).kernel_arrays, self.prior_strength, latent.EPS)
 
     @cached_property
     def edges(self) -> np.ndarray:
@@ -264,14 +267,6 @@ def encode(lines: Lines, tables: FeatureTables) -> Encoded:
     return Encoded(rows)
 
 
-def encode_strings(rows: Sequence[Sequence[str]], tables: FeatureTables) -> Encoded:
-    """`encode` for lines whose codes are given as rows of strings, as a client sends them (product, then
-    the hierarchy levels in the spec's order; "" = missing): one dict lookup per code, no string arrays."""
-    gets = [lv.row_of.get for lv in tables.levels]
-    flat = [get(row[level], -1) if row[level] else -1 for level, get in enumerate(gets) for row in rows]
-    return Encoded(np.array(flat, dtype=np.int32).reshape(len(gets), len(rows)))
-
-
 # ------------------------------------------------------------------------------------------------
 # Per-line class distributions and their per-basket sums (the loops are compiled: featurize_kernel.pyx)
 # ------------------------------------------------------------------------------------------------
@@ -298,14 +293,12 @@ class _BasketSums:
         self.sums = np.zeros((n_baskets, featurize_kernel.SUMMED_PER_CLASS * n_classes + featurize_kernel.N_STATS))
         self.p_max = np.zeros((n_baskets, n_classes))
 
-    def add(self, lines: Lines, enc: Encoded, tables: FeatureTables) -> None:
-        """Each line described with `tables` and added to its basket, in line order (so a basket's sums
-        have the same bits whichever other baskets come with it)."""
-        featurize_kernel.add_lines(
-            enc.level_rows, as_f64(lines.spend), as_f64(lines.quantity), np.asarray(lines.basket, dtype=np.int32),
-            tables.edges, *tables.stacked, tables.prior_share,
-            *_latent_of(tables).kernel_arrays, tables.prior_strength, latent.EPS, self.sums, self.p_max,
-        )
+    def add(self, enc: Encoded, spend: np.ndarray, quantity: np.ndarray, basket: np.ndarray,
+            tables: FeatureTables) -> None:
+        """Each line (its code rows, spend, quantity, basket) described with `tables` and added to its
+        basket, in line order (so a basket's sums have the same bits whichever other baskets come with it)."""
+        featurize_kernel.add_lines(enc.level_rows, as_f64(spend), as_f64(quantity),
+                                   np.asarray(basket, dtype=np.int32), tables.kernel, self.sums, self.p_max)
 
     def finish(self, models: Sequence[LatentTables], model_of: np.ndarray | None = None) -> np.ndarray:
         """The feature rows; basket b's label probabilities from `models[model_of[b]]` (default: the first)."""
@@ -328,17 +321,26 @@ def basket_features(lines: Lines, tables: FeatureTables, *, folds: FoldCounts | 
     fold, so no basket's label leaks into its own features. `enc` is `encode(lines, tables)` when the
     caller already has it.
     """
-    sums = _BasketSums(lines.n_baskets, tables.n_classes)
     if folds is None:
-        sums.add(lines, enc if enc is not None else encode(lines, tables), tables)
-        return sums.finish([_latent_of(tables)])
+        enc = enc if enc is not None else encode(lines, tables)
+        return encoded_features(enc, lines.spend, lines.quantity, lines.basket, lines.n_baskets, tables)
+    sums = _BasketSums(lines.n_baskets, tables.n_classes)
     for f in range(folds.n_folds):
         sub = lines.take(np.flatnonzero(folds.line_fold == f))
         # Encoded a fold at a time: per-line codes for all lines at once would cost ~32 bytes a line more.
-        sums.add(sub, encode(sub, tables), folds.tables_without(f, tables))
+        sums.add(encode(sub, tables), sub.spend, sub.quantity, sub.basket, folds.tables_without(f, tables))
     basket_fold = np.zeros(lines.n_baskets, dtype=np.int16)
     basket_fold[lines.basket] = folds.line_fold
     return sums.finish(folds.latent, basket_fold % len(folds.latent))
+
+
+def encoded_features(enc: Encoded, spend: np.ndarray, quantity: np.ndarray, basket: np.ndarray, n_baskets: int,
+                     tables: FeatureTables) -> np.ndarray:
+    """`basket_features` of lines already looked up in the tables (`enc`): what serving calls, with the
+    lines a client sent (`predictor.encode_clients`)."""
+    sums = _BasketSums(n_baskets, tables.n_classes)
+    sums.add(enc, spend, quantity, basket, tables)
+    return sums.finish([_latent_of(tables)])
 
 
 def _latent_of(tables: FeatureTables) -> LatentTables:

@@ -14,6 +14,8 @@ hierarchy code, log evidence). The feature row (`basket_rows`) holds OUT_PER_CLA
 then the statistics: the order of `FeatureTables.feature_names()`.
 """
 
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 from libc.math cimport exp, log, log1p
 from libc.stdlib cimport free, malloc
 
@@ -146,12 +148,40 @@ def line_distributions(const int[:, ::1] level_rows, const double[:] spend, cons
                                       &offsets[0], &prior[0], strength, k, &p_out[i, 0])
 
 
+cdef class KernelTables:
+    """What the per-line loop reads of the learned tables (the smoothing chain's counts, the latent classes),
+    checked once when built (a model keeps one for its lifetime) rather than on every call."""
+    cdef const double[::1] edges
+    cdef const double[:, ::1] counts
+    cdef const double[::1] totals
+    cdef const long long[::1] offsets
+    cdef const double[::1] prior
+    cdef const double[:, ::1] posterior
+    cdef const double[::1] product_lines
+    cdef const double[:, ::1] lat_counts
+    cdef const double[::1] lat_totals
+    cdef const long long[::1] lat_offsets
+    cdef const double[::1] lat_mean
+    cdef double strength, eps
+
+    def __init__(self, const double[::1] edges, const double[:, ::1] counts, const double[::1] totals,
+                 const long long[::1] offsets, const double[::1] prior, const double[:, ::1] posterior,
+                 const double[::1] product_lines, const double[:, ::1] lat_counts, const double[::1] lat_totals,
+                 const long long[::1] lat_offsets, const double[::1] lat_mean, double strength, double eps):
+        self.edges, self.counts, self.totals, self.offsets, self.prior = edges, counts, totals, offsets, prior
+        self.posterior, self.product_lines, self.lat_counts = posterior, product_lines, lat_counts
+        self.lat_totals, self.lat_offsets, self.lat_mean = lat_totals, lat_offsets, lat_mean
+        self.strength, self.eps = strength, eps
+
+
 def add_lines(const int[:, ::1] level_rows, const double[:] spend, const double[:] quantity, const int[:] basket,
-              const double[::1] edges, const double[:, ::1] counts, const double[::1] totals, const long long[::1] offsets,
-              const double[::1] prior, const double[:, ::1] posterior, const double[::1] product_lines,
-              const double[:, ::1] lat_counts, const double[::1] lat_totals, const long long[::1] lat_offsets,
-              const double[::1] lat_mean, double strength, double eps, double[:, ::1] sums, double[:, ::1] p_max):
+              KernelTables t, double[:, ::1] sums, double[:, ::1] p_max):
     """Adds every line to its basket's row of `sums` and `p_max` (baskets x K), in line order."""
+    cdef const double[::1] edges = t.edges, totals = t.totals, prior = t.prior, product_lines = t.product_lines
+    cdef const double[::1] lat_totals = t.lat_totals, lat_mean = t.lat_mean
+    cdef const double[:, ::1] counts = t.counts, posterior = t.posterior, lat_counts = t.lat_counts
+    cdef const long long[::1] offsets = t.offsets, lat_offsets = t.lat_offsets
+    cdef double strength = t.strength, eps = t.eps
     cdef Py_ssize_t levels = level_rows.shape[0], n = level_rows.shape[1], k = prior.shape[0]
     cdef Py_ssize_t s0 = _SUMMED_PER_CLASS * k, i, c, j, b
     cdef double* p
@@ -261,23 +291,95 @@ def basket_rows(const double[:, ::1] sums, const double[:, ::1] p_max, const dou
     free(g)
 
 
-def unknown_codes(const int[:, ::1] level_rows, const int[:] basket, const int[:, ::1] given, long long[:, ::1] out):
+def unknown_codes(const int[:, ::1] level_rows, const int[:] basket, const unsigned char[:] named, long long[:, ::1] out):
     """Per basket, what the tables do not know (reported beside a prediction, not a feature): lines whose
-    product is unknown (out[b, 0]), and lines that name a hierarchy code or category (given[j, i] >= 0 at
-    some level j) that no hierarchy level knows (out[b, 1])."""
-    cdef Py_ssize_t levels = level_rows.shape[0], n = level_rows.shape[1], n_given = given.shape[0], i, j
-    cdef bint named, known
+    product is unknown (out[b, 0]), and lines that name a hierarchy code or category (`named`) that no
+    hierarchy level knows (out[b, 1])."""
+    cdef Py_ssize_t levels = level_rows.shape[0], n = level_rows.shape[1], i, j
+    cdef bint known
     with nogil:
         for i in range(n):
             if level_rows[0, i] < 0:
                 out[basket[i], 0] += 1
-            named = False
-            for j in range(n_given):
-                if given[j, i] >= 0:
-                    named = True
             known = False
             for j in range(1, levels):
                 if level_rows[j, i] >= 0:
                     known = True
-            if named and not known:
+            if named[i] and not known:
                 out[basket[i], 1] += 1
+
+
+cdef inline int _row(dict table, object code):
+    """The code's row in a level's table (a dict code -> row), -1 when it is missing ('' or None) or unknown."""
+    cdef PyObject* hit
+    if not code:
+        return -1
+    hit = PyDict_GetItem(table, code)
+    return -1 if hit is NULL else <int> <object> hit
+
+
+cdef class _LineSink:
+    """Where `client_lines` writes, as raw pointers (the output arrays of the line table)."""
+    cdef int* basket
+    cdef double* quantity
+    cdef double* spend
+    cdef int* rows  # (levels, n) row-major
+    cdef unsigned char* named
+    cdef Py_ssize_t n, i
+    cdef dict products
+    cdef list tables
+    cdef tuple fields
+
+    cdef void add(self, Py_ssize_t b, object product, object line) except *:
+        cdef Py_ssize_t i = self.i, j
+        cdef double q = line.quantity
+        cdef object category = line.category, code
+        cdef bint any_named = False
+        self.basket[i] = <int> b
+        self.quantity[i] = q
+        self.spend[i] = q * <double> line.price
+        self.rows[i] = _row(self.products, product)
+        for j in range(len(self.fields)):
+            code = getattr(line, <str> self.fields[j]) or category
+            if code:
+                any_named = True
+            self.rows[(j + 1) * self.n + i] = _row(<dict> self.tables[j], code)
+        self.named[i] = any_named
+        self.i = i + 1
+
+
+def client_lines(list baskets, tuple hierarchy_fields, list row_of, int[::1] basket, double[::1] quantity,
+                 double[::1] spend, int[:, ::1] level_rows, unsigned char[::1] named):
+    """Client baskets -> the line table the loops above take, looking each code up as it goes.
+
+    A basket is a dict (product code -> line) or a list of lines with a `product_id`; a line has `quantity`,
+    `price` (unit price), `category` and one attribute per hierarchy level (`hierarchy_fields`, finest
+    first), each a string or None. `row_of` holds one dict code -> row per level, products first. A
+    missing hierarchy code falls back to the line's category, so the learned vocabularies decide where (if
+    anywhere) a free-form category is known. Fills, per line: its basket, quantity, spend (quantity x unit
+    price), row at every level (-1 = missing or unknown) and whether it names a code or category (`named`).
+    The caller sizes the arrays to the total number of lines.
+    """
+    cdef Py_ssize_t b, n = basket.shape[0]
+    cdef _LineSink sink = _LineSink()
+    if len(hierarchy_fields) != level_rows.shape[0] - 1 or len(row_of) != level_rows.shape[0]:
+        raise ValueError("one table per level and one field per hierarchy level are needed")
+    if n == 0:
+        return
+    sink.basket, sink.quantity, sink.spend, sink.named = &basket[0], &quantity[0], &spend[0], &named[0]
+    sink.rows, sink.n, sink.i = &level_rows[0, 0], n, 0
+    sink.products, sink.tables, sink.fields = row_of[0], row_of[1:], hierarchy_fields
+    for b in range(len(baskets)):
+        items = baskets[b]
+        if type(items) is dict:
+            for product, line in (<dict> items).items():
+                if sink.i == n:
+                    raise ValueError("more lines than the arrays hold")
+                sink.add(b, product, line)
+        else:
+            for line in items:
+                if sink.i == n:
+                    raise ValueError("more lines than the arrays hold")
+                sink.add(b, line.product_id, line)
+    if sink.i != n:
+        raise ValueError("fewer lines than the arrays hold")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,60 +14,68 @@ from typing import Any, NamedTuple
 import numpy as np
 import onnxruntime as ort
 
-from . import featurize_kernel
+from . import featurize_kernel, schema
 from .artifact import LoadedArtifact, read_artifact
-from .features import Codes, Encoded, FeatureTables, Lines, basket_features, encode, encode_strings
+from .features import Encoded, FeatureTables, Lines, basket_features, encoded_features
 
 REQUIRED_FILES = ("model.onnx", "tables.npz", "feature_spec.json", "metadata.json")
 
 
+# The attribute of a client's line that holds each hierarchy level's code: the data set's column name in
+# lower case (PROD_CODE_10 -> prod_code_10), as in the API's request body.
+@functools.cache
+def hierarchy_fields(level_names: tuple[str, ...]) -> tuple[str, ...]:
+    # Interned: attribute lookups by an interned name hit CPython's type attribute cache.
+    return tuple(sys.intern(name.lower()) for name in level_names)
+
+
+HIERARCHY_FIELDS = hierarchy_fields(schema.HIERARCHY)
+
+
 class LineItem(NamedTuple):
-    """One basket line as a client sends it: unit price, optional hierarchy codes (a tuple: cheap to build
-    for every line of a thousand-basket batch)."""
+    """One basket line as a client sends it (unit price, optional category and hierarchy codes): the
+    fields of an API request's line, for callers that build baskets in Python."""
 
     product_id: str
     quantity: float
     price: float
     category: str | None = None
-    hierarchy: tuple[str | None, ...] = ()
+    prod_code_10: str | None = None
+    prod_code_20: str | None = None
+    prod_code_30: str | None = None
+    prod_code_40: str | None = None
+
+    @classmethod
+    def of(cls, product_id: str, quantity: float, price: float, category: str | None = None,
+           hierarchy: Sequence[str | None] = ()) -> LineItem:
+        """A line with its hierarchy codes given in order, finest first."""
+        return cls(product_id, quantity, price, category, *hierarchy)
 
 
-def lines_from_items(baskets: Sequence[Sequence[LineItem]], hierarchy_levels: int) -> Lines:
-    """Client baskets -> the flat line table the featurization takes.
+class ClientLines(NamedTuple):
+    """Client baskets as the compiled loops take them: each line's basket, quantity and spend, its row at
+    every level of the tables (`enc`) and whether it names any code or category (`named`)."""
 
-    A free-form `category` is offered to every hierarchy level where no explicit code was given: the
-    learned vocabularies decide where (if anywhere) it is known.
-    """
-    return _line_table(baskets, hierarchy_levels)[0]
-
-
-def encode_items(baskets: Sequence[Sequence[LineItem]], tables: FeatureTables) -> tuple[Lines, Encoded]:
-    """`lines_from_items` and its `encode`, with the codes looked up straight from the client's strings."""
-    lines, text = _line_table(baskets, len(tables.hierarchy_names))
-    return lines, encode_strings(text, tables)
+    basket: np.ndarray
+    n_baskets: int
+    quantity: np.ndarray
+    spend: np.ndarray
+    enc: Encoded
+    named: np.ndarray
 
 
-def _line_table(baskets: Sequence[Sequence[LineItem]], hierarchy_levels: int) -> tuple[Lines, list[list[str]]]:
-    items = [item for basket in baskets for item in basket]
-    if len(baskets) == 1:  # one request: per-call costs dominate, so no grouping arithmetic
-        basket = np.zeros(len(items), dtype=np.int32)
-    else:
-        basket = np.repeat(np.arange(len(baskets), dtype=np.int32), [len(b) for b in baskets])
-    amounts = np.array([(i.quantity, i.price) for i in items], dtype=np.float64).reshape(-1, 2)
-    # One string matrix (product, then each level) instead of one array per column.
-    text = [_codes_of(i, hierarchy_levels) for i in items]
-    product, *levels = Codes.from_string_rows(text, 1 + hierarchy_levels)
-    quantity = amounts[:, 0]
-    lines = Lines(basket=basket, n_baskets=len(baskets), product=product, quantity=quantity,
-                  spend=quantity * amounts[:, 1], hierarchy=tuple(levels))
-    return lines, text
-
-
-def _codes_of(item: LineItem, levels: int) -> list[str]:
-    """The line's product code, then its code at each hierarchy level ("" = missing)."""
-    category = item.category or ""
-    hierarchy = item.hierarchy if len(item.hierarchy) == levels else (*item.hierarchy, *(None,) * levels)[:levels]
-    return [item.product_id or "", *[code or category for code in hierarchy]]
+def encode_clients(baskets: Sequence[Mapping[str, Any] | Sequence[Any]], tables: FeatureTables) -> ClientLines:
+    """Client baskets (each a dict product code -> line, or a list of lines with a `product_id`; lines as
+    `LineItem` or the API's request lines) -> the line table, codes looked up straight from the client's
+    strings in one compiled pass (`featurize_kernel.client_lines`)."""
+    n = sum(map(len, baskets))
+    levels = len(tables.levels)
+    out = ClientLines(np.empty(n, dtype=np.int32), len(baskets), np.empty(n), np.empty(n),
+                      Encoded(np.empty((levels, n), dtype=np.int32)), np.empty(n, dtype=np.uint8))
+    featurize_kernel.client_lines(baskets if isinstance(baskets, list) else list(baskets),
+                                  hierarchy_fields(tables.hierarchy_names), tables.row_tables,
+                                  out.basket, out.quantity, out.spend, out.enc.level_rows, out.named)
+    return out
 
 
 @dataclass(frozen=True)
@@ -139,20 +149,16 @@ class Predictor:
             return np.zeros((0, len(self.classes)))
         return self.predict_features(self.features(lines))
 
-    def score(self, lines: Lines, enc: Encoded | None = None) -> Scores:
-        """Probabilities and unknown-code counts per basket, from one encoding of the lines (`enc`, when
-        the caller has it)."""
+    def score(self, lines: ClientLines) -> Scores:
+        """Probabilities and unknown-code counts per basket of client lines (`encode_clients`)."""
         n = lines.n_baskets
         if n == 0:
             empty = np.zeros(0, dtype=np.int64)
             return Scores(np.zeros((0, len(self.classes))), empty, empty)
-        enc = enc if enc is not None else encode(lines, self.tables)
-        proba = self.predict_features(basket_features(lines, self.tables, enc=enc))
-        # A category counts as unknown when the client gave one and no hierarchy level knows it.
-        named = [codes.index for codes in lines.hierarchy if codes is not None]
-        given = np.stack(named).astype(np.int32, copy=False) if named else np.zeros((0, lines.n_lines), np.int32)
+        proba = self.predict_features(encoded_features(lines.enc, lines.spend, lines.quantity, lines.basket, n,
+                                                       self.tables))
         unknown = np.zeros((n, 2), dtype=np.int64)
-        featurize_kernel.unknown_codes(enc.level_rows, np.asarray(lines.basket, dtype=np.int32), given, unknown)
+        featurize_kernel.unknown_codes(lines.enc.level_rows, lines.basket, lines.named, unknown)
         return Scores(proba, unknown[:, 0], unknown[:, 1])
 
     def predict_batch(self, lines: Lines, *, threads: int = 2, block: int = 1 << 15) -> np.ndarray:

@@ -4,6 +4,7 @@ when concurrent requests come back."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,15 +19,16 @@ class Recorder:
         self.calls: list[int] = []
         self.fail_on = fail_on
 
-    def __call__(self, model: Any, baskets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def __call__(self, model: Any, baskets: list[Any]) -> list[dict[str, Any]]:
         self.calls.append(len(baskets))
-        if any(b["id"] == self.fail_on for b in baskets):
+        if any(b.id == self.fail_on for b in baskets):
             raise ValueError("bad basket")
-        return [{"id": b["id"]} for b in baskets]
+        return [{"id": b.id} for b in baskets]
 
 
-def _basket(i: int) -> dict[str, Any]:
-    return {"id": i, "basket_items": [{"product_id": "P", "quantity": 1, "price": 1.0}]}
+def _basket(i: int) -> Any:
+    """A decoded request as the batcher sees it (a struct with `basket_items`), tagged with an id."""
+    return SimpleNamespace(id=i, basket_items=[SimpleNamespace(product_id="P", quantity=1.0, price=1.0)])
 
 
 async def _one_at_a_time(batcher: MicroBatcher, ids: range) -> None:

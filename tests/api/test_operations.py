@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -55,11 +57,23 @@ def test_metrics(client: TestClient) -> None:
     assert "model_ready 1.0" in text
 
 
+def _log_records(capsys: pytest.CaptureFixture[str], request_id: str) -> list[dict[str, Any]]:
+    """The JSON log records of one request; access lines are written in groups, within a few ms."""
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        records += [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        if any(r.get("logger") == "retail_prediction.access" and r.get("request_id") == request_id
+               for r in records):
+            break
+        time.sleep(0.01)
+    return [r for r in records if r.get("request_id") == request_id]
+
+
 def test_json_access_log(client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
     client.post("/predict", json=EXAMPLE_REQUEST, headers={"X-Request-ID": "log-me"})
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
-    access = [r for r in lines if r.get("request_id") == "log-me"]
-    assert access, lines
+    access = _log_records(capsys, "log-me")
+    assert access
     record = access[0]
     assert record["route"] == "/predict" and record["status"] == 200 and record["latency_ms"] > 0
     assert record["model_version"]

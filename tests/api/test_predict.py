@@ -127,6 +127,15 @@ BAD_REQUESTS: list[tuple[str, Any, str]] = [
     ("bad weekday", _with("context", {"weekday": 0}), "context.weekday"),
     ("spreadsheet id", _with("basket_items.P1001.product_id", "9.94E+14"), "basket_items.P1001.product_id"),
     ("body is a list", [EXAMPLE_REQUEST], "body"),
+    ("list form: quantity zero", {"basket_items": [{"product_id": "P1", "quantity": 0, "price": 1}]},
+     "basket_items.0.quantity"),
+    ("list form: price missing", {"basket_items": [{"product_id": "P1", "quantity": 1}]}, "basket_items.0.price"),
+    ("list form: spreadsheet id", {"basket_items": [{"product_id": "9.94E+14", "quantity": 1, "price": 1}]},
+     "basket_items.0.product_id"),
+    ("spreadsheet key", {"basket_items": {"9.94E+14": {"quantity": 1, "price": 1}}}, "basket_items.9.94E+14"),
+    ("long key", {"basket_items": {"P" * 101: {"quantity": 1, "price": 1}}}, "basket_items." + "P" * 101),
+    ("second line bad", _with("basket_items.P2002.price", "1"), "basket_items.P2002.price"),
+    ("unknown context field", _with("context", {"mood": "happy"}), "context.mood"),
 ]
 
 
@@ -158,7 +167,7 @@ def test_too_many_lines(make_client: Callable[..., TestClient], model_path: Path
     response = client.post("/predict", json={"basket_items": lines})
     assert response.status_code == 422
     assert response.json()["error"]["details"][0]["field"] == "basket_items"
-    assert "at most 3 items" in response.json()["error"]["message"]
+    assert "<= 3" in response.json()["error"]["message"]
     assert client.post("/predict", json={"basket_items": lines[:3]}).status_code == 200
 
 
@@ -169,6 +178,8 @@ def test_batch_limits(make_client: Callable[..., TestClient], model_path: Path) 
     assert client.post("/predict/batch", json={"baskets": []}).status_code == 422
     bad = client.post("/predict/batch", json={"baskets": [EXAMPLE_REQUEST, _with("basket_items", {})]})
     assert bad.json()["error"]["details"][0]["field"] == "baskets.1.basket_items"
+    bad = client.post("/predict/batch", json={"baskets": [EXAMPLE_REQUEST, _with("basket_items.P2002.price", -1)]})
+    assert bad.json()["error"]["details"][0]["field"] == "baskets.1.basket_items.P2002.price"
 
 
 def test_body_over_the_limit_is_a_413(make_client: Callable[..., TestClient], model_path: Path) -> None:

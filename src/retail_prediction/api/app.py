@@ -1,9 +1,9 @@
 """The FastAPI application: routes, wiring of the model manager, metrics, logging and error handling.
 
-`/predict` reads the raw body under the size limit and validates it with pydantic's JSON parser in one
-step (no intermediate dict), scores inline on the event loop (one small featurization + ONNX run is
-cheaper than a thread hand-off; see docs/benchmarks.md) and answers with orjson. Large batches go to
-the thread pool so that probes stay responsive while they run.
+`/predict` reads the raw body under the size limit and decodes it into checked structs with msgspec in
+one step (no intermediate dict), scores it through the micro-batcher on the event loop (a small
+featurization + ONNX run is cheaper than a thread hand-off; see docs/benchmarks.md) and answers with
+orjson. Large batches go to the thread pool so that probes stay responsive while they run.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
+import msgspec
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute
@@ -33,6 +33,7 @@ from . import logging as api_logging
 from .batcher import MicroBatcher
 from .body import read_body
 from .cache import PredictionCache
+from .decoding import decode_batch, decode_predict
 from .errors import ApiError
 from .hot_routes import Handler, HotRoutes
 from .metrics import CONTENT_TYPE, Metrics
@@ -49,8 +50,9 @@ from .schemas import (
     PredictRequest,
     PredictResponse,
     ReadyResponse,
-    RequestModels,
-    request_models,
+    RequestTypes,
+    json_schemas,
+    request_types,
 )
 from .settings import Settings
 
@@ -86,7 +88,7 @@ class Service:
         self.manager = ModelManager(settings, self.metrics)
         self.cache = PredictionCache(settings.cache_size)
         self.limits = Limits(settings.max_string_length, settings.max_basket_lines, settings.max_batch_size)
-        self.models = request_models(self.limits)
+        self.types = request_types(self.limits)
         self.batcher = MicroBatcher(self.score, max_lines=INLINE_MAX_LINES)
 
     def model(self) -> LoadedModel:
@@ -102,12 +104,8 @@ class Service:
         model = self.manager.current
         return model.predictor.version if model else None
 
-    async def parse(self, request: Request, model: TypeAdapter[Any]) -> Any:
-        body = await read_body(request, self.settings.max_body_bytes)
-        try:
-            return model.validate_json(body)
-        except ValidationError as exc:
-            raise errors.from_pydantic(exc) from None
+    async def parse(self, request: Request, decode: Callable[[bytes, RequestTypes], Any]) -> Any:
+        return decode(await read_body(request, self.settings.max_body_bytes), self.types)
 
     async def predict_one(self, model: LoadedModel, basket: PredictRequest) -> dict[str, Any]:
         mode = self.settings.predict_execution
@@ -123,7 +121,7 @@ class Service:
         ONNX Runtime releases the GIL while it runs the trees, so one chunk's inference overlaps the next
         chunk's (GIL-bound) featurization; and the event loop keeps answering probes meanwhile.
         """
-        n_lines = sum(len(b["basket_items"]) for b in baskets)
+        n_lines = sum(len(b.basket_items) for b in baskets)
         if n_lines <= INLINE_MAX_LINES:
             return self.score(model, baskets)
         size = -(-len(baskets) // PARALLEL_CHUNKS)
@@ -167,10 +165,10 @@ def _routes(app: FastAPI, service: Service) -> None:
     async def predict(request: Request) -> Response:
         """Classify one basket."""
         model = service.model()
-        basket = await service.parse(request, service.models.predict)
+        basket = await service.parse(request, decode_predict)
         if log.isEnabledFor(logging.DEBUG):  # basket contents are personal data: debug level only
             log.debug("basket", extra={"request_id": request.scope["request_id"],
-                                       "basket": basket})
+                                       "basket": msgspec.to_builtins(basket)})
         answer = await service.predict_one(model, basket)
         request.scope["model_version"] = version = model.predictor.version
         return json_response({**answer, "model_version": version, "request_id": request.scope["request_id"]})
@@ -180,10 +178,10 @@ def _routes(app: FastAPI, service: Service) -> None:
     async def predict_batch(request: Request) -> Response:
         """Classify many baskets (at most MAX_BATCH_SIZE); answers come back in the same order."""
         model = service.model()
-        batch: BatchRequest = await service.parse(request, service.models.batch)
-        answers = await service.score_batch(model, batch["baskets"])
-        predictions = [{**answer, "customer_id": basket.get("customer_id")}
-                       for answer, basket in zip(answers, batch["baskets"], strict=True)]
+        batch: BatchRequest = await service.parse(request, decode_batch)
+        answers = await service.score_batch(model, batch.baskets)
+        predictions = [{**answer, "customer_id": basket.customer_id}
+                       for answer, basket in zip(answers, batch.baskets, strict=True)]
         request.scope["model_version"] = version = model.predictor.version
         return json_response({"predictions": predictions, "model_version": version,
                               "request_id": request.scope["request_id"]})
@@ -208,17 +206,14 @@ def _static_text(name: str) -> str:
     return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
 
 
-def _openapi(app: FastAPI, models: RequestModels) -> Callable[[], dict[str, Any]]:
-    """OpenAPI plus the request models, which FastAPI does not see (the handlers parse the body)."""
+def _openapi(app: FastAPI, types: RequestTypes) -> Callable[[], dict[str, Any]]:
+    """OpenAPI plus the request bodies' schemas, which FastAPI does not see (the handlers decode them)."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
-            _, defs = TypeAdapter.json_schemas(
-                [("predict", "validation", models.predict), ("batch", "validation", models.batch)],
-                ref_template="#/components/schemas/{model}")
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(json_schemas(types))
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -233,6 +228,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         service.manager.stop()
+        api_logging.flush_access_lines()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -249,7 +245,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _routes(app, service)
     static = resources.files(__package__).joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
-    app.openapi = _openapi(app, service.models)  # type: ignore[method-assign]
+    app.openapi = _openapi(app, service.types)  # type: ignore[method-assign]
     app.add_middleware(HotRoutes, routes=_hot_routes(app))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

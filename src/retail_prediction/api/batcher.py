@@ -69,7 +69,7 @@ class MicroBatcher:
         """The next group to score: bounded in lines, so one flush never blocks the loop for long."""
         lines, taken = 0, 0
         for _, basket, _ in self._pending:
-            lines += len(basket["basket_items"])
+            lines += len(basket.basket_items)
             if taken and lines > self._max_lines:
                 break
             taken += 1
@@ -77,7 +77,15 @@ class MicroBatcher:
         return group
 
     def _flush(self) -> None:
-        group = self._take()
+        try:
+            group = self._take()
+        except Exception:  # never leave a request waiting for a flush that will not come
+            log.exception("micro-batcher failed")
+            group, self._pending, self._scheduled = self._pending, [], False
+            for _, _, future in group:
+                if not future.done():
+                    future.set_exception(RuntimeError("scoring failed"))
+            return
         self._solo_flushes = self._solo_flushes + 1 if len(group) == 1 and not self._pending else 0
         if self._pending:
             asyncio.get_running_loop().call_soon(self._flush)

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
-from ..predictor import LineItem
+from ..predictor import HIERARCHY_FIELDS
 
 BasketKey = tuple[Hashable, ...]
+_CODES = attrgetter("category", *HIERARCHY_FIELDS)
 
 
-def basket_key(model_sha256: str, items: Sequence[LineItem]) -> BasketKey:
-    rows = sorted((i.product_id, i.quantity, i.price, i.category or "", *(h or "" for h in i.hierarchy))
-                  for i in items)
+def basket_key(model_sha256: str, items: Mapping[str, Any] | Sequence[Any]) -> BasketKey:
+    """The key of a basket's lines (a dict product code -> line, or a list of lines with a product_id)."""
+    pairs = items.items() if isinstance(items, Mapping) else ((line.product_id, line) for line in items)
+    rows = sorted((product, line.quantity, line.price, *(code or "" for code in _CODES(line)))
+                  for product, line in pairs)
     return (model_sha256, *rows)
 
 

@@ -13,14 +13,10 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 log = logging.getLogger("retail_prediction.api")
-
-# Tags of the object/list forms of basket_items: internal to the schema, not part of a field's path.
-_UNION_TAGS = frozenset({"dict", "list"})
 
 _HTTP_CODES = {
     400: "bad_request", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable",
@@ -46,10 +42,8 @@ def error_response(status: int, code: str, message: str, details: Any = None,
 
 
 def field_path(loc: Sequence[int | str]) -> str:
-    """pydantic's location tuple as a dotted path, e.g. `basket_items.P1001.quantity`."""
-    parts = [str(part) for i, part in enumerate(loc)
-             if not (i > 0 and loc[i - 1] == "basket_items" and part in _UNION_TAGS)]
-    return ".".join(p for p in parts if p != "body") or "body"
+    """FastAPI's location tuple as a dotted path, e.g. `query.limit`."""
+    return ".".join(str(p) for p in loc if p != "body") or "body"
 
 
 def _error_item(err: Any) -> dict[str, Any]:
@@ -68,11 +62,6 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
     else:
         message = f"{first['field']}: {first['message']}"
     return ApiError(422, "validation_error", message, items)
-
-
-def from_pydantic(exc: ValidationError) -> ApiError:
-    # include_input=False: echoing client input back could leak it into logs and is never needed.
-    return validation_error(exc.errors(include_url=False, include_input=False, include_context=False))
 
 
 def api_error_response(exc: ApiError) -> Response:

@@ -7,8 +7,11 @@ the same formatter; its access log is replaced by ours (which knows the route an
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -48,7 +51,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stderr is at the time of the call (test runners swap it)."""
+    """Writes to whatever sys.stderr is at the time of the call (test runners swap it), after the access
+    lines still waiting, so the log stays in order."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _access_lines.flush()
+        super().emit(record)
 
     @property  # type: ignore[override]
     def stream(self) -> Any:
@@ -72,15 +80,68 @@ def configure(level: str = "info") -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
+# Access lines are written together, at most this long after the first of them was made...
+ACCESS_FLUSH_SECONDS = 0.02
+# ...or as soon as this many are waiting.
+ACCESS_FLUSH_LINES = 256
+
+
+class _AccessLines:
+    """Access lines, written together by one system call every ACCESS_FLUSH_SECONDS.
+
+    One write per request was a measured 2 µs of every /predict call at 8 connections (the log file's
+    write is a system call even when nobody reads it). A line waits at most ACCESS_FLUSH_SECONDS, goes
+    out before any other log record (the handler flushes first, so the log stays in order), and at exit.
+    """
+
+    def __init__(self) -> None:
+        self._lines: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def add(self, line: bytes) -> None:
+        with self._lock:
+            self._lines.append(line)
+            waiting = len(self._lines)
+        if waiting == 1:
+            try:
+                asyncio.get_running_loop().call_later(ACCESS_FLUSH_SECONDS, self.flush)
+            except RuntimeError:  # no event loop in this thread: nothing would flush it later
+                self.flush()
+        elif waiting >= ACCESS_FLUSH_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+            if not lines:
+                return
+            stream = sys.stderr
+            stream.flush()  # what was written as text goes first
+            data = b"".join(lines)
+            buffer = getattr(stream, "buffer", None)
+            if buffer is None:
+                stream.write(data.decode())
+                stream.flush()
+            else:
+                buffer.write(data)
+                buffer.flush()
+
+
+_access_lines = _AccessLines()
+flush_access_lines = _access_lines.flush
+atexit.register(flush_access_lines)
+
+
 def write_access_line(level: int, fields: dict[str, Any]) -> None:
     """The per-request access line, in the same shape as every other line, written directly.
 
     It is written once per request, so it skips the LogRecord/formatter machinery (a measurable share of
-    a /predict request's CPU); the caller checks the level with `isEnabledFor` first.
+    a /predict request's CPU), and with the other lines of its event-loop iteration (`_AccessLines`); the
+    caller checks the level with `isEnabledFor` first.
     """
     entry = {"time": _timestamp(time.time()), "level": logging.getLevelName(level).lower(),
              "logger": ACCESS_LOGGER, "message": "request", **fields}
-    sys.stderr.write(orjson.dumps(entry).decode() + "\n")
+    _access_lines.add(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
 
 
 def uvicorn_log_config() -> dict[str, Any]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..predictor import HIERARCHY_FIELDS
 from ..schema import label_name
 from .model_manager import LoadedModel, LoadStatus
 from .schemas import CONTEXT_FIELDS
 from .settings import Settings
 
-# Line fields the featurization reads (via encode_items) and the request fields it ignores.
-_LINE_INPUTS = ["product_id", "quantity", "price", "category", "prod_code_10", "prod_code_20", "prod_code_30",
-                "prod_code_40"]
+# Line fields the featurization reads (via encode_clients) and the request fields it ignores.
+_LINE_INPUTS = ["product_id", "quantity", "price", "category", *HIERARCHY_FIELDS]
 
 
 def _validation(metadata: dict[str, Any]) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..artifact import ArtifactError, read_artifact
-from ..predictor import REQUIRED_FILES, LineItem, Predictor, encode_items
+from ..predictor import REQUIRED_FILES, LineItem, Predictor, encode_clients
 from ..store import ModelSource, StoreError, fetch, probe_version
 from .metrics import Metrics
 from .settings import Settings
@@ -77,11 +77,11 @@ def warm_up(predictor: Predictor) -> None:
     """Run real predictions once, through the API's own path (the first ONNX run allocates; the code
     dictionaries and the compiled loops' tables are built), and check the answers are probabilities."""
     examples = predictor.example_products(8)
-    basket = [LineItem(str(e["product_id"]), 1.0, float(e.get("price") or 1.0), None,
-                       tuple(e.get("hierarchy") or ())) for e in examples]
+    basket = [LineItem.of(str(e["product_id"]), 1.0, float(e.get("price") or 1.0), None, e.get("hierarchy") or ())
+              for e in examples]
     baskets = [basket or [LineItem("__warmup__", 1.0, 1.0)], [LineItem("__warmup__", 2.0, 3.5, "unknown")]]
-    predictor.score(*encode_items(baskets[:1], predictor.tables))  # one request's path (no grouping)
-    proba = predictor.score(*encode_items(baskets * 32, predictor.tables)).proba
+    predictor.score(encode_clients(baskets[:1], predictor.tables))  # one request's path
+    proba = predictor.score(encode_clients(baskets * 32, predictor.tables)).proba
     if proba.shape != (64, len(predictor.classes)) or not np.all(np.isfinite(proba)):
         raise LoadFailed("bad_model", f"warm-up gave malformed probabilities (shape {proba.shape})")
     if not np.allclose(proba.sum(axis=1), 1.0, atol=1e-3):

@@ -1,0 +1,130 @@
+"""Request bodies -> validated request structs (`schemas.request_types`), or a 422 naming the field.
+
+msgspec decodes and checks a body in one pass and stops at the first error. Its messages name the place
+as a JSON path where an object-form line is only `[...]` (the key is not repeated), so for those the
+offending line is found again by checking each line of that basket on its own: a slow path, taken only
+for a refused body. Field paths are dotted, as a client writes them: `basket_items.P1001.quantity`,
+`baskets.3.basket_items`.
+
+Two rules a JSON schema cannot state are checked after decoding: a product code that a spreadsheet turned
+into a number (`9.94E+14`, the file loader's rule too) is refused, and an object-form line's optional
+product_id must equal its key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from ..schema import SCIENTIFIC_ID_PATTERN
+from .errors import ApiError
+from .schemas import RequestTypes
+
+_MANGLED = re.compile(SCIENTIFIC_ID_PATTERN)
+# Such a code starts with a digit or a space: every other first character skips the regex.
+_MANGLED_START = frozenset("0123456789") | {chr(c) for c in range(0x3001) if chr(c).isspace()}
+_PLACE = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
+_FIELD_IN_MESSAGE = re.compile(r"^Object (?:contains unknown|missing required) field `([^`]*)`")
+
+
+def invalid(field: str, message: str, kind: str = "value_error") -> ApiError:
+    """A 422 whose message starts with the field's path, e.g. `basket_items.P1: Expected float > 0.0`."""
+    return ApiError(422, "validation_error", f"{field}: {message}",
+                    [{"field": field, "message": message, "type": kind}])
+
+
+def decode_predict(body: bytes, types: RequestTypes) -> Any:
+    request = _decode(body, types.decode_predict, types)
+    check_basket(request, "")
+    return request
+
+
+def decode_batch(body: bytes, types: RequestTypes) -> Any:
+    batch = _decode(body, types.decode_batch, types)
+    for i, request in enumerate(batch.baskets):
+        check_basket(request, f"baskets.{i}.")
+    return batch
+
+
+def check_basket(request: Any, prefix: str) -> None:
+    """The rules of a basket's product codes that the schema cannot state (see the module's docstring)."""
+    items = request.basket_items
+    if type(items) is dict:
+        for key, line in items.items():
+            if key[0] in _MANGLED_START and _MANGLED.match(key):
+                raise _mangled(f"{prefix}basket_items.{key}", key)
+            product = line.product_id
+            if product is not None and product != key:
+                if product[0] in _MANGLED_START and _MANGLED.match(product):
+                    raise _mangled(f"{prefix}basket_items.{key}.product_id", product)
+                raise invalid(f"{prefix}basket_items",
+                              f"line {key!r}: product_id {product!r} differs from its key")
+        return
+    for i, line in enumerate(items):
+        product = line.product_id
+        if product[0] in _MANGLED_START and _MANGLED.match(product):
+            raise _mangled(f"{prefix}basket_items.{i}.product_id", product)
+
+
+def _mangled(field: str, code: str) -> ApiError:
+    return invalid(field, f"{code!r} looks like a spreadsheet-mangled number, not a product code")
+
+
+def _decode(body: bytes, decoder: msgspec.json.Decoder[Any], types: RequestTypes) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _located(str(exc), body, types) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(422, "validation_error", f"request body is not valid JSON: {exc}",
+                       [{"field": "body", "message": str(exc), "type": "json_invalid"}]) from None
+
+
+def _located(error: str, body: bytes, types: RequestTypes) -> ApiError:
+    """msgspec's error as a 422 naming the field (see the module's docstring)."""
+    message, _, where = error.partition(" - at `")  # no place: the body itself
+    key_error = where.startswith("key` in `")
+    path = where.removeprefix("key` in `").removesuffix("`")
+    try:
+        parts, message = _field_parts(path, key_error, message, body, types)
+    except (LookupError, TypeError, ValueError, msgspec.DecodeError):  # never expected; the raw path will do
+        parts = [path]
+    field = _FIELD_IN_MESSAGE.match(message)
+    if field:  # a missing or unknown field: name it in the path, as for any other field
+        parts.append(field.group(1))
+    kind = "missing" if "missing required" in message else "extra_forbidden" if "unknown field" in message else (
+        "value_error")
+    return invalid(".".join(parts) or "body", message, kind)
+
+
+def _field_parts(path: str, key_error: bool, message: str, body: bytes,
+                 types: RequestTypes) -> tuple[list[str], str]:
+    """The parts of a field's dotted path, and the message, from msgspec's JSON path (`$.a[0].b`)."""
+    node: Any = msgspec.json.decode(body) if "[...]" in path or key_error else None
+    parts: list[str] = []
+    for name, index in _PLACE.findall(path.removeprefix("$")):
+        if not name and not index:  # an object-form line: the only object keyed by client data
+            key, message, inside = _failing_line(node, types)
+            return [*parts, key, *inside], message
+        parts.append(name or index)
+        if node is not None:
+            node = node[name] if name else node[int(index)]
+    if key_error:
+        key, message, _ = _failing_line(node, types)
+        parts.append(key)
+    return parts, message
+
+
+def _failing_line(lines: Any, types: RequestTypes) -> tuple[str, str, list[str]]:
+    """(key, msgspec's message, path inside the line) of the first object-form line that does not pass."""
+    for key, line in lines.items():
+        for value, kind in ((key, types.text), (line, types.keyed_line)):
+            try:
+                msgspec.convert(value, kind)
+            except msgspec.ValidationError as exc:
+                message, _, where = str(exc).partition(" - at `")
+                rest = [name or index for name, index in _PLACE.findall(where.removesuffix("`").removeprefix("$"))]
+                return key, message, rest
+    return "*", "invalid line", []
