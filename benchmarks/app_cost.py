@@ -108,7 +108,7 @@ def stage_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
     from retail_prediction.api.prediction import answers, score
     from retail_prediction.api.schemas import Limits, request_types
     from retail_prediction.features import encoded_features
-    from retail_prediction.predictor import Predictor, encode_clients
+    from retail_prediction.predictor import Predictor, client_features, encode_clients
 
     predictor = Predictor.load(args.model)
     tables = predictor.tables
@@ -116,12 +116,13 @@ def stage_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
     requests = [decode_predict(b, types) for b in bodies]
     encoded = [encode_clients([r.basket_items], tables) for r in requests]
     features = [encoded_features(e.enc, e.spend, e.quantity, e.basket, 1, tables) for e in encoded]
-    scores = [predictor.score(e) for e in encoded]
+    scores = [predictor.score([r.basket_items]) for r in requests]
     stages: dict[str, Callable[[int], Any]] = {
         "validation (JSON -> checked structs)": lambda i: decode_predict(bodies[i], types),
-        "line table and table rows of the codes": lambda i: encode_clients([requests[i].basket_items], tables),
-        "features (rows -> 43 numbers)": lambda i: encoded_features(encoded[i].enc, encoded[i].spend,
+        "line table, code rows (encode_clients)": lambda i: encode_clients([requests[i].basket_items], tables),
+        "features from them (encoded_features)": lambda i: encoded_features(encoded[i].enc, encoded[i].spend,
                                                                     encoded[i].quantity, encoded[i].basket, 1, tables),
+        "all three in one call (client_features)": lambda i: client_features([requests[i].basket_items], tables),
         "ONNX Runtime (one row)": lambda i: predictor.predict_features(features[i]),
         "answer (probabilities -> dict)": lambda i: answers(predictor, scores[i]),
         "score: all of the above but validation": lambda i: score(predictor, [requests[i]]),

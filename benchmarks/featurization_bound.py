@@ -5,11 +5,10 @@
 Starts our server twice per round on 127.0.0.1 and drives POST /predict with `wrk -c1` (real baskets):
   real      the server as shipped;
   constant  the same server with `Predictor.score` replaced by ONNX Runtime on one fixed feature row
-            (validation, the line table with its code lookups, the HTTP stack, the micro-batcher, ONNX
-            Runtime and the answer are unchanged; the featurization is skipped, so its answers are WRONG on
-            purpose).
-The gap between the two is what the featurization costs inside a real request, where it runs with cold
-caches; MLServer, which is sent precomputed features, never pays it.
+            (validation, the HTTP stack, the micro-batcher, ONNX Runtime and the answer are unchanged; the
+            code lookups and the featurization are skipped, so its answers are WRONG on purpose).
+The gap between the two is what the lookups and the featurization cost inside a real request, where they
+run with cold caches; MLServer, which is sent precomputed features, never pays it.
 """
 
 from __future__ import annotations
@@ -29,9 +28,9 @@ _CONSTANT_FEATURES = """
 import numpy as np
 from retail_prediction import predictor, serve
 
-def score(self, lines):
-    row = np.full((lines.n_baskets, len(self.feature_names)), 0.25, dtype=np.float32)
-    zeros = np.zeros(lines.n_baskets, dtype=np.int64)
+def score(self, baskets):
+    row = np.full((len(baskets), len(self.feature_names)), 0.25, dtype=np.float32)
+    zeros = np.zeros(len(baskets), dtype=np.int64)
     return predictor.Scores(self.predict_features(row), zeros, zeros)
 
 predictor.Predictor.score = score

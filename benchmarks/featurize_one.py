@@ -27,7 +27,7 @@ def main() -> None:
         "line table + codes": lambda: encode_clients([items], tables),
         "features alone": lambda: _features(lines, predictor),
         "lines to features": lambda: _features(encode_clients([items], tables), predictor),
-        "score (+ ONNX)": lambda: predictor.score(encode_clients([items], tables)),
+        "score (+ ONNX)": lambda: predictor.score([items]),
     }
     for name, run in stages.items():
         run()

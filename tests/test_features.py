@@ -20,7 +20,7 @@ from retail_prediction.features import (
     fit_tables,
     line_distributions,
 )
-from retail_prediction.predictor import ClientLines, LineItem, Predictor, encode_clients
+from retail_prediction.predictor import ClientLines, LineItem, Predictor, client_features, encode_clients
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,27 @@ def test_serving_path_gives_the_training_features_for_real_baskets(trained_model
         lines = encode_clients([_items_of(later, int(b))], predictor.tables)
         np.testing.assert_array_equal(lines.enc.level_rows, encode(later.lines.take(later.lines.basket == b),
                                                                    predictor.tables).level_rows)
-        np.testing.assert_allclose(predictor.score(lines).proba[0],
+        np.testing.assert_allclose(predictor.score([_items_of(later, int(b))]).proba[0],
                                    predictor.predict_features(from_files[[b]])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_client_features_is_the_step_by_step_path(trained_model: Path, lgsr: Path) -> None:
+    """The API's one-call path (`client_features`) gives the step-by-step loops' features and unknown counts,
+    bit for bit, for baskets in both forms (dict keyed by product, list), with categories and unknown codes."""
+    predictor = Predictor.load(trained_model)
+    later = table_to_baskets(read_transactions(lgsr / "transactions_200752.csv.gz"))
+    baskets: list = [_items_of(later, b) for b in range(40)]
+    baskets[1] = {item.product_id: item for item in baskets[1]}  # the object form
+    baskets[2] = [LineItem("NEW-1", 1, 2.0, "unknown-category"), LineItem("NEW-2", 3, 0.5),
+                  LineItem.of("NEW-3", 1, 9.9, None, (None, "UNKNOWN-GROUP"))]
+    baskets[3] = [LineItem.of("NEW-4", 2, 1.0, str(predictor.tables.levels[2].vocab[0]))]
+    features, unknown = client_features(baskets, predictor.tables)
+    lines = encode_clients(baskets, predictor.tables)
+    np.testing.assert_array_equal(features, _served_features(lines, predictor))
+    expected = np.zeros((len(baskets), 2), dtype=np.int64)
+    featurize_kernel.unknown_codes(lines.enc.level_rows, lines.basket, lines.named, expected)
+    np.testing.assert_array_equal(unknown, expected)
+    assert unknown[2].tolist() == [3, 2] and unknown[3].tolist() == [1, 0]
 
 
 def test_compiled_loops_follow_the_definitions(baskets, learned) -> None:

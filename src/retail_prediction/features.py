@@ -154,6 +154,15 @@ class FeatureTables:
         return [lv.row_of for lv in self.levels]
 
     @cached_property
+    def n_features(self) -> int:
+        return len(self.feature_names())
+
+    @cached_property
+    def composition(self) -> tuple[np.ndarray, np.ndarray]:
+        """The latent classes' composition model, as the compiled loops take it."""
+        return _latent_of(self).composition
+
+    @cached_property
     def kernel(self) -> featurize_kernel.KernelTables:
         """The tables as the compiled per-line loop reads them (built once per tables)."""
         return featurize_kernel.KernelTables(self.edges, *self.stacked, self.prior_share,
@@ -298,13 +307,13 @@ class _BasketSums:
         """Each line (its code rows, spend, quantity, basket) described with `tables` and added to its
         basket, in line order (so a basket's sums have the same bits whichever other baskets come with it)."""
         featurize_kernel.add_lines(enc.level_rows, as_f64(spend), as_f64(quantity),
-                                   np.asarray(basket, dtype=np.int32), tables.kernel, self.sums, self.p_max)
+                                   np.ascontiguousarray(basket, dtype=np.int32), tables.kernel, self.sums, self.p_max)
 
     def finish(self, models: Sequence[LatentTables], model_of: np.ndarray | None = None) -> np.ndarray:
         """The feature rows; basket b's label probabilities from `models[model_of[b]]` (default: the first)."""
         n = self.sums.shape[0]
         out = np.empty((n, featurize_kernel.OUT_PER_CLASS * self.k + featurize_kernel.N_STATS), dtype=np.float32)
-        model_of = np.zeros(n, dtype=np.int32) if model_of is None else np.asarray(model_of, dtype=np.int32)
+        model_of = np.zeros(n, dtype=np.int32) if model_of is None else np.ascontiguousarray(model_of, dtype=np.int32)
         if len(models) == 1:
             coef, intercept = models[0].composition
         else:

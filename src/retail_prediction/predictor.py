@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from . import featurize_kernel, schema
 from .artifact import LoadedArtifact, read_artifact
-from .features import Encoded, FeatureTables, Lines, basket_features, encoded_features
+from .features import Encoded, FeatureTables, Lines, basket_features
 
 REQUIRED_FILES = ("model.onnx", "tables.npz", "feature_spec.json", "metadata.json")
 
@@ -67,15 +67,33 @@ class ClientLines(NamedTuple):
 def encode_clients(baskets: Sequence[Mapping[str, Any] | Sequence[Any]], tables: FeatureTables) -> ClientLines:
     """Client baskets (each a dict product code -> line, or a list of lines with a `product_id`; lines as
     `LineItem` or the API's request lines) -> the line table, codes looked up straight from the client's
-    strings in one compiled pass (`featurize_kernel.client_lines`)."""
+    strings in one compiled pass (`featurize_kernel.client_lines`). For inspection and tests: serving goes
+    from the baskets to the features in one call (`client_features`), through the same loops."""
     n = sum(map(len, baskets))
     levels = len(tables.levels)
     out = ClientLines(np.empty(n, dtype=np.int32), len(baskets), np.empty(n), np.empty(n),
                       Encoded(np.empty((levels, n), dtype=np.int32)), np.empty(n, dtype=np.uint8))
-    featurize_kernel.client_lines(baskets if isinstance(baskets, list) else list(baskets),
-                                  hierarchy_fields(tables.hierarchy_names), tables.row_tables,
+    featurize_kernel.client_lines(_as_list(baskets), hierarchy_fields(tables.hierarchy_names), tables.row_tables,
                                   out.basket, out.quantity, out.spend, out.enc.level_rows, out.named)
     return out
+
+
+def client_features(baskets: Sequence[Mapping[str, Any] | Sequence[Any]],
+                    tables: FeatureTables) -> tuple[np.ndarray, np.ndarray]:
+    """Client baskets -> their feature rows (float32, columns as `tables.feature_names()`) and, per basket,
+    lines of an unknown product and lines naming only unknown codes: `encode_clients` + `encoded_features`
+    + the unknown counts, in one compiled call (`featurize_kernel.client_features`)."""
+    n = len(baskets)
+    features = np.empty((n, tables.n_features), dtype=np.float32)
+    unknown = np.empty((n, 2), dtype=np.int64)
+    coef, intercept = tables.composition
+    featurize_kernel.client_features(_as_list(baskets), hierarchy_fields(tables.hierarchy_names), tables.row_tables,
+                                     tables.kernel, coef, intercept, features, unknown)
+    return features, unknown
+
+
+def _as_list(baskets: Sequence[Any]) -> list[Any]:
+    return baskets if isinstance(baskets, list) else list(baskets)
 
 
 @dataclass(frozen=True)
@@ -149,17 +167,13 @@ class Predictor:
             return np.zeros((0, len(self.classes)))
         return self.predict_features(self.features(lines))
 
-    def score(self, lines: ClientLines) -> Scores:
-        """Probabilities and unknown-code counts per basket of client lines (`encode_clients`)."""
-        n = lines.n_baskets
-        if n == 0:
+    def score(self, baskets: Sequence[Mapping[str, Any] | Sequence[Any]]) -> Scores:
+        """Probabilities and unknown-code counts of client baskets (as `encode_clients` takes them)."""
+        if not baskets:
             empty = np.zeros(0, dtype=np.int64)
             return Scores(np.zeros((0, len(self.classes))), empty, empty)
-        proba = self.predict_features(encoded_features(lines.enc, lines.spend, lines.quantity, lines.basket, n,
-                                                       self.tables))
-        unknown = np.zeros((n, 2), dtype=np.int64)
-        featurize_kernel.unknown_codes(lines.enc.level_rows, lines.basket, lines.named, unknown)
-        return Scores(proba, unknown[:, 0], unknown[:, 1])
+        features, unknown = client_features(baskets, self.tables)
+        return Scores(self.predict_features(features), unknown[:, 0], unknown[:, 1])
 
     def predict_batch(self, lines: Lines, *, threads: int = 2, block: int = 1 << 15) -> np.ndarray:
         """`predict_proba` for many baskets (grouped by basket, as loaded from files), a block of baskets per task.

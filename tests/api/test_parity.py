@@ -1,6 +1,6 @@
 """Featurization parity: real baskets of the data set, featurized by the training path (file -> Arrow ->
 `table_to_baskets` -> `basket_features`) and by the API path (JSON -> checked request structs ->
-`encode_clients` -> `encoded_features`), must give the same features and the same probabilities."""
+`client_features`), must give the same features and the same probabilities."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from retail_prediction.api.decoding import decode_predict
 from retail_prediction.api.schemas import Limits, request_types
 from retail_prediction.data import read_transactions, resolve_files, table_to_baskets
 from retail_prediction.features import basket_features, encoded_features
-from retail_prediction.predictor import Predictor, encode_clients
+from retail_prediction.predictor import Predictor, client_features, encode_clients
 
 from .conftest import DATA_DIR
 
@@ -60,8 +60,10 @@ def test_api_features_equal_training_features(real_baskets: tuple[Any, list[dict
     predictor = Predictor.load(model_path)
     trained = basket_features(baskets.lines, predictor.tables)
     parsed = [decode_predict(json.dumps(r).encode(), request_types(Limits())) for r in requests]
-    lines = encode_clients([r.basket_items for r in parsed], predictor.tables)
-    served = encoded_features(lines.enc, lines.spend, lines.quantity, lines.basket, lines.n_baskets, predictor.tables)
+    served, _ = client_features([r.basket_items for r in parsed], predictor.tables)  # what /predict computes
+    lines = encode_clients([r.basket_items for r in parsed], predictor.tables)  # the same loops, step by step
+    np.testing.assert_array_equal(served, encoded_features(lines.enc, lines.spend, lines.quantity, lines.basket,
+                                                           lines.n_baskets, predictor.tables))
     assert served.shape == trained.shape == (len(requests), len(predictor.feature_names))
     np.testing.assert_allclose(served, trained, rtol=1e-5, atol=1e-6)
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..artifact import ArtifactError, read_artifact
-from ..predictor import REQUIRED_FILES, LineItem, Predictor, encode_clients
+from ..predictor import REQUIRED_FILES, LineItem, Predictor
 from ..store import ModelSource, StoreError, fetch, probe_version
 from .metrics import Metrics
 from .settings import Settings
@@ -80,8 +80,8 @@ def warm_up(predictor: Predictor) -> None:
     basket = [LineItem.of(str(e["product_id"]), 1.0, float(e.get("price") or 1.0), None, e.get("hierarchy") or ())
               for e in examples]
     baskets = [basket or [LineItem("__warmup__", 1.0, 1.0)], [LineItem("__warmup__", 2.0, 3.5, "unknown")]]
-    predictor.score(encode_clients(baskets[:1], predictor.tables))  # one request's path
-    proba = predictor.score(encode_clients(baskets * 32, predictor.tables)).proba
+    predictor.score(baskets[:1])  # one request's path
+    proba = predictor.score(baskets * 32).proba
     if proba.shape != (64, len(predictor.classes)) or not np.all(np.isfinite(proba)):
         raise LoadFailed("bad_model", f"warm-up gave malformed probabilities (shape {proba.shape})")
     if not np.allclose(proba.sum(axis=1), 1.0, atol=1e-3):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..predictor import Predictor, Scores, encode_clients
+from ..predictor import Predictor, Scores
 from ..schema import label_name
 from .cache import BasketKey, PredictionCache, basket_key
 from .schemas import PredictRequest
@@ -16,7 +16,7 @@ from .schemas import PredictRequest
 
 def score(predictor: Predictor, requests: Sequence[PredictRequest]) -> list[dict[str, Any]]:
     """Answers for `requests`, in order (no cache)."""
-    return answers(predictor, predictor.score(encode_clients([r.basket_items for r in requests], predictor.tables)))
+    return answers(predictor, predictor.score([r.basket_items for r in requests]))
 
 
 def answers(predictor: Predictor, scores: Scores) -> list[dict[str, Any]]:
