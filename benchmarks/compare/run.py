@@ -574,7 +574,7 @@ def profile(system: System, args: argparse.Namespace, work: Path, connections: i
 # Where a sample's time goes: the first rule matching a frame, from the innermost frame outwards.
 PARTS = [
     ("ONNX Runtime (`Session.run`)", r"Session\.run"),
-    ("featurization (`encode_clients`, `encoded_features`, unknown counts)",
+    ("featurization (`client_features`: code lookups, features, unknown counts)",
      r"retail_prediction/(features|predictor)\.py"),
     ("request body read + validation (msgspec)", r"retail_prediction/api/(body|decoding)\.py"),
     ("answer building (`score`, `answers`, orjson)", r"retail_prediction/api/(prediction|app)\.py|orjson"),
