@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from retail_prediction import featurize_kernel, latent, schema
+from retail_prediction.artifact import pack_artifact, read_artifact
 from retail_prediction.data import read_transactions, table_to_baskets
 from retail_prediction.features import (
     Codes,
@@ -259,3 +261,15 @@ def test_tables_of_another_feature_spec_are_refused_with_advice(learned) -> None
         FeatureTables.load(spec, tables.to_npz_bytes())
     reloaded = FeatureTables.load(tables.spec(), tables.to_npz_bytes())
     assert reloaded.feature_names() == tables.feature_names()
+
+
+def test_a_model_whose_hierarchy_a_request_cannot_carry_is_refused(trained_model: Path, tmp_path: Path) -> None:
+    """Serving reads each level's code from the request line's field of that name: a model with a level no
+    request field carries is refused at load, not answered with a 500 per request."""
+    artifact = read_artifact(trained_model)
+    spec = json.loads(artifact.files["feature_spec.json"])
+    spec["hierarchy"] = [*spec["hierarchy"][:-1], "SHELF_CODE"]
+    files = {**artifact.files, "feature_spec.json": json.dumps(spec).encode()}
+    pack_artifact(tmp_path / "m.tar.gz", files, metadata={"model_version": "shelf"})
+    with pytest.raises(ValueError, match="shelf_code"):
+        Predictor.load(tmp_path / "m.tar.gz")

@@ -47,7 +47,7 @@ _DICT_LOOKUP_MAX = 64  # distinct codes up to which a dict beats a vectorised se
 
 class Codes(NamedTuple):
     """A string column, dictionary-encoded: `values[index[i]]` is line i's code; index -1 = missing.
-    (A named tuple: a request builds one per column, and a frozen dataclass costs several times more.)"""
+    (A named tuple: cheap to build, where a frozen dataclass costs several times more.)"""
 
     values: np.ndarray
     index: np.ndarray

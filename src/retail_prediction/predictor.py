@@ -126,6 +126,10 @@ class Predictor:
             raise ValueError(f"{artifact.path}: model archive lacks {', '.join(missing)}")
         spec = json.loads(artifact.files["feature_spec.json"])
         tables = FeatureTables.load(spec, artifact.files["tables.npz"])
+        unserved = set(hierarchy_fields(tables.hierarchy_names)) - set(HIERARCHY_FIELDS)
+        if unserved:
+            raise ValueError(f"{artifact.path}: the model uses hierarchy levels a request cannot carry: "
+                             f"{', '.join(sorted(unserved))}")
         options = ort.SessionOptions()
         # One request is tiny: threads would cost more in handoff than they save.
         options.intra_op_num_threads = intra_op_threads

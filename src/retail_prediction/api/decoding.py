@@ -27,6 +27,9 @@ _MANGLED = re.compile(SCIENTIFIC_ID_PATTERN)
 _MANGLED_START = frozenset("0123456789") | {chr(c) for c in range(0x3001) if chr(c).isspace()}
 _PLACE = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
 _FIELD_IN_MESSAGE = re.compile(r"^Object (?:contains unknown|missing required) field `([^`]*)`")
+# The body again, untyped, to find a refused object-form line: floats through float() so that an
+# out-of-range number (1e999) decodes (to inf) and is refused by the line's own check, not here.
+_UNTYPED = msgspec.json.Decoder(float_hook=float)
 
 
 def invalid(field: str, message: str, kind: str = "value_error") -> ApiError:
@@ -102,7 +105,7 @@ def _located(error: str, body: bytes, types: RequestTypes) -> ApiError:
 def _field_parts(path: str, key_error: bool, message: str, body: bytes,
                  types: RequestTypes) -> tuple[list[str], str]:
     """The parts of a field's dotted path, and the message, from msgspec's JSON path (`$.a[0].b`)."""
-    node: Any = msgspec.json.decode(body) if "[...]" in path or key_error else None
+    node: Any = _UNTYPED.decode(body) if "[...]" in path or key_error else None
     parts: list[str] = []
     for name, index in _PLACE.findall(path.removeprefix("$")):
         if not name and not index:  # an object-form line: the only object keyed by client data
@@ -126,5 +129,5 @@ def _failing_line(lines: Any, types: RequestTypes) -> tuple[str, str, list[str]]
             except msgspec.ValidationError as exc:
                 message, _, where = str(exc).partition(" - at `")
                 rest = [name or index for name, index in _PLACE.findall(where.removesuffix("`").removeprefix("$"))]
-                return key, message, rest
+                return key or '""', message, rest
     return "*", "invalid line", []
