@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -146,8 +147,8 @@ class Predictor:
     def classes(self) -> tuple[str, ...]:
         return self.tables.classes
 
-    @property
-    def version(self) -> str:
+    @cached_property
+    def version(self) -> str:  # read on every request
         return str(self.metadata.get("model_version", self.sha256[:12]))
 
     @property
