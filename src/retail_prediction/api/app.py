@@ -169,9 +169,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         if log.isEnabledFor(logging.DEBUG):  # basket contents are personal data: debug level only
             log.debug("basket", extra={"request_id": request.scope["request_id"],
                                        "basket": msgspec.to_builtins(basket)})
-        # Micro-batched (the default) without the dispatch of `predict_one`: this is the hot path.
-        batched = service.settings.predict_execution == "batched"
-        answer = await (service.batcher.predict(model, basket) if batched else service.predict_one(model, basket))
+        answer = await service.predict_one(model, basket)
         request.scope["model_version"] = version = model.predictor.version
         return json_response({**answer, "model_version": version, "request_id": request.scope["request_id"]})
 

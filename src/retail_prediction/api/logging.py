@@ -22,7 +22,6 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message", "asctime", "taskName"}
 
 ACCESS_LOGGER = "retail_prediction.access"
-_LEVEL_NAMES = {level: logging.getLevelName(level).lower() for level in (logging.DEBUG, logging.INFO, logging.WARNING)}
 
 
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted: one strftime per second, not per line
@@ -140,7 +139,7 @@ def write_access_line(level: int, fields: dict[str, Any]) -> None:
     a /predict request's CPU), and with the other lines of its event-loop iteration (`_AccessLines`); the
     caller checks the level with `isEnabledFor` first.
     """
-    entry = {"time": _timestamp(time.time()), "level": _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower(),
+    entry = {"time": _timestamp(time.time()), "level": logging.getLevelName(level).lower(),
              "logger": ACCESS_LOGGER, "message": "request", **fields}
     _access_lines.add(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
 
