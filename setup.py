@@ -4,6 +4,6 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 setup(ext_modules=cythonize(
-    [Extension("retail_prediction.featurize_kernel", ["src/retail_prediction/featurize_kernel.pyx"])],
+    [Extension("retail_prediction.features.kernel", ["src/retail_prediction/features/kernel.pyx"])],
     compiler_directives={"language_level": 3},
 ))

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from retail_prediction import schema
-from retail_prediction.data import read_transactions, resolve_files, table_to_baskets
+from retail_prediction.data import lgsr
+from retail_prediction.data.reading import read_transactions, resolve_files, table_to_baskets
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/lgsr"
 WRK_SCRIPT = """
@@ -78,7 +78,7 @@ def _line(lines: Any, i: int) -> dict[str, Any]:
     quantity = float(lines.quantity[i])
     item = {"product_id": str(lines.product.values[lines.product.index[i]]), "quantity": quantity,
             "price": round(float(lines.spend[i]) / quantity, 4)}
-    for name, codes in zip(schema.HIERARCHY, lines.hierarchy, strict=True):
+    for name, codes in zip(lgsr.HIERARCHY, lines.hierarchy, strict=True):
         if codes is not None and codes.index[i] >= 0:
             item[name.lower()] = str(codes.values[codes.index[i]])
     return item

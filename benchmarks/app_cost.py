@@ -81,7 +81,7 @@ async def per_request(run: Callable[[int], Awaitable[Any]], n: int, batch: int =
 
 async def app_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
     from retail_prediction.api import create_app
-    from retail_prediction.api.settings import Settings
+    from retail_prediction.serving.settings import Settings
 
     app = create_app(Settings())
     async with app.router.lifespan_context(app):
@@ -105,10 +105,11 @@ async def app_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
 
 def stage_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
     from retail_prediction.api.decoding import decode_predict
-    from retail_prediction.api.prediction import answers, score
     from retail_prediction.api.schemas import Limits, request_types
-    from retail_prediction.features import encoded_features
-    from retail_prediction.predictor import Predictor, client_features, encode_clients
+    from retail_prediction.features.client import client_features, encode_clients
+    from retail_prediction.features.tables import encoded_features
+    from retail_prediction.serving.prediction import answers, score
+    from retail_prediction.serving.predictor import Predictor
 
     predictor = Predictor.load(args.model)
     tables = predictor.tables

@@ -26,7 +26,8 @@ from api_load import DEFAULT_DATA, WRK_SCRIPT, Server, run_wrk, sample_baskets
 # Run in the server process (python -c) for the "constant" variant.
 _CONSTANT_FEATURES = """
 import numpy as np
-from retail_prediction import predictor, serve
+from retail_prediction import serve
+from retail_prediction.serving import predictor
 
 def score(self, baskets):
     row = np.full((len(baskets), len(self.feature_names)), 0.25, dtype=np.float32)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from retail_prediction.features import encoded_features
-from retail_prediction.predictor import ClientLines, LineItem, Predictor, encode_clients
+from retail_prediction.contract import LineItem
+from retail_prediction.features.client import ClientLines, encode_clients
+from retail_prediction.features.tables import encoded_features
+from retail_prediction.serving.predictor import Predictor
 
 
 def main() -> None:

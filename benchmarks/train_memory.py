@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from retail_prediction import schema
-from retail_prediction.data import read_transactions, table_to_baskets
-from retail_prediction.features import basket_features
-from retail_prediction.training import TRAIN_COLUMNS, TrainConfig, _learn, validation_cut
+from retail_prediction.data import lgsr
+from retail_prediction.data.reading import read_transactions, table_to_baskets
+from retail_prediction.features.tables import basket_features
+from retail_prediction.training.train import TRAIN_COLUMNS, TrainConfig, _learn, validation_cut
 
 
 def quiet(message: str) -> None:
@@ -44,7 +44,7 @@ def main(data: str) -> None:
     stage, config = Stages(), TrainConfig()
     table = read_transactions(data, columns=TRAIN_COLUMNS)
     stage(f"read {table.num_rows:,} lines")
-    weeks = np.unique(table[schema.SHOP_WEEK].to_numpy())
+    weeks = np.unique(table[lgsr.SHOP_WEEK].to_numpy())
     cut = validation_cut(weeks, config)
     everything = table_to_baskets(table)
     del table

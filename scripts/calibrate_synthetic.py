@@ -1,9 +1,9 @@
-"""Measure the generator defaults (`src/retail_prediction/calibration.json`) from real LGSR weeks.
+"""Measure the generator defaults (`src/retail_prediction/data/calibration.json`) from real LGSR weeks.
 
 Only aggregate figures leave this script: probabilities, means, spreads and fitted constants. No real
 row, product, customer, basket or store identifier is written.
 
-    python scripts/calibrate_synthetic.py /work/shared/data/lgsr [--out src/retail_prediction/calibration.json]
+    python scripts/calibrate_synthetic.py /work/shared/data/lgsr [--out src/retail_prediction/data/calibration.json]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from retail_prediction import schema as s
-from retail_prediction.synthetic import (
+from retail_prediction.data import lgsr as s
+from retail_prediction.data.synthetic import (
     LABEL_CODES,
     SEG_CODES,
     build_world,
@@ -348,7 +348,7 @@ def calibrate(data_dir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", type=Path)
-    default_out = Path(__file__).resolve().parents[1] / "src/retail_prediction/calibration.json"
+    default_out = Path(__file__).resolve().parents[1] / "src/retail_prediction/data/calibration.json"
     parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args()
     cal = calibrate(args.data_dir)

@@ -11,7 +11,7 @@ scripts/setup.sh
 MODEL=${MODEL_PATH:-models/model.tar.gz}
 load_error() {  # empty when this version can serve the archive (one of an older feature spec cannot)
   python -c 'import sys
-from retail_prediction.predictor import Predictor
+from retail_prediction.serving.predictor import Predictor
 try:
     Predictor.load(sys.argv[1])
 except Exception as exc:

@@ -10,7 +10,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 # The compiled featurization loops are built at install: a change to them (or to the build) reinstalls too.
-stamp="$VENV/.installed-$(cat pyproject.toml setup.py src/retail_prediction/*.pyx | sha256sum | cut -c1-16)"
+stamp="$VENV/.installed-$(cat pyproject.toml setup.py src/retail_prediction/features/*.pyx | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -e '.[train,dev]'

@@ -113,7 +113,7 @@ def small_weeks(lgsr: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory: pytest.TempPathFactory, small_weeks: list[Path]) -> Path:
     """A model.tar.gz trained by the real pipeline on 10 real weeks (validated on the last 2)."""
-    from retail_prediction.training import TrainConfig, train
+    from retail_prediction.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("model") / "model.tar.gz"
     train(small_weeks, out, TrainConfig(validation_weeks=2))

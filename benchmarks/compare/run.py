@@ -138,10 +138,11 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]
     from onnx_to_lightgbm import convert
 
     from retail_prediction.api.decoding import decode_predict
-    from retail_prediction.api.prediction import score
     from retail_prediction.api.schemas import Limits, request_types
-    from retail_prediction.features import encoded_features
-    from retail_prediction.predictor import Predictor, encode_clients
+    from retail_prediction.features.client import encode_clients
+    from retail_prediction.features.tables import encoded_features
+    from retail_prediction.serving.prediction import score
+    from retail_prediction.serving.predictor import Predictor
 
     info: dict[str, Any] = {}
     model_dir = work / "model"
@@ -197,7 +198,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]
 
 
 def training_features(data: Path, predictor: Any, weeks: str) -> tuple[np.ndarray, np.ndarray]:
-    from retail_prediction.data import read_transactions, resolve_files, table_to_baskets
+    from retail_prediction.data.reading import read_transactions, resolve_files, table_to_baskets
 
     first, last = (int(w) for w in weeks.split("-"))
     files = [f for f in resolve_files(data) if first <= int(re.findall(r"(\d{6})", Path(f).name)[-1]) <= last]

@@ -24,7 +24,8 @@ import pandas as pd
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
-from retail_prediction.features import Codes, FeatureTables, Lines, basket_features
+from retail_prediction.contract import Codes, Lines
+from retail_prediction.features.tables import FeatureTables, basket_features
 
 MODEL_DIR = Path(os.environ["MODEL_DIR"])
 spec = json.loads((MODEL_DIR / "feature_spec.json").read_text())

@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from .synthetic import generate
+    from .data.synthetic import generate
 
     result = generate(args.out, weeks=args.weeks, customers=args.customers, seed=args.seed,
                       start_week=args.start_week, progress=_say)
@@ -89,7 +89,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .training import TrainConfig, train
+    from .training.train import TrainConfig, train
 
     config = TrainConfig(until_week=args.until_week, validation_weeks=args.validation_weeks, seed=args.seed,
                          threads=args.threads)
@@ -102,7 +102,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .scoring import evaluate
+    from .training.scoring import evaluate
 
     report = evaluate(args.model, args.data, args.json_out, png=args.png, markdown=args.report,
                       first_week=args.from_week, last_week=args.until_week, progress=_say)
@@ -110,22 +110,22 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .scoring import predict_files
+    from .training.scoring import predict_files
 
     n, seconds = predict_files(args.model, args.data, args.out, progress=_say)
     _say(f"scored {n:,} baskets in {seconds:.2f}s ({n / max(seconds, 1e-9):,.0f} baskets/s) -> {args.out}")
 
 
 def _publish(args: argparse.Namespace) -> None:
-    from .artifact import read_artifact
-    from .store import publish
+    from .artifact.archive import read_artifact
+    from .artifact.store import publish
 
     read_artifact(args.model)  # never publish an archive that would be refused at load
     print(json.dumps(publish(args.model, args.bucket, args.key), indent=2))
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from .artifact import read_artifact
+    from .artifact.archive import read_artifact
 
     art = read_artifact(args.model)
     meta = json.loads(art.files.get("metadata.json", b"{}"))
@@ -145,9 +145,9 @@ COMMANDS = {"generate": _generate, "train": _train, "evaluate": _evaluate, "pred
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from .artifact import ArtifactError
-    from .errors import DataError
-    from .store import StoreError
+    from .artifact.archive import ArtifactError
+    from .artifact.store import StoreError
+    from .data.errors import DataError
 
     started = time.monotonic()
     try:

@@ -13,8 +13,8 @@ from typing import Any
 import uvicorn
 
 from .api import create_app
-from .api.logging import uvicorn_log_config
-from .api.settings import Settings
+from .api.logs import uvicorn_log_config
+from .serving.settings import Settings
 
 GRACEFUL_SHUTDOWN_SECONDS = 20
 

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from retail_prediction.api import Settings, create_app
-from retail_prediction.artifact import pack_artifact, read_artifact
+from retail_prediction.artifact.archive import pack_artifact, read_artifact
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/lgsr"
 REPO = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from retail_prediction.api import Settings
-from retail_prediction.api.settings import DEFAULT_LOCAL_MODEL
-from retail_prediction.predictor import Predictor
+from retail_prediction.serving.predictor import Predictor
+from retail_prediction.serving.settings import DEFAULT_LOCAL_MODEL
 
 from .conftest import EXAMPLE_REQUEST
 

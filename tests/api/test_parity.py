@@ -13,12 +13,13 @@ import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
-from retail_prediction import schema
 from retail_prediction.api.decoding import decode_predict
 from retail_prediction.api.schemas import Limits, request_types
-from retail_prediction.data import read_transactions, resolve_files, table_to_baskets
-from retail_prediction.features import basket_features, encoded_features
-from retail_prediction.predictor import Predictor, client_features, encode_clients
+from retail_prediction.data import lgsr
+from retail_prediction.data.reading import read_transactions, resolve_files, table_to_baskets
+from retail_prediction.features.client import client_features, encode_clients
+from retail_prediction.features.tables import basket_features, encoded_features
+from retail_prediction.serving.predictor import Predictor
 
 from .conftest import DATA_DIR
 
@@ -32,7 +33,7 @@ def real_baskets() -> tuple[Any, list[dict[str, Any]]]:
     if not DATA_DIR.is_dir():
         pytest.skip(f"no data set at {DATA_DIR}")
     table = read_transactions(resolve_files(DATA_DIR)[-1])
-    basket_ids = table[schema.BASKET_ID].to_numpy().astype(str)
+    basket_ids = table[lgsr.BASKET_ID].to_numpy().astype(str)
     ids = np.unique(basket_ids)
     chosen = np.random.default_rng(7).choice(ids, size=min(N_BASKETS, ids.size), replace=False)
     sample = table.filter(pa.array(np.isin(basket_ids, chosen)))

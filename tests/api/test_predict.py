@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from retail_prediction.predictor import Predictor
+from retail_prediction.serving.predictor import Predictor
 
 from .conftest import EXAMPLE_REQUEST
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from retail_prediction.artifact import sha256_file
+from retail_prediction.artifact.archive import sha256_file
 from s3server import MODELS_BUCKET, S3Server, subprocess_env
 
 from .conftest import EXAMPLE_REQUEST, ApiProcess, wait_until

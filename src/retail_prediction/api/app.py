@@ -28,19 +28,20 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute
 
 from .. import __version__
+from ..serving.batcher import MicroBatcher
+from ..serving.cache import PredictionCache
+from ..serving.metrics import CONTENT_TYPE, Metrics
+from ..serving.model_manager import LoadedModel, ModelManager
+from ..serving.prediction import score_cached
+from ..serving.settings import Settings
 from . import errors
-from . import logging as api_logging
-from .batcher import MicroBatcher
+from . import logs as api_logging
 from .body import read_body
-from .cache import PredictionCache
 from .decoding import decode_batch, decode_predict
 from .errors import ApiError
 from .hot_routes import Handler, HotRoutes
-from .metrics import CONTENT_TYPE, Metrics
 from .middleware import RequestContextMiddleware
 from .model_info import model_info
-from .model_manager import LoadedModel, ModelManager
-from .prediction import score_cached
 from .schemas import (
     BatchRequest,
     BatchResponse,
@@ -54,7 +55,6 @@ from .schemas import (
     json_schemas,
     request_types,
 )
-from .settings import Settings
 
 log = logging.getLogger("retail_prediction.api")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from ..schema import SCIENTIFIC_ID_PATTERN
+from ..contract import SCIENTIFIC_ID_PATTERN
 from .errors import ApiError
 from .schemas import RequestTypes
 

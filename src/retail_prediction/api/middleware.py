@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .logging import ACCESS_LOGGER, write_access_line
-from .metrics import Metrics
+from ..serving.metrics import Metrics
+from .logs import ACCESS_LOGGER, write_access_line
 
 REQUEST_ID_HEADER = b"x-request-id"
 # A client's id is reused only when it is short and printable, so it cannot forge log lines.

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..predictor import HIERARCHY_FIELDS
-from ..schema import label_name
-from .model_manager import LoadedModel, LoadStatus
+from ..contract import HIERARCHY_FIELDS, label_name
+from ..serving.model_manager import LoadedModel, LoadStatus
+from ..serving.settings import Settings
 from .schemas import CONTEXT_FIELDS
-from .settings import Settings
 
 # Line fields the featurization reads (via encode_clients) and the request fields it ignores.
 _LINE_INPUTS = ["product_id", "quantity", "price", "category", *HIERARCHY_FIELDS]

@@ -23,7 +23,7 @@ from typing import Annotated, Any, NamedTuple
 import msgspec
 from pydantic import BaseModel, Field
 
-from ..predictor import HIERARCHY_FIELDS
+from ..contract import HIERARCHY_FIELDS
 
 # Quantities and unit prices far beyond any till: refused so that spend can never overflow a float. The
 # bounds also make every accepted amount finite and positive (JSON has no NaN; 1e999 is out of range).

@@ -1,0 +1,2 @@
+"""The model archive (`archive`: format, packing, verification) and where archives live (`store`: a local
+file or S3)."""

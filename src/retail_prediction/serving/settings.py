@@ -1,0 +1,84 @@
+"""Service configuration from environment variables (pydantic-settings); see docs/api.md for the table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from ..artifact.store import ModelSource
+
+# What the README's run command trains to; the model used when no source is configured.
+DEFAULT_LOCAL_MODEL = Path("models/model.tar.gz")
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field names are the environment variable names, case-insensitive."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", protected_namespaces=())
+
+    # ---- HTTP server
+    port: int = Field(8000, ge=1, le=65535)
+    host: str = "0.0.0.0"
+    workers: int = Field(1, ge=1, le=64)
+    log_level: LogLevel = "info"
+    # Comma-separated origins allowed by CORS; empty = no CORS headers at all.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # ---- model source: MODEL_URI, or MODEL_BUCKET + MODEL_KEY, or the local default
+    model_uri: str | None = None
+    model_bucket: str | None = None
+    model_key: str | None = None
+    model_sha256: str | None = None
+    model_poll_seconds: float = Field(60.0, ge=0)
+    model_dir: Path = Path("/tmp/retail-prediction")
+    # Backoff of the background load: first retry after the initial delay, doubling up to the max.
+    model_retry_initial_seconds: float = Field(0.5, gt=0)
+    model_retry_max_seconds: float = Field(30.0, gt=0)
+
+    # ---- input limits
+    max_batch_size: int = Field(1000, ge=1)
+    max_basket_lines: int = Field(500, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_string_length: int = Field(100, ge=1, le=10_000)
+
+    # ---- prediction cache (entries; 0 = off). Default chosen from docs/benchmarks.md.
+    cache_size: int = Field(0, ge=0)
+    # How /predict runs the model: micro-batched on the event loop (default), inline per request, or in
+    # the thread pool. A tuning knob, kept so docs/benchmarks.md can be reproduced.
+    predict_execution: Literal["batched", "inline", "threadpool"] = "batched"
+
+    # ---- build metadata of the image, shown by /model/info
+    git_commit: str | None = None
+    git_branch: str | None = None
+    build_date: str | None = None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("model_uri", "model_bucket", "model_key", "model_sha256", "git_commit", "git_branch",
+                     "build_date", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # Deployment templates often render an unset variable as "": treat it as not given.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def model_source(self) -> ModelSource:
+        """Where to load the model from; ValueError when the variables contradict each other."""
+        if self.model_uri and (self.model_bucket or self.model_key):
+            raise ValueError("set either MODEL_URI or MODEL_BUCKET + MODEL_KEY, not both")
+        if self.model_uri:
+            return ModelSource.parse(self.model_uri)
+        if self.model_bucket or self.model_key:
+            if not (self.model_bucket and self.model_key):
+                raise ValueError("MODEL_BUCKET and MODEL_KEY must be set together")
+            return ModelSource.from_bucket_key(self.model_bucket, self.model_key)
+        return ModelSource.parse(str(DEFAULT_LOCAL_MODEL.resolve()))
