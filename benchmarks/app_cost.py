@@ -108,8 +108,8 @@ def stage_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
     from retail_prediction.api.schemas import Limits, request_types
     from retail_prediction.features.client import client_features, encode_clients
     from retail_prediction.features.tables import encoded_features
-    from retail_prediction.serving.prediction import answers, score
     from retail_prediction.serving.predictor import Predictor
+    from retail_prediction.serving.service import answers
 
     predictor = Predictor.load(args.model)
     tables = predictor.tables
@@ -126,7 +126,8 @@ def stage_figures(args: argparse.Namespace, bodies: list[bytes]) -> None:
         "all three in one call (client_features)": lambda i: client_features([requests[i].basket_items], tables),
         "ONNX Runtime (one row)": lambda i: predictor.predict_features(features[i]),
         "answer (probabilities -> dict)": lambda i: answers(predictor, scores[i]),
-        "score: all of the above but validation": lambda i: score(predictor, [requests[i]]),
+        "score: all of the above but validation": lambda i: answers(predictor,
+                                                                      predictor.score([requests[i].basket_items])),
     }
     print("\nscoring one basket, each stage alone in a loop (caches hot):")
     for name, run in stages.items():

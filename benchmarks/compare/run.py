@@ -141,8 +141,8 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]
     from retail_prediction.api.schemas import Limits, request_types
     from retail_prediction.features.client import encode_clients
     from retail_prediction.features.tables import encoded_features
-    from retail_prediction.serving.prediction import score
     from retail_prediction.serving.predictor import Predictor
+    from retail_prediction.serving.service import answers
 
     info: dict[str, Any] = {}
     model_dir = work / "model"
@@ -157,7 +157,8 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]
     ours, features = [], []
     for b in baskets:
         request = decode_predict(json.dumps(b).encode(), types)
-        ours.append(score(predictor, [request])[0])  # what /predict answers, computed in process
+        # what /predict answers, computed in process
+        ours.append(answers(predictor, predictor.score([request.basket_items]))[0])
         lines = encode_clients([request.basket_items], predictor.tables)
         features.append(encoded_features(lines.enc, lines.spend, lines.quantity, lines.basket, 1,
                                          predictor.tables)[0])

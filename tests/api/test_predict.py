@@ -224,8 +224,8 @@ def test_503_while_no_model(make_client: Callable[..., TestClient], tmp_path: Pa
 
 
 def test_a_failure_inside_scoring_is_the_uniform_500(client: TestClient) -> None:
-    """/predict is dispatched by `HotRoutes`, outside FastAPI's exception middleware: it must still answer
-    with the error body and the request id, log the trace server-side and keep serving."""
+    """/predict answers its own errors (`LeanRoute`), outside FastAPI's exception middleware: it must still
+    answer with the error body and the request id, log the trace server-side and keep serving."""
     predictor = client.app.state.service.manager.current.predictor  # type: ignore[attr-defined]
 
     def broken(*args: Any) -> Any:
@@ -243,8 +243,9 @@ def test_a_failure_inside_scoring_is_the_uniform_500(client: TestClient) -> None
     assert client.post("/predict", json=EXAMPLE_REQUEST).status_code == 200
 
 
-def test_hot_routes_keep_the_documented_routes(client: TestClient) -> None:
+def test_lean_routes_are_the_documented_routes(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/predict", "/predict/batch", "/health", "/ready"} <= set(paths)
-    assert client.head("/health").status_code in (200, 405)  # FastAPI's own answer, not the hot path's
+    assert {"/predict", "/predict/batch", "/health", "/ready", "/model/info", "/metrics"} <= set(paths)
+    assert client.head("/health").status_code == 200
     assert client.post("/predict/", json=EXAMPLE_REQUEST).status_code in (200, 307)
+    assert client.get("/predict").status_code == 405

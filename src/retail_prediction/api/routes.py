@@ -1,0 +1,138 @@
+"""The API's endpoints. Each parses its input, calls the PredictionService and answers: no logic of its own.
+
+Routes are `LeanRoute`s (see `routing.py`): the endpoint gets the Request and returns the Response, and what
+is declared here is exactly what runs. The traffic route comes first, then the probes. GET routes answer
+HEAD too (some probes and load balancers use it; uvicorn sends the headers without the body).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import msgspec
+import orjson
+from fastapi import FastAPI, Request
+from starlette.responses import HTMLResponse, Response
+
+from ..serving.metrics import CONTENT_TYPE
+from ..serving.service import PredictionService
+from ..serving.settings import Settings
+from .body import read_body
+from .decoding import decode_batch, decode_predict
+from .model_info import model_info
+from .routing import Endpoint, LeanRoute
+from .schemas import (
+    BatchResponse,
+    ErrorResponse,
+    HealthResponse,
+    PredictResponse,
+    ReadyResponse,
+    RequestTypes,
+)
+
+log = logging.getLogger("retail_prediction.api")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in [(413, "Body too large"), (422, "Invalid request (the message names the field)"),
+                       (503, "No model loaded yet")]
+}  # fmt: skip
+
+
+def json_response(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def _request_body(name: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{name}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _static_text(name: str) -> str:
+    return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
+
+
+def register(app: FastAPI, service: PredictionService, types: RequestTypes, settings: Settings) -> None:
+    """Declare the endpoints on `app`'s router."""
+    api = _Declare(app)
+    max_body = settings.max_body_bytes
+
+    @api.post("/predict", response_model=PredictResponse, responses=_ERRORS, tags=["predict"],
+              openapi_extra=_request_body("PredictRequest"))
+    async def predict(request: Request) -> Response:
+        """Classify one basket."""
+        model = service.model()
+        basket = decode_predict(await read_body(request, max_body), types)
+        if log.isEnabledFor(logging.DEBUG):  # basket contents are personal data: debug level only
+            log.debug("basket", extra={"request_id": request.scope["request_id"],
+                                       "basket": msgspec.to_builtins(basket)})
+        answer = await service.predict(model, basket)
+        request.scope["model_version"] = version = model.predictor.version
+        return json_response({**answer, "model_version": version, "request_id": request.scope["request_id"]})
+
+    @api.post("/predict/batch", response_model=BatchResponse, responses=_ERRORS, tags=["predict"],
+              openapi_extra=_request_body("BatchRequest"))
+    async def predict_batch(request: Request) -> Response:
+        """Classify many baskets (at most MAX_BATCH_SIZE); answers come back in the same order."""
+        model = service.model()
+        batch = decode_batch(await read_body(request, max_body), types)
+        answers = await service.predict_batch(model, batch.baskets)
+        predictions = [{**answer, "customer_id": basket.customer_id}
+                       for answer, basket in zip(answers, batch.baskets, strict=True)]
+        request.scope["model_version"] = version = model.predictor.version
+        return json_response({"predictions": predictions, "model_version": version,
+                              "request_id": request.scope["request_id"]})
+
+    @api.get("/health", response_model=HealthResponse, tags=["probes"])
+    async def health(request: Request) -> Response:
+        """Liveness: 200 while the process serves. Never touches S3 or the model."""
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @api.get("/ready", response_model=ReadyResponse, responses={503: _ERRORS[503]},
+                   tags=["probes"])
+    async def ready(request: Request) -> Response:
+        """Readiness: 200 once a verified model is loaded and warmed up, else 503 with the reason."""
+        return json_response({"status": "ready", "model_version": service.model().predictor.version})
+
+    @api.get("/model/info", responses={503: _ERRORS[503]}, tags=["model"])
+    async def info(request: Request) -> Response:
+        """The serving model: version, source, SHA-256, training weeks, metrics, classes, features, build."""
+        return json_response(model_info(service.model(), service.manager.status, settings))
+
+    @api.get("/metrics", tags=["probes"], response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics."""
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    @api.get("/", include_in_schema=False)
+    async def page(request: Request) -> HTMLResponse:
+        return HTMLResponse(_static_text("index.html"))
+
+
+
+class _Declare:
+    """`@api.post(...)` / `@api.get(...)` that declare LeanRoutes on the app's own router."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.router = app.router
+
+    def post(self, path: str, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
+        def declare(endpoint: Endpoint) -> Endpoint:
+            self.router.add_api_route(path, endpoint, methods=["POST"], route_class_override=LeanRoute, **kwargs)
+            return endpoint
+
+        return declare
+
+    def get(self, path: str, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
+        """GET, and HEAD answered by the same endpoint (documented once, under GET)."""
+
+        def declare(endpoint: Endpoint) -> Endpoint:
+            self.router.add_api_route(path, endpoint, methods=["GET"], route_class_override=LeanRoute, **kwargs)
+            self.router.add_api_route(path, endpoint, methods=["HEAD"], route_class_override=LeanRoute,
+                                      include_in_schema=False)
+            return endpoint
+
+        return declare

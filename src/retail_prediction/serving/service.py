@@ -1,0 +1,118 @@
+"""PredictionService: the one object that scores baskets, for the routes and the tests alike.
+
+It owns the model manager (which model serves), the answer cache and the micro-batcher, and decides how a
+call runs: one basket through the micro-batcher on the event loop (a small featurization + ONNX run is
+cheaper than a thread hand-off), a large batch split over worker threads so that probes stay answered.
+Every path ends in `score`: cache, one featurization and one ONNX run for all the baskets, metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from anyio.to_thread import run_sync
+
+from ..contract import Basket, label_name
+from .batcher import MicroBatcher
+from .cache import BasketKey, PredictionCache, basket_key
+from .metrics import Metrics
+from .model_manager import LoadedModel, ModelManager
+from .predictor import Predictor, Scores
+from .settings import Settings
+
+Answer = dict[str, Any]
+
+# Above this many lines a call is scored in worker threads instead of on the event loop.
+INLINE_MAX_LINES = 2000
+# Large batches are split into this many chunks scored in parallel threads (one per core).
+PARALLEL_CHUNKS = max(1, min(4, os.cpu_count() or 1))
+
+
+class ModelNotReady(Exception):
+    """No model serves yet (the first load is still running or failing): `state` and `reason` say why."""
+
+    def __init__(self, state: str, reason: str | None, message: str | None) -> None:
+        detail = f": {message}" if message else ""
+        super().__init__(f"no model loaded yet ({state}){detail}")
+        self.state, self.reason = state, reason
+
+
+def answers(predictor: Predictor, scores: Scores) -> list[Answer]:
+    """Scores -> one answer per basket: label, its name, every class's probability, unknown codes."""
+    classes = predictor.classes
+    names = [label_name(c) for c in classes]
+    return [{
+        "label": classes[best], "label_name": names[best], "probabilities": dict(zip(classes, row, strict=True)),
+        "unknown_products": n_products, "unknown_categories": n_categories,
+    } for row, best, n_products, n_categories in zip(
+        scores.proba.tolist(), scores.proba.argmax(axis=1).tolist(), scores.unknown_products.tolist(),
+        scores.unknown_categories.tolist(), strict=True)]  # fmt: skip
+
+
+class PredictionService:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.manager = ModelManager(settings, self.metrics)
+        self.cache = PredictionCache(settings.cache_size)
+        self.batcher = MicroBatcher(self.score, max_lines=INLINE_MAX_LINES)
+
+    def model(self) -> LoadedModel:
+        """The serving model; ModelNotReady while there is none."""
+        model = self.manager.current
+        if model is None:
+            status = self.manager.status
+            raise ModelNotReady(status.state, status.reason, status.message)
+        return model
+
+    def model_version(self) -> str | None:
+        model = self.manager.current
+        return model.predictor.version if model else None
+
+    async def predict(self, model: LoadedModel, basket: Basket) -> Answer:
+        """One basket, run as PREDICT_EXECUTION says (micro-batched by default)."""
+        mode = self.settings.predict_execution
+        if mode == "batched":
+            return await self.batcher.predict(model, basket)
+        if mode == "threadpool":
+            return (await run_sync(self.score, model, [basket]))[0]
+        return self.score(model, [basket])[0]
+
+    async def predict_batch(self, model: LoadedModel, baskets: list[Basket]) -> list[Answer]:
+        """Many baskets, answers in order: small batches inline; large ones in worker threads, one chunk per
+        core (ONNX Runtime releases the GIL, so one chunk's inference overlaps the next one's featurization,
+        and the event loop keeps answering probes meanwhile)."""
+        if sum(len(b.basket_items) for b in baskets) <= INLINE_MAX_LINES:
+            return self.score(model, baskets)
+        size = -(-len(baskets) // PARALLEL_CHUNKS)
+        chunks = [baskets[i:i + size] for i in range(0, len(baskets), size)]
+        parts = await asyncio.gather(*(run_sync(self.score, model, chunk) for chunk in chunks))
+        return [answer for part in parts for answer in part]
+
+    def score(self, model: LoadedModel, baskets: Sequence[Basket]) -> list[Answer]:
+        """The scoring step every call ends in: cached baskets from the LRU, the rest in one featurization and
+        one ONNX run, counted in the metrics."""
+        predictor = model.predictor
+        if self.cache.enabled:
+            result, hits = self._score_cached(predictor, baskets)
+            self.metrics.cache_hits.inc(hits)
+            self.metrics.cache_misses.inc(len(baskets) - hits)
+        else:
+            result = answers(predictor, predictor.score([b.basket_items for b in baskets]))
+        self.metrics.scored_together.observe(len(baskets))
+        self.metrics.count_predictions([answer["label"] for answer in result])
+        return result
+
+    def _score_cached(self, predictor: Predictor, baskets: Sequence[Basket]) -> tuple[list[Answer], int]:
+        keys: list[BasketKey] = [basket_key(predictor.sha256, b.basket_items) for b in baskets]
+        found: list[Answer | None] = [self.cache.get(k) for k in keys]
+        missing = [i for i, a in enumerate(found) if a is None]
+        if missing:
+            scored = answers(predictor, predictor.score([baskets[i].basket_items for i in missing]))
+            for i, answer in zip(missing, scored, strict=True):
+                self.cache.put(keys[i], answer)
+                found[i] = answer
+        return [a for a in found if a is not None], len(baskets) - len(missing)
