@@ -180,7 +180,7 @@ def test_missing_manifest(tmp_path: Path) -> None:
         ({"format": "something-else"}, "unknown archive format"),
         ({"format_version": 2}, "unsupported format_version 2"),
         ({"format_version": "1"}, "unsupported format_version '1'"),
-        ({"files": ["model.onnx"]}, "'files' must map"),
+        ({"files": ["model.onnx"]}, "$.files"),
     ],
 )
 def test_unknown_format_or_version(tmp_path: Path, override: dict, fragment: str) -> None:

@@ -6,7 +6,9 @@ the payload files (``model.onnx``, ``tables.npz``, ``feature_spec.json``, ...) i
 a reader can prove that what it loads is exactly what was packed.
 
 Reading never extracts to disk: members are read into memory from the tar stream, after their
-headers have been checked (name, type, size). Directory members are *refused*, like any other
+headers have been checked (name, type, size), in chunks whose *actual* decompressed bytes are counted
+against the caps of `ArtifactLimits` (per member, per JSON member, in total), so a decompression bomb
+costs at most a cap's worth of memory before it is refused. Directory members are *refused*, like any other
 non-regular member: the format is flat and `pack_artifact` never writes one, so a directory can
 only come from a hand-made or foreign archive.
 
@@ -32,14 +34,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from .artifact_schema import (
+    DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_MAX_MEMBER_BYTES,
+    DEFAULT_MAX_TOTAL_BYTES,
+    ArtifactError,
+    ArtifactLimits,
+    FileEntry,
+    Manifest,
+    MiB,
+    check_schema,
+    parse_json,
+)
+
+__all__ = ["DEFAULT_MAX_JSON_BYTES", "DEFAULT_MAX_MEMBER_BYTES", "DEFAULT_MAX_TOTAL_BYTES", "ArtifactError",
+           "ArtifactLimits", "LoadedArtifact", "pack_artifact", "read_artifact", "sha256_file",
+           "verify_archive_sha256"]
+
 FORMAT_NAME = "retail-prediction-model"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-DEFAULT_MAX_MEMBER_BYTES = 512 * MiB
-DEFAULT_MAX_TOTAL_BYTES = 1 * GiB
 # A model archive has a handful of files; a cap stops a header flood (millions of empty members)
 # from eating memory before any size limit is reached.
 MAX_MEMBERS = 256
@@ -52,10 +67,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _RESERVED_KEYS = frozenset({"format", "format_version", "files"})
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-class ArtifactError(Exception):
-    """A model archive cannot be written or is not safe/valid to load. The message is user-facing."""
 
 
 @dataclass(frozen=True)
@@ -72,14 +83,11 @@ class LoadedArtifact:
         value = self.manifest.get("model_version")
         return None if value is None else str(value)
 
-    def json(self, name: str) -> Any:
-        """Parse the JSON member ``name``, with an error naming it if absent or malformed."""
+    def json(self, name: str) -> dict[str, Any]:
+        """Parse the JSON object member ``name``, with an error naming it if absent or malformed."""
         if name not in self.files:
             raise ArtifactError(f"{self.path}: member {name!r} is not in the archive")
-        try:
-            return json.loads(self.files[name])
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{self.path}: member {name!r} is not valid JSON: {exc}") from exc
+        return parse_json(self.path, name, self.files[name])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,37 +268,42 @@ def _check_member(path: Path, member: tarfile.TarInfo, seen: set[str]) -> None:
         raise ArtifactError(f"{where} appears more than once; refusing an ambiguous archive")
 
 
-def _check_sizes(path: Path, member: tarfile.TarInfo, total: int, max_member: int, max_total: int) -> None:
-    # Header sizes are checked before any data is read, so a huge member costs nothing to refuse.
-    if member.size > max_member:
+def _check_sizes(path: Path, name: str, size: int, total: int, limits: ArtifactLimits) -> None:
+    # Called with the header size before any data is read (a huge member costs nothing to refuse), and
+    # again with the bytes actually decompressed so far, which is what bounds the memory spent.
+    cap = limits.member_cap(name)
+    if size > cap:
+        raise ArtifactError(f"{path}: member {name!r} is {size} bytes, over the {cap}-byte limit", "too_large")
+    if total + size > limits.max_total_bytes:
         raise ArtifactError(
-            f"{path}: member {member.name!r} is {member.size} bytes, over the {max_member}-byte limit"
-        )
-    if total + member.size > max_total:
-        raise ArtifactError(
-            f"{path}: members add up to more than the {max_total}-byte limit (at {member.name!r})"
+            f"{path}: members add up to more than the {limits.max_total_bytes}-byte limit (at {name!r})",
+            "too_large",
         )
 
 
-def _read_member(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+def _read_member(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo, total: int,
+                 limits: ArtifactLimits) -> bytes:
     stream = tar.extractfile(member)
-    data = stream.read() if stream is not None else b""
-    if len(data) != member.size:
+    chunks: list[bytes] = []
+    size = 0
+    while stream is not None and (chunk := stream.read(_CHUNK)):
+        size += len(chunk)
+        _check_sizes(path, member.name, size, total, limits)
+        chunks.append(chunk)
+    if size != member.size:
         raise ArtifactError(f"{path}: archive is truncated inside member {member.name!r}")
-    return data
+    return b"".join(chunks)
 
 
-def _read_members(
-    path: Path, tar: tarfile.TarFile, max_member: int, max_total: int
-) -> dict[str, bytes]:
+def _read_members(path: Path, tar: tarfile.TarFile, limits: ArtifactLimits) -> dict[str, bytes]:
     members: dict[str, bytes] = {}
     total = 0
     while (member := tar.next()) is not None:
         if len(members) >= MAX_MEMBERS:
             raise ArtifactError(f"{path}: more than {MAX_MEMBERS} members; not a model archive")
         _check_member(path, member, set(members))
-        _check_sizes(path, member, total, max_member, max_total)
-        members[member.name] = _read_member(path, tar, member)
+        _check_sizes(path, member.name, member.size, total, limits)
+        members[member.name] = _read_member(path, tar, member, total, limits)
         total += member.size
     return members
 
@@ -324,7 +337,7 @@ def _archive_errors(path: Path) -> Iterator[None]:
         raise ArtifactError(f"{path}: not a model archive ({exc})") from exc
 
 
-def _load_members(path: Path, fh: BinaryIO, max_member: int, max_total: int) -> dict[str, bytes]:
+def _load_members(path: Path, fh: BinaryIO, limits: ArtifactLimits) -> dict[str, bytes]:
     magic = fh.read(2)
     if magic != _GZIP_MAGIC:
         detail = "empty file" if not magic else "not gzip-compressed"
@@ -334,38 +347,27 @@ def _load_members(path: Path, fh: BinaryIO, max_member: int, max_total: int) -> 
         # Stream mode ("r|") reads strictly forward: members are consumed as they come, nothing is
         # extracted, and no seek can revisit data.
         with tarfile.open(fileobj=gz, mode="r|") as tar:
-            members = _read_members(path, tar, max_member, max_total)
+            members = _read_members(path, tar, limits)
         _drain_trailer(path, gz)
     return members
 
 
-def _parse_manifest(path: Path, members: dict[str, bytes]) -> dict[str, Any]:
+def _parse_manifest(path: Path, members: dict[str, bytes]) -> tuple[dict[str, Any], Manifest]:
     if MANIFEST_NAME not in members:
         raise ArtifactError(f"{path}: {MANIFEST_NAME} is missing; not a model archive")
-    try:
-        manifest = json.loads(members[MANIFEST_NAME])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: {MANIFEST_NAME} is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{path}: {MANIFEST_NAME} must be a JSON object")
-    _check_format(path, manifest)
-    return manifest
-
-
-def _check_format(path: Path, manifest: dict[str, Any]) -> None:
+    manifest = parse_json(path, MANIFEST_NAME, members[MANIFEST_NAME])
     fmt, version = manifest.get("format"), manifest.get("format_version")
     if fmt != FORMAT_NAME:
-        raise ArtifactError(f"{path}: unknown archive format {fmt!r} (expected {FORMAT_NAME!r})")
+        raise ArtifactError(f"{path}: unknown archive format {fmt!r} (expected {FORMAT_NAME!r})", "unsupported")
     if type(version) is not int or version != FORMAT_VERSION:
         raise ArtifactError(
-            f"{path}: unsupported format_version {version!r}; this reader understands {FORMAT_VERSION}"
+            f"{path}: unsupported format_version {version!r}; this reader understands {FORMAT_VERSION}",
+            "unsupported",
         )
-    listing = manifest.get("files")
-    if not isinstance(listing, dict) or not all(isinstance(v, dict) for v in listing.values()):
-        raise ArtifactError(f"{path}: {MANIFEST_NAME} 'files' must map each file name to its hash and size")
+    return manifest, check_schema(path, MANIFEST_NAME, manifest, Manifest)
 
 
-def _check_listing(path: Path, listing: dict[str, Any], payload: dict[str, bytes]) -> None:
+def _check_listing(path: Path, listing: dict[str, FileEntry], payload: dict[str, bytes]) -> None:
     unlisted = sorted(set(payload) - set(listing))
     if unlisted:
         raise ArtifactError(f"{path}: member(s) {unlisted} are not listed in {MANIFEST_NAME}")
@@ -374,10 +376,10 @@ def _check_listing(path: Path, listing: dict[str, Any], payload: dict[str, bytes
         raise ArtifactError(f"{path}: file(s) {missing} are listed in {MANIFEST_NAME} but missing")
 
 
-def _check_file_integrity(path: Path, name: str, entry: dict[str, Any], data: bytes) -> None:
-    size, digest = entry.get("size"), entry.get("sha256")
-    if type(size) is not int or not isinstance(digest, str) or not _HEX64_RE.match(digest):
-        raise ArtifactError(f"{path}: {MANIFEST_NAME} entry for {name!r} needs an integer size and a sha256")
+def _check_file_integrity(path: Path, name: str, entry: FileEntry, data: bytes) -> None:
+    size, digest = entry.size, entry.sha256
+    if not _HEX64_RE.match(digest):
+        raise ArtifactError(f"{path}: {MANIFEST_NAME} entry for {name!r} has no valid sha256")
     if len(data) != size:
         raise ArtifactError(f"{path}: {name!r} is {len(data)} bytes but the manifest says {size}")
     actual = hashlib.sha256(data).hexdigest()
@@ -399,29 +401,33 @@ def read_artifact(
     *,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+    limits: ArtifactLimits | None = None,
     required: Iterable[str] = (),
     expected_sha256: str | None = None,
 ) -> LoadedArtifact:
     """Read and fully verify a model archive into memory, without extracting anything to disk.
 
+    ``limits`` (else the three ``max_*`` caps) bound the decompressed bytes held in memory.
     ``expected_sha256`` optionally pins the whole archive; it is checked on the same open file that
     is then read, so the file cannot be swapped between the check and the load.
     Raises ArtifactError naming the file/member and the problem.
     """
     path = Path(path)
+    limits = limits or ArtifactLimits(max_member_bytes, max_total_bytes, max_json_bytes)
     try:
         with path.open("rb") as fh:
             archive_sha = _hash_stream(fh)
             if expected_sha256 is not None:
                 _check_pin(path, archive_sha, expected_sha256)
             fh.seek(0)
-            members = _load_members(path, fh, max_member_bytes, max_total_bytes)
+            members = _load_members(path, fh, limits)
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot read model archive: {exc.strerror or exc}") from exc
-    manifest = _parse_manifest(path, members)
+    manifest, listing = _parse_manifest(path, members)
     payload = {name: data for name, data in members.items() if name != MANIFEST_NAME}
-    _check_listing(path, manifest["files"], payload)
+    _check_listing(path, listing.files, payload)
     for name, data in payload.items():
-        _check_file_integrity(path, name, manifest["files"][name], data)
+        _check_file_integrity(path, name, listing.files[name], data)
     _check_required(path, payload, required)
     return LoadedArtifact(files=payload, manifest=manifest, sha256=archive_sha, path=path)
