@@ -145,8 +145,9 @@ def feature_spec(path: Path, files: dict[str, bytes], version: int) -> dict[str,
     spec = parse_json(path, name, member(path, files, name))
     found = spec.get("feature_spec_version")
     if found != version or type(found) is not int:
-        raise ArtifactError(f"{path}: the model was built with feature spec version {found!r}; this version "
-                            f"serves version {version}: retrain it with `retail-prediction train`", "unsupported")
+        raise ArtifactError(f"{path}: member {name!r}: the model was built with feature spec version {found!r}; "
+                            f"this version serves version {version}: retrain it with `retail-prediction train`",
+                            "unsupported")
     check_schema(path, name, spec, FeatureSpec)
     return spec
 
