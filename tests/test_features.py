@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from retail_prediction import featurize_kernel, latent, schema
-from retail_prediction.artifact import pack_artifact, read_artifact
+from retail_prediction.artifact import ArtifactError, pack_artifact, read_artifact
 from retail_prediction.data import read_transactions, table_to_baskets
 from retail_prediction.features import (
     Codes,
@@ -271,5 +271,6 @@ def test_a_model_whose_hierarchy_a_request_cannot_carry_is_refused(trained_model
     spec["hierarchy"] = [*spec["hierarchy"][:-1], "SHELF_CODE"]
     files = {**artifact.files, "feature_spec.json": json.dumps(spec).encode()}
     pack_artifact(tmp_path / "m.tar.gz", files, metadata={"model_version": "shelf"})
-    with pytest.raises(ValueError, match="shelf_code"):
+    with pytest.raises(ArtifactError, match="shelf_code") as info:
         Predictor.load(tmp_path / "m.tar.gz")
+    assert info.value.reason == "bad_model"
