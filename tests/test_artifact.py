@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import retail_prediction.artifact as artifact
+import retail_prediction.artifact_tar as artifact_tar
 from archives import zero_bomb
 from retail_prediction.artifact import (
     FORMAT_NAME,
@@ -313,14 +313,14 @@ def test_actual_bytes_are_counted_not_only_headers(tmp_path: Path, monkeypatch: 
     # A reader that trusted the header would accept this: the header check is skipped, the count trips.
     path = zero_bomb(tmp_path / "bomb.tar.gz", members=1, size=200 * MiB)
     calls: list[int] = []
-    real = artifact._check_sizes
+    real = artifact_tar._check_sizes
 
     def header_blind(path: Path, name: str, size: int, total: int, limits: ArtifactLimits) -> None:
         calls.append(size)
         if len(calls) > 2:  # the manifest's header and the member's header pass unchecked
             real(path, name, size, total, limits)
 
-    monkeypatch.setattr(artifact, "_check_sizes", header_blind)
+    monkeypatch.setattr(artifact_tar, "_check_sizes", header_blind)
     tracemalloc.start()
     try:
         refused(path, "'model0.onnx'", f"over the {64 * MiB}-byte limit")
@@ -463,9 +463,10 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_no_pickle_anywhere() -> None:
     import retail_prediction.artifact as artifact
+    import retail_prediction.artifact_schema as artifact_schema
     import retail_prediction.store as store
 
-    for module in (artifact, store):
+    for module in (artifact, artifact_tar, artifact_schema, store):
         source = Path(module.__file__ or "").read_text()
         for banned in ("import pickle", "joblib", "allow_pickle=True", "np.load("):
             assert banned not in source, f"{module.__name__} uses {banned}"

@@ -5,12 +5,9 @@ the payload files (``model.onnx``, ``tables.npz``, ``feature_spec.json``, ...) i
 ``manifest.json`` records the format, its version and the SHA-256 and size of every payload file, so
 a reader can prove that what it loads is exactly what was packed.
 
-Reading never extracts to disk: members are read into memory from the tar stream, after their
-headers have been checked (name, type, size), in chunks whose *actual* decompressed bytes are counted
-against the caps of `ArtifactLimits` (per member, per JSON member, in total), so a decompression bomb
-costs at most a cap's worth of memory before it is refused. Directory members are *refused*, like any other
-non-regular member: the format is flat and `pack_artifact` never writes one, so a directory can
-only come from a hand-made or foreign archive.
+Reading never extracts to disk: members are read into memory from the tar stream under size caps
+(`artifact_tar.py`), then the manifest is checked against its schema (`artifact_schema.py`) and every
+payload file against its hash.
 
 Nothing here uses pickle; the payload is bytes and JSON only.
 """
@@ -26,7 +23,6 @@ import os
 import re
 import tarfile
 import tempfile
-import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,27 +42,18 @@ from .artifact_schema import (
     check_schema,
     parse_json,
 )
+from .artifact_tar import MANIFEST_NAME, NAME_RE, load_members
 
-__all__ = ["DEFAULT_MAX_JSON_BYTES", "DEFAULT_MAX_MEMBER_BYTES", "DEFAULT_MAX_TOTAL_BYTES", "ArtifactError",
-           "ArtifactLimits", "LoadedArtifact", "pack_artifact", "read_artifact", "sha256_file",
+__all__ = ["DEFAULT_MAX_JSON_BYTES", "DEFAULT_MAX_MEMBER_BYTES", "DEFAULT_MAX_TOTAL_BYTES", "MANIFEST_NAME",
+           "ArtifactError", "ArtifactLimits", "LoadedArtifact", "pack_artifact", "read_artifact", "sha256_file",
            "verify_archive_sha256"]
 
 FORMAT_NAME = "retail-prediction-model"
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-
-# A model archive has a handful of files; a cap stops a header flood (millions of empty members)
-# from eating memory before any size limit is reached.
-MAX_MEMBERS = 256
-# The tar end-of-archive marker plus record padding is at most a few KiB; anything much larger
-# after it is not ours, and draining it unbounded would let a gzip bomb hide there.
-_MAX_TRAILING_BYTES = 1 * MiB
 
 _CHUNK = 1 * MiB
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _RESERVED_KEYS = frozenset({"format", "format_version", "files"})
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -138,7 +125,7 @@ def verify_archive_sha256(path: Path | str, expected_hex: str) -> str:
 def _check_name(name: str) -> None:
     if name == MANIFEST_NAME:
         raise ArtifactError(f"{MANIFEST_NAME!r} is written by pack_artifact; do not pass it in files")
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise ArtifactError(
             f"file name {name!r} is not allowed in a model archive: use a flat name of letters, "
             "digits, '.', '_' or '-' (no directories)"
@@ -237,119 +224,7 @@ def pack_artifact(out_path: Path, files: Mapping[str, bytes], *, metadata: Mappi
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading
-
-
-def _member_kind(member: tarfile.TarInfo) -> str:
-    kinds = [
-        (member.issym, "a symbolic link"),
-        (member.islnk, "a hard link"),
-        (member.isdir, "a directory"),
-        (member.ischr, "a character device"),
-        (member.isblk, "a block device"),
-        (member.isfifo, "a FIFO"),
-        (member.issparse, "a sparse file"),
-    ]
-    return next((label for check, label in kinds if check()), f"of unsupported tar type {member.type!r}")
-
-
-def _check_member(path: Path, member: tarfile.TarInfo, seen: set[str]) -> None:
-    name = member.name
-    where = f"{path}: member {name!r}"
-    if name.startswith("/") or name.startswith("\\") or re.match(r"^[A-Za-z]:", name):
-        raise ArtifactError(f"{where} has an absolute path; refusing the archive")
-    if ".." in re.split(r"[/\\]", name):
-        raise ArtifactError(f"{where} contains a '..' path component; refusing the archive")
-    if not member.isfile() or member.issparse():
-        raise ArtifactError(f"{where} is {_member_kind(member)}; only regular files are allowed")
-    if name != MANIFEST_NAME and not _NAME_RE.match(name):
-        raise ArtifactError(f"{where} is not a flat file name; model archives have no directories")
-    if name in seen:
-        raise ArtifactError(f"{where} appears more than once; refusing an ambiguous archive")
-
-
-def _check_sizes(path: Path, name: str, size: int, total: int, limits: ArtifactLimits) -> None:
-    # Called with the header size before any data is read (a huge member costs nothing to refuse), and
-    # again with the bytes actually decompressed so far, which is what bounds the memory spent.
-    cap = limits.member_cap(name)
-    if size > cap:
-        raise ArtifactError(f"{path}: member {name!r} is {size} bytes, over the {cap}-byte limit", "too_large")
-    if total + size > limits.max_total_bytes:
-        raise ArtifactError(
-            f"{path}: members add up to more than the {limits.max_total_bytes}-byte limit (at {name!r})",
-            "too_large",
-        )
-
-
-def _read_member(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo, total: int,
-                 limits: ArtifactLimits) -> bytes:
-    stream = tar.extractfile(member)
-    chunks: list[bytes] = []
-    size = 0
-    while stream is not None and (chunk := stream.read(_CHUNK)):
-        size += len(chunk)
-        _check_sizes(path, member.name, size, total, limits)
-        chunks.append(chunk)
-    if size != member.size:
-        raise ArtifactError(f"{path}: archive is truncated inside member {member.name!r}")
-    return b"".join(chunks)
-
-
-def _read_members(path: Path, tar: tarfile.TarFile, limits: ArtifactLimits) -> dict[str, bytes]:
-    members: dict[str, bytes] = {}
-    total = 0
-    while (member := tar.next()) is not None:
-        if len(members) >= MAX_MEMBERS:
-            raise ArtifactError(f"{path}: more than {MAX_MEMBERS} members; not a model archive")
-        _check_member(path, member, set(members))
-        _check_sizes(path, member.name, member.size, total, limits)
-        members[member.name] = _read_member(path, tar, member, total, limits)
-        total += member.size
-    return members
-
-
-def _drain_trailer(path: Path, gz: gzip.GzipFile) -> None:
-    # tarfile stops at the end-of-archive marker; reading the gzip stream to its end makes gzip
-    # check its CRC and length trailer, which is what catches an archive cut short in the padding.
-    remaining = _MAX_TRAILING_BYTES
-    while chunk := gz.read(min(_CHUNK, remaining + 1)):
-        remaining -= len(chunk)
-        if remaining < 0:
-            raise ArtifactError(f"{path}: unexpected data after the end of the tar archive")
-
-
-@contextmanager
-def _archive_errors(path: Path) -> Iterator[None]:
-    """Turn gzip/tar/zlib failures into ArtifactError with a plain-words diagnosis."""
-    try:
-        yield
-    except EOFError as exc:
-        raise ArtifactError(f"{path}: archive is truncated (compressed stream ends early)") from exc
-    except gzip.BadGzipFile as exc:
-        raise ArtifactError(f"{path}: archive is corrupt (bad gzip data: {exc})") from exc
-    except zlib.error as exc:
-        raise ArtifactError(f"{path}: archive is corrupt (bad compressed data: {exc})") from exc
-    except tarfile.ReadError as exc:
-        if "unexpected end" in str(exc):
-            raise ArtifactError(f"{path}: archive is truncated (tar data ends early)") from exc
-        raise ArtifactError(f"{path}: not a model archive (gzip does not hold a valid tar: {exc})") from exc
-    except tarfile.TarError as exc:
-        raise ArtifactError(f"{path}: not a model archive ({exc})") from exc
-
-
-def _load_members(path: Path, fh: BinaryIO, limits: ArtifactLimits) -> dict[str, bytes]:
-    magic = fh.read(2)
-    if magic != _GZIP_MAGIC:
-        detail = "empty file" if not magic else "not gzip-compressed"
-        raise ArtifactError(f"{path}: not a model archive ({detail})")
-    fh.seek(0)
-    with _archive_errors(path), gzip.GzipFile(fileobj=fh, mode="rb") as gz:
-        # Stream mode ("r|") reads strictly forward: members are consumed as they come, nothing is
-        # extracted, and no seek can revisit data.
-        with tarfile.open(fileobj=gz, mode="r|") as tar:
-            members = _read_members(path, tar, limits)
-        _drain_trailer(path, gz)
-    return members
+# Reading (the tar stream itself: artifact_tar.py)
 
 
 def _parse_manifest(path: Path, members: dict[str, bytes]) -> tuple[dict[str, Any], Manifest]:
@@ -421,7 +296,7 @@ def read_artifact(
             if expected_sha256 is not None:
                 _check_pin(path, archive_sha, expected_sha256)
             fh.seek(0)
-            members = _load_members(path, fh, limits)
+            members = load_members(path, fh, limits)
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot read model archive: {exc.strerror or exc}") from exc
     manifest, listing = _parse_manifest(path, members)
