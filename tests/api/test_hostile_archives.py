@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from archives import big_json, edit_json, replace_members, zero_bomb
+from retail_prediction.api import model_manager
 from s3server import MODELS_BUCKET, S3Server, subprocess_env
 
 from .conftest import EXAMPLE_REQUEST, ApiProcess, wait_until
@@ -160,6 +162,32 @@ def test_oversized_archive_costs_bounded_memory(
         put_file(target, model_path)
     api.wait_ready()
     assert api.http.get("/health").status_code == 200
+
+
+def test_an_unforeseen_exception_is_a_refusal_and_the_loader_lives_on(
+        make_client: Callable[..., TestClient], model_path: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:  # fmt: skip
+    calls: list[Path] = []
+
+    def surprise(path: Path, **kwargs: Any) -> None:
+        calls.append(path)
+        raise KeyError("nobody foresaw this")
+
+    real = model_manager.load_predictor
+    monkeypatch.setattr(model_manager, "load_predictor", surprise)
+    target = tmp_path / "model.tar.gz"
+    put_file(target, model_path)
+    client = make_client(wait_ready=False, model_uri=str(target), model_retry_initial_seconds=0.05,
+                         model_retry_max_seconds=0.1)
+    failed = {"state": "failed", "reason": "load_error"}
+    wait_until(lambda: client.get("/ready").json()["error"]["details"] == failed, 10, "the refusal")
+    assert "KeyError" in client.get("/ready").json()["error"]["message"]
+    time.sleep(0.5)  # several retries: probed, not loaded again
+    assert len(calls) == 1
+
+    monkeypatch.setattr(model_manager, "load_predictor", real)
+    put_file(target, model_path)  # a new version of the file
+    wait_until(lambda: client.get("/ready").status_code == 200, 30, "the good archive to load")
 
 
 # --------------------------------------------------------------------------------------------------
