@@ -8,9 +8,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .artifact_schema import ArtifactLimits
 
 
 def _say(message: str) -> None:
@@ -43,7 +46,7 @@ def _limit_flags() -> argparse.ArgumentParser:
     return p
 
 
-def _limits(args: argparse.Namespace) -> Any:
+def _limits(args: argparse.Namespace) -> ArtifactLimits:
     from .artifact_schema import ArtifactLimits
 
     return ArtifactLimits(args.max_member_bytes, args.max_total_bytes, args.max_json_bytes)

@@ -223,10 +223,10 @@ def _session(path: Path, onnx: bytes, intra_op_threads: int) -> ort.InferenceSes
     return session
 
 
-def warm_up(predictor: Predictor) -> None:
+def warm_up(predictor: Predictor, path: Path | None = None) -> None:
     """Run real predictions once, through the API's own path (the first ONNX run allocates; the code
     dictionaries and the compiled loops' tables are built), and check the answers are probabilities."""
-    where = f"{predictor.sha256[:12]}: member 'model.onnx'"
+    where = f"{path or predictor.sha256[:12]}: member 'model.onnx'"
     examples = predictor.example_products(8)
     basket = [LineItem.of(e["product_id"], 1.0, float(e.get("price") or 1.0), None, e.get("hierarchy") or ())
               for e in examples]
@@ -249,7 +249,7 @@ def load_predictor(path: Path, *, limits: ArtifactLimits | None = None, expected
     limits = limits or ArtifactLimits()
     artifact = read_artifact(path, limits=limits, required=REQUIRED_FILES, expected_sha256=expected_sha256)
     predictor = Predictor.from_artifact(artifact, intra_op_threads=intra_op_threads, limits=limits)
-    warm_up(predictor)
+    warm_up(predictor, path)
     return predictor
 
 
