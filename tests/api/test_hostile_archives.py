@@ -190,6 +190,24 @@ def test_an_unforeseen_exception_is_a_refusal_and_the_loader_lives_on(
     wait_until(lambda: client.get("/ready").status_code == 200, 30, "the good archive to load")
 
 
+def test_refusal_is_reported_again_after_the_source_comes_back(
+        make_client: Callable[..., TestClient], malformed: dict[str, Path], tmp_path: Path) -> None:  # fmt: skip
+    target, aside = tmp_path / "model.tar.gz", tmp_path / "aside.tar.gz"
+    put_file(target, malformed["spec-is-a-list"])
+    client = make_client(wait_ready=False, model_uri=str(target), model_retry_initial_seconds=0.05,
+                         model_retry_max_seconds=0.1)
+
+    def details() -> dict[str, Any]:
+        return dict(client.get("/ready").json()["error"]["details"])
+
+    wait_until(lambda: details()["reason"] == "bad_json", 10, "the refusal")
+    os.rename(target, aside)  # the source fails: that is what /ready says now
+    wait_until(lambda: details()["reason"] == "not_found", 10, "the missing source")
+    os.rename(aside, target)  # the same file (same mtime and size): the same refused version
+    wait_until(lambda: details()["reason"] == "bad_json", 10, "the refusal again")
+    assert f"{FETCHES} 1.0" in client.get("/metrics").text
+
+
 # --------------------------------------------------------------------------------------------------
 # Hot reload
 

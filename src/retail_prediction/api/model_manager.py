@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..artifact import ArtifactError
-from ..predictor import Predictor, load_predictor, warm_up
+from ..predictor import Predictor, load_predictor
 from ..store import ModelSource, StoreError, fetch, probe_version
 from .metrics import Metrics
 from .settings import Settings
@@ -88,9 +88,6 @@ class LoadFailed(Exception):
         self.version = version
 
 
-__all__ = ["LoadFailed", "LoadStatus", "LoadedModel", "ModelManager", "warm_up"]
-
-
 class ModelManager:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -98,6 +95,7 @@ class ModelManager:
         self.status = LoadStatus()
         self.current: LoadedModel | None = None
         self.limits = settings.artifact_limits()
+        self._refusal: LoadFailed | None = None  # the last refused archive, not fetched again until it changes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         try:
@@ -143,7 +141,12 @@ class ModelManager:
     def _attempt(self, kind: str, retry_in: float | None = None) -> bool:
         try:
             version = self._probe(retry_in)
-            if version is None or version in (self._serving_version(), self.status.refused_version):
+            if version is None or version == self._serving_version():
+                return False
+            if self._refusal is not None and version == self._refusal.version:
+                if self.current is None:  # the source is back, with the archive it had: say so again
+                    self.status.state, self.status.reason = "failed", self._refusal.reason
+                    self.status.message = str(self._refusal)
                 return False
             self._swap(self._load(version), kind)
             return True
@@ -206,7 +209,7 @@ class ModelManager:
     def _load_failed(self, kind: str, exc: LoadFailed, retry_in: float | None) -> None:
         self.metrics.model_loads.labels(kind, "failure").inc()
         if exc.version is not None:
-            self.status.refused_version = exc.version
+            self.status.refused_version, self._refusal = exc.version, exc
             self.metrics.model_refusals.labels(exc.reason).inc()
         if self.current is None:
             self._fail(exc.reason, str(exc), retry_in, exc.version)
@@ -222,7 +225,7 @@ class ModelManager:
         p = model.predictor
         # Status and metrics first, the model last: whoever sees the new version also sees its status.
         self.status.state, self.status.reason, self.status.message = "ready", None, None
-        self.status.refused_version = None
+        self.status.refused_version, self._refusal = None, None
         self.metrics.model_loads.labels(kind, "success").inc()
         self.metrics.set_model(p.version, p.sha256, model.loaded_at.timestamp())
         if kind == "reload":
