@@ -8,8 +8,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .artifact.members import ArtifactLimits
 
 
 def _say(message: str) -> None:
@@ -28,8 +32,29 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _limit_flags() -> argparse.ArgumentParser:
+    """Caps on a model archive's decompressed bytes: the server's MODEL_MAX_* settings, same defaults."""
+    from .artifact.members import DEFAULT_MAX_JSON_BYTES, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--max-member-bytes", type=_positive, default=DEFAULT_MAX_MEMBER_BYTES,
+                   help="largest archive member, decompressed (default: %(default)s)")
+    p.add_argument("--max-total-bytes", type=_positive, default=DEFAULT_MAX_TOTAL_BYTES,
+                   help="all members together, decompressed (default: %(default)s)")
+    p.add_argument("--max-json-bytes", type=_positive, default=DEFAULT_MAX_JSON_BYTES,
+                   help="largest JSON member (default: %(default)s)")
+    return p
+
+
+def _limits(args: argparse.Namespace) -> ArtifactLimits:
+    from .artifact.members import ArtifactLimits
+
+    return ArtifactLimits(args.max_member_bytes, args.max_total_bytes, args.max_json_bytes)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="retail-prediction", description=__doc__)
+    limits = _limit_flags()
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -50,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="threads for reading and fitting (default: the CPUs this process may use, within its "
                         "cgroup CPU limit)")
 
-    e = sub.add_parser("evaluate", help="score labelled data and write metrics JSON, a PNG and a report")
+    e = sub.add_parser("evaluate", help="score labelled data and write metrics JSON, a PNG and a report",
+                       parents=[limits])
     e.add_argument("--model", type=Path, required=True)
     e.add_argument("--data", nargs="+", required=True)
     e.add_argument("--json", type=Path, required=True, dest="json_out")
@@ -59,17 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--from-week", type=_week)
     e.add_argument("--until-week", type=_week)
 
-    pr = sub.add_parser("predict", help="score baskets of transaction files into a CSV")
+    pr = sub.add_parser("predict", help="score baskets of transaction files into a CSV", parents=[limits])
     pr.add_argument("--model", type=Path, required=True)
     pr.add_argument("--data", nargs="+", required=True)
     pr.add_argument("--out", type=Path, required=True)
 
-    pu = sub.add_parser("publish", help="upload model.tar.gz to S3 (AWS_ENDPOINT_URL_S3 honoured)")
+    pu = sub.add_parser("publish", help="upload model.tar.gz to S3 (AWS_ENDPOINT_URL_S3 honoured)",
+                        parents=[limits])
     pu.add_argument("model", type=Path)
     pu.add_argument("--bucket", required=True)
     pu.add_argument("--key", required=True)
 
-    i = sub.add_parser("inspect", help="verify a model archive and print its metadata")
+    i = sub.add_parser("inspect", help="verify a model archive as the server loads it; print its metadata",
+                       parents=[limits])
     i.add_argument("model", type=Path)
 
     s = sub.add_parser("serve", help="run the prediction API (settings from the environment)")
@@ -105,32 +133,33 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .training.scoring import evaluate
 
     report = evaluate(args.model, args.data, args.json_out, png=args.png, markdown=args.report,
-                      first_week=args.from_week, last_week=args.until_week, progress=_say)
+                      first_week=args.from_week, last_week=args.until_week, progress=_say, limits=_limits(args))
     print(json.dumps({k: report[k] for k in ("n_baskets", "accuracy", "macro_f1", "log_loss")}, indent=2))
 
 
 def _predict(args: argparse.Namespace) -> None:
     from .training.scoring import predict_files
 
-    n, seconds = predict_files(args.model, args.data, args.out, progress=_say)
+    n, seconds = predict_files(args.model, args.data, args.out, progress=_say, limits=_limits(args))
     _say(f"scored {n:,} baskets in {seconds:.2f}s ({n / max(seconds, 1e-9):,.0f} baskets/s) -> {args.out}")
 
 
 def _publish(args: argparse.Namespace) -> None:
-    from .artifact.archive import read_artifact
     from .artifact.store import publish
+    from .serving.predictor import load_predictor
 
-    read_artifact(args.model)  # never publish an archive that would be refused at load
+    load_predictor(args.model, limits=_limits(args))  # never publish an archive the server would refuse
     print(json.dumps(publish(args.model, args.bucket, args.key), indent=2))
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from .artifact.archive import read_artifact
+    from .serving.predictor import load_predictor
 
-    art = read_artifact(args.model)
-    meta = json.loads(art.files.get("metadata.json", b"{}"))
+    # The server's own validation (read, verify, schema-check, build, warm up): refused the same way.
+    predictor = load_predictor(args.model, limits=_limits(args))
+    meta = dict(predictor.metadata)
     meta.pop("example_products", None)
-    print(json.dumps({"sha256": art.sha256, "manifest": art.manifest, "metadata": meta}, indent=2))
+    print(json.dumps({"sha256": predictor.sha256, "manifest": predictor.manifest, "metadata": meta}, indent=2))
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -7,11 +7,15 @@ import hashlib
 import io
 import json
 import tarfile
+import tracemalloc
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
+import retail_prediction.artifact.tarstream as artifact_tar
+from archives import zero_bomb
 from retail_prediction.artifact.archive import (
     FORMAT_NAME,
     MANIFEST_NAME,
@@ -22,6 +26,10 @@ from retail_prediction.artifact.archive import (
     sha256_file,
     verify_archive_sha256,
 )
+from retail_prediction.artifact.members import ArtifactLimits, MiB
+from retail_prediction.cli import main as cli_main
+from retail_prediction.features.tables import FEATURE_SPEC_VERSION
+from retail_prediction.serving.predictor import Predictor
 
 FILES = {
     "model.onnx": b"\x08\x07onnx-bytes" * 100,
@@ -180,7 +188,7 @@ def test_missing_manifest(tmp_path: Path) -> None:
         ({"format": "something-else"}, "unknown archive format"),
         ({"format_version": 2}, "unsupported format_version 2"),
         ({"format_version": "1"}, "unsupported format_version '1'"),
-        ({"files": ["model.onnx"]}, "'files' must map"),
+        ({"files": ["model.onnx"]}, "$.files"),
     ],
 )
 def test_unknown_format_or_version(tmp_path: Path, override: dict, fragment: str) -> None:
@@ -277,6 +285,126 @@ def test_header_size_is_checked_before_reading(tmp_path: Path) -> None:
     refused(path, "'model.onnx'", f"is {1 << 40} bytes, over the")
 
 
+def test_json_member_has_its_own_cap(tmp_path: Path) -> None:
+    files = {**FILES, "metadata.json": b'{"pad": "' + b" " * 5000 + b'"}'}
+    path = tmp_path / "m.tar.gz"
+    pack_artifact(path, files, metadata=META)
+    assert read_artifact(path).files["metadata.json"] == files["metadata.json"]
+    error = refused(path, "'metadata.json'", "over the 4096-byte limit", max_json_bytes=4096)
+    assert "'model.onnx'" not in error
+
+
+def test_decompression_bomb_refused_with_bounded_memory(tmp_path: Path) -> None:
+    # Two 500 MiB members of zeros, 1 MB on disk, correct hashes: refused before anything is inflated.
+    path = zero_bomb(tmp_path / "bomb.tar.gz")
+    assert path.stat().st_size < 2 * MiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError) as info:
+            read_artifact(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.reason == "too_large" and "'model0.onnx'" in str(info.value)
+    assert peak < 16 * MiB, peak
+
+
+def test_actual_bytes_are_counted_not_only_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A reader that trusted the header would accept this: the header check is skipped, the count trips.
+    path = zero_bomb(tmp_path / "bomb.tar.gz", members=1, size=200 * MiB)
+    calls: list[int] = []
+    real = artifact_tar._check_sizes
+
+    def header_blind(path: Path, name: str, size: int, total: int, limits: ArtifactLimits) -> None:
+        calls.append(size)
+        if len(calls) > 2:  # the manifest's header and the member's header pass unchecked
+            real(path, name, size, total, limits)
+
+    monkeypatch.setattr(artifact_tar, "_check_sizes", header_blind)
+    tracemalloc.start()
+    try:
+        refused(path, "'model0.onnx'", f"over the {64 * MiB}-byte limit")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 80 * MiB, peak
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON members and model content: the server's validation, which `inspect` shares
+
+SPEC = {"feature_spec_version": FEATURE_SPEC_VERSION, "classes": ["LA", "MM"], "levels": ["product"],
+        "hierarchy": [], "evidence_power": 2.0, "prior_strength": 1.0, "feature_names": ["a"], "extra": {}}
+METADATA = {"model_version": "m1", "example_products": [{"product_id": "P1", "price": 1.5}],
+            "candidates": [{"name": "lightgbm", "macro_f1": float("nan")}], "a_future_field": {"x": 1}}
+
+# member -> (content, reason, fragments of the message)
+MALFORMED: dict[str, tuple[str, bytes, str, tuple[str, ...]]] = {
+    "spec-is-a-list": ("feature_spec.json", b"[]", "bad_json", ("must be a JSON object",)),
+    "spec-missing-key": ("feature_spec.json", json.dumps({k: v for k, v in SPEC.items() if k != "classes"}).encode(),
+                         "bad_json", ("missing required field `classes`",)),
+    "spec-wrong-type": ("feature_spec.json", json.dumps({**SPEC, "levels": "product"}).encode(), "bad_json",
+                        ("$.levels",)),
+    "spec-version": ("feature_spec.json", json.dumps({**SPEC, "feature_spec_version": 99}).encode(), "unsupported",
+                     ("feature spec version 99",)),
+    "metadata-examples-int": ("metadata.json", b'{"example_products": 5}', "bad_json", ("$.example_products",)),
+    "metadata-example-no-id": ("metadata.json", b'{"example_products": [{"price": 1}]}', "bad_json",
+                               ("product_id", "$.example_products[0]")),
+    "metadata-candidate-str": ("metadata.json", b'{"candidates": ["x"]}', "bad_json", ("$.candidates[0]",)),
+    "metadata-not-json": ("metadata.json", b"{nope", "bad_json", ("not valid JSON",)),
+    "metadata-too-deep": ("metadata.json", b"[" * 100_000, "bad_json", ("nested too deeply",)),
+    "tables-not-npz": ("tables.npz", b"PK-not-a-zip", "bad_model", ("not a valid .npz",)),
+}
+
+
+def _model_archive(tmp_path: Path, **members: bytes) -> Path:
+    files = {**FILES, "feature_spec.json": json.dumps(SPEC).encode(), "metadata.json": json.dumps(METADATA).encode()}
+    path = tmp_path / "model.tar.gz"
+    pack_artifact(path, {**files, **members}, metadata=META)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_member_refused_with_reason_and_field(tmp_path: Path, case: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    name, content, reason, fragments = MALFORMED[case]
+    path = _model_archive(tmp_path, **{name: content})
+    with pytest.raises(ArtifactError) as info:
+        Predictor.from_artifact(read_artifact(path))
+    assert info.value.reason == reason
+    for fragment in (repr(name), *fragments):
+        assert fragment in str(info.value)
+    # `inspect` refuses it the same way: exit code 2, the member and the field named, no traceback.
+    assert cli_main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for fragment in (repr(name), *fragments):
+        assert fragment in err
+
+
+def test_valid_json_members_pass_with_unknown_fields(tmp_path: Path) -> None:
+    # Unknown fields (forward compatibility) and NaN (what training writes) are accepted; the fake
+    # tables are what refuses this archive, after both JSON members passed.
+    with pytest.raises(ArtifactError, match=r"tables\.npz"):
+        Predictor.from_artifact(read_artifact(_model_archive(tmp_path)))
+
+
+def test_npz_that_would_inflate_past_the_cap(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("price_edges.npy", b"\0" * (3 * MiB))
+    path = _model_archive(tmp_path, **{"tables.npz": buf.getvalue()})
+    with pytest.raises(ArtifactError, match=r"'tables\.npz' holds 3145728 bytes") as info:
+        Predictor.from_artifact(read_artifact(path, max_member_bytes=2 * MiB), limits=ArtifactLimits(2 * MiB))
+    assert info.value.reason == "too_large"
+
+
+def test_missing_json_member_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "m.tar.gz"
+    pack_artifact(path, {k: v for k, v in FILES.items() if k != "metadata.json"}, metadata=META)
+    assert cli_main(["inspect", str(path)]) == 2
+
+
 # --------------------------------------------------------------------------------------------------
 # Not an archive / damaged archive
 
@@ -335,9 +463,10 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_no_pickle_anywhere() -> None:
     import retail_prediction.artifact.archive as artifact
+    import retail_prediction.artifact.members as artifact_schema
     import retail_prediction.artifact.store as store
 
-    for module in (artifact, store):
+    for module in (artifact, artifact_tar, artifact_schema, store):
         source = Path(module.__file__ or "").read_text()
         for banned in ("import pickle", "joblib", "allow_pickle=True", "np.load("):
             assert banned not in source, f"{module.__name__} uses {banned}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retail_prediction.artifact.archive import pack_artifact, read_artifact
+from retail_prediction.artifact.archive import ArtifactError, pack_artifact, read_artifact
 from retail_prediction.contract import Codes, LineItem, Lines
 from retail_prediction.data import lgsr
 from retail_prediction.data.reading import read_transactions, table_to_baskets
@@ -273,5 +273,6 @@ def test_a_model_whose_hierarchy_a_request_cannot_carry_is_refused(trained_model
     spec["hierarchy"] = [*spec["hierarchy"][:-1], "SHELF_CODE"]
     files = {**artifact.files, "feature_spec.json": json.dumps(spec).encode()}
     pack_artifact(tmp_path / "m.tar.gz", files, metadata={"model_version": "shelf"})
-    with pytest.raises(ValueError, match="shelf_code"):
+    with pytest.raises(ArtifactError, match="shelf_code") as info:
         Predictor.load(tmp_path / "m.tar.gz")
+    assert info.value.reason == "bad_model"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from ..contract import HIERARCHY_FIELDS, label_name
@@ -19,6 +20,10 @@ def _validation(metadata: dict[str, Any]) -> dict[str, Any] | None:
         return metadata["validation"]
     chosen = metadata.get("chosen_model")
     return next((c for c in metadata.get("candidates", []) if c.get("name") == chosen), None)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None
 
 
 def model_info(model: LoadedModel, status: LoadStatus, settings: Settings) -> dict[str, Any]:
@@ -47,7 +52,11 @@ def model_info(model: LoadedModel, status: LoadStatus, settings: Settings) -> di
         "example_products": p.example_products(40),
         "reload": {
             "poll_seconds": settings.model_poll_seconds,
-            "last_check_at": status.last_check_at.isoformat() if status.last_check_at else None,
+            "last_check_at": _iso(status.last_check_at),
+            "last_check_ok": status.last_check_ok,
+            "last_success_at": _iso(status.last_success_at),
+            "last_error": status.last_error,
+            "refused_version": status.refused_version,
             "last_reload": status.last_reload or None,
         },
         "build": {"commit": settings.git_commit, "branch": settings.git_branch, "date": settings.build_date},

@@ -5,10 +5,9 @@ the payload files (``model.onnx``, ``tables.npz``, ``feature_spec.json``, ...) i
 ``manifest.json`` records the format, its version and the SHA-256 and size of every payload file, so
 a reader can prove that what it loads is exactly what was packed.
 
-Reading never extracts to disk: members are read into memory from the tar stream, after their
-headers have been checked (name, type, size). Directory members are *refused*, like any other
-non-regular member: the format is flat and `pack_artifact` never writes one, so a directory can
-only come from a hand-made or foreign archive.
+Reading never extracts to disk: members are read into memory from the tar stream under size caps
+(`tarstream.py`), then the manifest is checked against its schema (`members.py`) and every
+payload file against its hash.
 
 Nothing here uses pickle; the payload is bytes and JSON only.
 """
@@ -24,7 +23,6 @@ import os
 import re
 import tarfile
 import tempfile
-import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,30 +30,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from .members import (
+    DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_MAX_MEMBER_BYTES,
+    DEFAULT_MAX_TOTAL_BYTES,
+    ArtifactError,
+    ArtifactLimits,
+    FileEntry,
+    Manifest,
+    MiB,
+    check_schema,
+    parse_json,
+)
+from .tarstream import MANIFEST_NAME, NAME_RE, load_members
+
+__all__ = ["DEFAULT_MAX_JSON_BYTES", "DEFAULT_MAX_MEMBER_BYTES", "DEFAULT_MAX_TOTAL_BYTES", "MANIFEST_NAME",
+           "ArtifactError", "ArtifactLimits", "LoadedArtifact", "pack_artifact", "read_artifact", "sha256_file",
+           "verify_archive_sha256"]
+
 FORMAT_NAME = "retail-prediction-model"
 FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-DEFAULT_MAX_MEMBER_BYTES = 512 * MiB
-DEFAULT_MAX_TOTAL_BYTES = 1 * GiB
-# A model archive has a handful of files; a cap stops a header flood (millions of empty members)
-# from eating memory before any size limit is reached.
-MAX_MEMBERS = 256
-# The tar end-of-archive marker plus record padding is at most a few KiB; anything much larger
-# after it is not ours, and draining it unbounded would let a gzip bomb hide there.
-_MAX_TRAILING_BYTES = 1 * MiB
 
 _CHUNK = 1 * MiB
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _RESERVED_KEYS = frozenset({"format", "format_version", "files"})
-_GZIP_MAGIC = b"\x1f\x8b"
-
-
-class ArtifactError(Exception):
-    """A model archive cannot be written or is not safe/valid to load. The message is user-facing."""
 
 
 @dataclass(frozen=True)
@@ -72,14 +70,11 @@ class LoadedArtifact:
         value = self.manifest.get("model_version")
         return None if value is None else str(value)
 
-    def json(self, name: str) -> Any:
-        """Parse the JSON member ``name``, with an error naming it if absent or malformed."""
+    def json(self, name: str) -> dict[str, Any]:
+        """Parse the JSON object member ``name``, with an error naming it if absent or malformed."""
         if name not in self.files:
             raise ArtifactError(f"{self.path}: member {name!r} is not in the archive")
-        try:
-            return json.loads(self.files[name])
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{self.path}: member {name!r} is not valid JSON: {exc}") from exc
+        return parse_json(self.path, name, self.files[name])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,7 +125,7 @@ def verify_archive_sha256(path: Path | str, expected_hex: str) -> str:
 def _check_name(name: str) -> None:
     if name == MANIFEST_NAME:
         raise ArtifactError(f"{MANIFEST_NAME!r} is written by pack_artifact; do not pass it in files")
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise ArtifactError(
             f"file name {name!r} is not allowed in a model archive: use a flat name of letters, "
             "digits, '.', '_' or '-' (no directories)"
@@ -229,143 +224,25 @@ def pack_artifact(out_path: Path, files: Mapping[str, bytes], *, metadata: Mappi
 
 
 # --------------------------------------------------------------------------------------------------
-# Reading
+# Reading (the tar stream itself: tarstream.py)
 
 
-def _member_kind(member: tarfile.TarInfo) -> str:
-    kinds = [
-        (member.issym, "a symbolic link"),
-        (member.islnk, "a hard link"),
-        (member.isdir, "a directory"),
-        (member.ischr, "a character device"),
-        (member.isblk, "a block device"),
-        (member.isfifo, "a FIFO"),
-        (member.issparse, "a sparse file"),
-    ]
-    return next((label for check, label in kinds if check()), f"of unsupported tar type {member.type!r}")
-
-
-def _check_member(path: Path, member: tarfile.TarInfo, seen: set[str]) -> None:
-    name = member.name
-    where = f"{path}: member {name!r}"
-    if name.startswith("/") or name.startswith("\\") or re.match(r"^[A-Za-z]:", name):
-        raise ArtifactError(f"{where} has an absolute path; refusing the archive")
-    if ".." in re.split(r"[/\\]", name):
-        raise ArtifactError(f"{where} contains a '..' path component; refusing the archive")
-    if not member.isfile() or member.issparse():
-        raise ArtifactError(f"{where} is {_member_kind(member)}; only regular files are allowed")
-    if name != MANIFEST_NAME and not _NAME_RE.match(name):
-        raise ArtifactError(f"{where} is not a flat file name; model archives have no directories")
-    if name in seen:
-        raise ArtifactError(f"{where} appears more than once; refusing an ambiguous archive")
-
-
-def _check_sizes(path: Path, member: tarfile.TarInfo, total: int, max_member: int, max_total: int) -> None:
-    # Header sizes are checked before any data is read, so a huge member costs nothing to refuse.
-    if member.size > max_member:
-        raise ArtifactError(
-            f"{path}: member {member.name!r} is {member.size} bytes, over the {max_member}-byte limit"
-        )
-    if total + member.size > max_total:
-        raise ArtifactError(
-            f"{path}: members add up to more than the {max_total}-byte limit (at {member.name!r})"
-        )
-
-
-def _read_member(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    stream = tar.extractfile(member)
-    data = stream.read() if stream is not None else b""
-    if len(data) != member.size:
-        raise ArtifactError(f"{path}: archive is truncated inside member {member.name!r}")
-    return data
-
-
-def _read_members(
-    path: Path, tar: tarfile.TarFile, max_member: int, max_total: int
-) -> dict[str, bytes]:
-    members: dict[str, bytes] = {}
-    total = 0
-    while (member := tar.next()) is not None:
-        if len(members) >= MAX_MEMBERS:
-            raise ArtifactError(f"{path}: more than {MAX_MEMBERS} members; not a model archive")
-        _check_member(path, member, set(members))
-        _check_sizes(path, member, total, max_member, max_total)
-        members[member.name] = _read_member(path, tar, member)
-        total += member.size
-    return members
-
-
-def _drain_trailer(path: Path, gz: gzip.GzipFile) -> None:
-    # tarfile stops at the end-of-archive marker; reading the gzip stream to its end makes gzip
-    # check its CRC and length trailer, which is what catches an archive cut short in the padding.
-    remaining = _MAX_TRAILING_BYTES
-    while chunk := gz.read(min(_CHUNK, remaining + 1)):
-        remaining -= len(chunk)
-        if remaining < 0:
-            raise ArtifactError(f"{path}: unexpected data after the end of the tar archive")
-
-
-@contextmanager
-def _archive_errors(path: Path) -> Iterator[None]:
-    """Turn gzip/tar/zlib failures into ArtifactError with a plain-words diagnosis."""
-    try:
-        yield
-    except EOFError as exc:
-        raise ArtifactError(f"{path}: archive is truncated (compressed stream ends early)") from exc
-    except gzip.BadGzipFile as exc:
-        raise ArtifactError(f"{path}: archive is corrupt (bad gzip data: {exc})") from exc
-    except zlib.error as exc:
-        raise ArtifactError(f"{path}: archive is corrupt (bad compressed data: {exc})") from exc
-    except tarfile.ReadError as exc:
-        if "unexpected end" in str(exc):
-            raise ArtifactError(f"{path}: archive is truncated (tar data ends early)") from exc
-        raise ArtifactError(f"{path}: not a model archive (gzip does not hold a valid tar: {exc})") from exc
-    except tarfile.TarError as exc:
-        raise ArtifactError(f"{path}: not a model archive ({exc})") from exc
-
-
-def _load_members(path: Path, fh: BinaryIO, max_member: int, max_total: int) -> dict[str, bytes]:
-    magic = fh.read(2)
-    if magic != _GZIP_MAGIC:
-        detail = "empty file" if not magic else "not gzip-compressed"
-        raise ArtifactError(f"{path}: not a model archive ({detail})")
-    fh.seek(0)
-    with _archive_errors(path), gzip.GzipFile(fileobj=fh, mode="rb") as gz:
-        # Stream mode ("r|") reads strictly forward: members are consumed as they come, nothing is
-        # extracted, and no seek can revisit data.
-        with tarfile.open(fileobj=gz, mode="r|") as tar:
-            members = _read_members(path, tar, max_member, max_total)
-        _drain_trailer(path, gz)
-    return members
-
-
-def _parse_manifest(path: Path, members: dict[str, bytes]) -> dict[str, Any]:
+def _parse_manifest(path: Path, members: dict[str, bytes]) -> tuple[dict[str, Any], Manifest]:
     if MANIFEST_NAME not in members:
         raise ArtifactError(f"{path}: {MANIFEST_NAME} is missing; not a model archive")
-    try:
-        manifest = json.loads(members[MANIFEST_NAME])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: {MANIFEST_NAME} is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{path}: {MANIFEST_NAME} must be a JSON object")
-    _check_format(path, manifest)
-    return manifest
-
-
-def _check_format(path: Path, manifest: dict[str, Any]) -> None:
+    manifest = parse_json(path, MANIFEST_NAME, members[MANIFEST_NAME])
     fmt, version = manifest.get("format"), manifest.get("format_version")
     if fmt != FORMAT_NAME:
-        raise ArtifactError(f"{path}: unknown archive format {fmt!r} (expected {FORMAT_NAME!r})")
+        raise ArtifactError(f"{path}: unknown archive format {fmt!r} (expected {FORMAT_NAME!r})", "unsupported")
     if type(version) is not int or version != FORMAT_VERSION:
         raise ArtifactError(
-            f"{path}: unsupported format_version {version!r}; this reader understands {FORMAT_VERSION}"
+            f"{path}: unsupported format_version {version!r}; this reader understands {FORMAT_VERSION}",
+            "unsupported",
         )
-    listing = manifest.get("files")
-    if not isinstance(listing, dict) or not all(isinstance(v, dict) for v in listing.values()):
-        raise ArtifactError(f"{path}: {MANIFEST_NAME} 'files' must map each file name to its hash and size")
+    return manifest, check_schema(path, MANIFEST_NAME, manifest, Manifest)
 
 
-def _check_listing(path: Path, listing: dict[str, Any], payload: dict[str, bytes]) -> None:
+def _check_listing(path: Path, listing: dict[str, FileEntry], payload: dict[str, bytes]) -> None:
     unlisted = sorted(set(payload) - set(listing))
     if unlisted:
         raise ArtifactError(f"{path}: member(s) {unlisted} are not listed in {MANIFEST_NAME}")
@@ -374,10 +251,10 @@ def _check_listing(path: Path, listing: dict[str, Any], payload: dict[str, bytes
         raise ArtifactError(f"{path}: file(s) {missing} are listed in {MANIFEST_NAME} but missing")
 
 
-def _check_file_integrity(path: Path, name: str, entry: dict[str, Any], data: bytes) -> None:
-    size, digest = entry.get("size"), entry.get("sha256")
-    if type(size) is not int or not isinstance(digest, str) or not _HEX64_RE.match(digest):
-        raise ArtifactError(f"{path}: {MANIFEST_NAME} entry for {name!r} needs an integer size and a sha256")
+def _check_file_integrity(path: Path, name: str, entry: FileEntry, data: bytes) -> None:
+    size, digest = entry.size, entry.sha256
+    if not _HEX64_RE.match(digest):
+        raise ArtifactError(f"{path}: {MANIFEST_NAME} entry for {name!r} has no valid sha256")
     if len(data) != size:
         raise ArtifactError(f"{path}: {name!r} is {len(data)} bytes but the manifest says {size}")
     actual = hashlib.sha256(data).hexdigest()
@@ -399,29 +276,33 @@ def read_artifact(
     *,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+    limits: ArtifactLimits | None = None,
     required: Iterable[str] = (),
     expected_sha256: str | None = None,
 ) -> LoadedArtifact:
     """Read and fully verify a model archive into memory, without extracting anything to disk.
 
+    ``limits`` (else the three ``max_*`` caps) bound the decompressed bytes held in memory.
     ``expected_sha256`` optionally pins the whole archive; it is checked on the same open file that
     is then read, so the file cannot be swapped between the check and the load.
     Raises ArtifactError naming the file/member and the problem.
     """
     path = Path(path)
+    limits = limits or ArtifactLimits(max_member_bytes, max_total_bytes, max_json_bytes)
     try:
         with path.open("rb") as fh:
             archive_sha = _hash_stream(fh)
             if expected_sha256 is not None:
                 _check_pin(path, archive_sha, expected_sha256)
             fh.seek(0)
-            members = _load_members(path, fh, max_member_bytes, max_total_bytes)
+            members = load_members(path, fh, limits)
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot read model archive: {exc.strerror or exc}") from exc
-    manifest = _parse_manifest(path, members)
+    manifest, listing = _parse_manifest(path, members)
     payload = {name: data for name, data in members.items() if name != MANIFEST_NAME}
-    _check_listing(path, manifest["files"], payload)
+    _check_listing(path, listing.files, payload)
     for name, data in payload.items():
-        _check_file_integrity(path, name, manifest["files"][name], data)
+        _check_file_integrity(path, name, listing.files[name], data)
     _check_required(path, payload, required)
     return LoadedArtifact(files=payload, manifest=manifest, sha256=archive_sha, path=path)

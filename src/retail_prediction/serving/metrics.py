@@ -48,6 +48,16 @@ class Metrics:
         # How many baskets each model call scored: shows whether micro-batching is coalescing requests.
         self.scored_together = Histogram("scoring_batch_baskets", "Baskets scored per model call",
                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
+        # Health of the model source and of the archives it serves (load-time only, never per request).
+        self.source_check_failures = Counter(
+            "retail_prediction_source_check_failures", "Failed checks (probe or download) of the model source",
+            ["reason"], registry=r)
+        self.source_last_success = Gauge("retail_prediction_source_last_success_timestamp_seconds",
+                                         "When the model source last answered a check", registry=r)
+        self.model_fetches = Counter("retail_prediction_model_fetches", "Archives fetched (downloaded or "
+                                     "opened) for loading", registry=r)
+        self.model_refusals = Counter("retail_prediction_model_refusals", "Archives refused at load, by reason",
+                                      ["reason"], registry=r)
         self.cache_hits = Counter("prediction_cache_hits", "Prediction cache hits", registry=r)
         self.cache_misses = Counter("prediction_cache_misses", "Prediction cache misses", registry=r)
 

@@ -6,6 +6,10 @@ MODEL_POLL_SECONDS: a new version is downloaded, verified (manifest hashes + opt
 loaded and warmed up *beside* the serving model and only then swapped in by a single reference
 assignment, so a request always runs start to end on one model. A failed reload leaves the serving
 model in place and is reported by /model/info and the metrics.
+
+Every attempt first probes the source's version; a version whose archive was refused is not downloaded
+again until it changes (at start-up too). Any exception of a load is a refusal with a reason: the thread
+never dies, so a later good archive is always picked up.
 """
 
 from __future__ import annotations
@@ -19,13 +23,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
-from ..artifact.archive import ArtifactError, read_artifact
+from ..artifact.archive import ArtifactError
 from ..artifact.store import ModelSource, StoreError, fetch, probe_version
-from ..contract import LineItem
 from .metrics import Metrics
-from .predictor import REQUIRED_FILES, Predictor
+from .predictor import Predictor, load_predictor
 from .settings import Settings
 
 log = logging.getLogger("retail_prediction.api.model")
@@ -50,14 +51,17 @@ class LoadStatus:
     reason: str | None = None  # short code of the last failure
     message: str | None = None  # the last failure in words
     attempts: int = 0
-    last_check_at: datetime | None = None
+    last_check_at: datetime | None = None  # last check of the source, whatever its outcome
+    last_success_at: datetime | None = None  # last check the source answered
+    last_error: dict[str, Any] | None = None  # the last failed check: reason, message, at
+    refused_version: str | None = None  # the source version whose archive was refused
     last_reload: dict[str, Any] = field(default_factory=dict)
 
-
-class LoadFailed(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+    @property
+    def last_check_ok(self) -> bool | None:
+        if self.last_check_at is None:
+            return None
+        return self.last_error is None
 
 
 def _freeze_long_lived() -> None:
@@ -74,19 +78,14 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def warm_up(predictor: Predictor) -> None:
-    """Run real predictions once, through the API's own path (the first ONNX run allocates; the code
-    dictionaries and the compiled loops' tables are built), and check the answers are probabilities."""
-    examples = predictor.example_products(8)
-    basket = [LineItem.of(str(e["product_id"]), 1.0, float(e.get("price") or 1.0), None, e.get("hierarchy") or ())
-              for e in examples]
-    baskets = [basket or [LineItem("__warmup__", 1.0, 1.0)], [LineItem("__warmup__", 2.0, 3.5, "unknown")]]
-    predictor.score(baskets[:1])  # one request's path
-    proba = predictor.score(baskets * 32).proba
-    if proba.shape != (64, len(predictor.classes)) or not np.all(np.isfinite(proba)):
-        raise LoadFailed("bad_model", f"warm-up gave malformed probabilities (shape {proba.shape})")
-    if not np.allclose(proba.sum(axis=1), 1.0, atol=1e-3):
-        raise LoadFailed("bad_model", "warm-up probabilities do not sum to 1")
+class LoadFailed(Exception):
+    """A load that did not give a serving model. ``version`` is set when the archive itself was refused
+    (not the source unreachable): that version is then not fetched again until it changes."""
+
+    def __init__(self, reason: str, message: str, version: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.version = version
 
 
 class ModelManager:
@@ -95,7 +94,8 @@ class ModelManager:
         self.metrics = metrics
         self.status = LoadStatus()
         self.current: LoadedModel | None = None
-        self._failed_version: str | None = None
+        self.limits = settings.artifact_limits()
+        self._refusal: LoadFailed | None = None  # the last refused archive, not fetched again until it changes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         try:
@@ -127,70 +127,105 @@ class ModelManager:
         delay = self.settings.model_retry_initial_seconds
         while not self._stop.is_set():
             self.status.attempts += 1
-            try:
-                self._swap(self._load(), kind="initial")
+            if self._attempt("initial", retry_in=delay):
                 return
-            except LoadFailed as exc:
-                self.metrics.model_loads.labels("initial", "failure").inc()
-                self._fail(exc.reason, str(exc), retry_in=delay)
             self._stop.wait(delay)
             delay = min(delay * 2, self.settings.model_retry_max_seconds)
 
-    # ---- hot reload
-
     def check_for_update(self) -> bool:
         """Poll the source once; load and swap in a new version. True when a new model now serves."""
+        return self._attempt("reload")
+
+    # ---- one attempt: probe, then fetch + load + swap a version neither serving nor refused
+
+    def _attempt(self, kind: str, retry_in: float | None = None) -> bool:
+        try:
+            version = self._probe(retry_in)
+            if version is None or version == self._serving_version():
+                return False
+            if self._refusal is not None and version == self._refusal.version:
+                if self.current is None:  # the source is back, with the archive it had: say so again
+                    self.status.state, self.status.reason = "failed", self._refusal.reason
+                    self.status.message = str(self._refusal)
+                return False
+            self._swap(self._load(version), kind)
+            return True
+        except LoadFailed as exc:
+            self._load_failed(kind, exc, retry_in)
+        except Exception as exc:  # a bug outside the load itself must not end the thread either
+            self._load_failed(kind, LoadFailed("internal", f"{type(exc).__name__}: {exc}"), retry_in)
+        return False
+
+    def _serving_version(self) -> str | None:
+        return self.current.source_version if self.current else None
+
+    def _probe(self, retry_in: float | None) -> str | None:
+        """The source's version, or None when it cannot be read (counted and logged as a failed check)."""
         assert self.source is not None
-        self.status.last_check_at = _now()
         try:
             version = probe_version(self.source)
         except StoreError as exc:
-            log.warning(f"model update check failed: {exc}",
-                        extra={"reason": exc.reason, "source": self.source.uri})
-            return False
-        serving = self.current.source_version if self.current else None
-        if version in (serving, self._failed_version):
-            return False
-        try:
-            self._swap(self._load(), kind="reload")
-            return True
-        except LoadFailed as exc:
-            # Remember the bad version so it is not downloaded again every poll; a new upload retries.
-            self._failed_version = version
-            self.metrics.model_loads.labels("reload", "failure").inc()
-            self.status.last_reload = {"result": "failure", "at": _now().isoformat(), "reason": exc.reason,
-                                       "message": str(exc), "version": version}
-            log.error(f"model reload failed, keeping the serving model: {exc}",
-                      extra={"reason": exc.reason, "source": self.source.uri,
-                             "model_version": self.current.predictor.version if self.current else None})
-            return False
+            self._source_checked(exc)
+            if self.current is None:  # not serving yet: /ready must tell why
+                self._fail(exc.reason, str(exc), retry_in)
+            else:
+                log.warning(f"model update check failed: {exc}",
+                            extra={"reason": exc.reason, "source": self.source.uri})
+            return None
+        self._source_checked(None)
+        return version
 
-    # ---- one load
+    def _source_checked(self, error: StoreError | None) -> None:
+        now = _now()
+        self.status.last_check_at = now
+        if error is None:
+            self.status.last_success_at, self.status.last_error = now, None
+            self.metrics.source_last_success.set(now.timestamp())
+        else:
+            self.status.last_error = {"reason": error.reason, "message": str(error), "at": now.isoformat()}
+            self.metrics.source_check_failures.labels(error.reason).inc()
 
-    def _load(self) -> LoadedModel:
+    def _load(self, probed_version: str) -> LoadedModel:
         assert self.source is not None
         started = time.perf_counter()
         try:
-            fetched = fetch(self.source, self.settings.model_dir)
-            artifact = read_artifact(fetched.path, required=REQUIRED_FILES,
-                                     expected_sha256=self.settings.model_sha256)
-            predictor = Predictor.from_artifact(artifact)
+            fetched = fetch(self.source, self.settings.model_dir, max_bytes=self.limits.max_download_bytes)
         except StoreError as exc:
-            raise LoadFailed(exc.reason, str(exc)) from exc
+            if exc.reason != "too_large":
+                self._source_checked(exc)
+                raise LoadFailed(exc.reason, str(exc)) from exc
+            # An object over the download cap is the archive's fault, not the source's: refuse its version.
+            raise LoadFailed(exc.reason, str(exc), probed_version) from exc
+        self.metrics.model_fetches.inc()
+        try:
+            predictor = load_predictor(fetched.path, limits=self.limits, expected_sha256=self.settings.model_sha256)
         except ArtifactError as exc:
-            raise LoadFailed("bad_archive", f"artifact refused: {exc}") from exc
-        except (ValueError, KeyError, OSError, RuntimeError) as exc:
-            # onnxruntime raises its own RuntimeError subclasses for a model it cannot run.
-            raise LoadFailed("bad_model", f"cannot load model from {self.source.uri}: {exc}") from exc
-        warm_up(predictor)
+            raise LoadFailed(exc.reason, f"artifact refused: {exc}", fetched.version) from exc
+        except Exception as exc:  # whatever nobody foresaw (MemoryError included) is a refusal too
+            raise LoadFailed("load_error", f"cannot load model from {self.source.uri}: "
+                                           f"{type(exc).__name__}: {exc}", fetched.version) from exc
         return LoadedModel(predictor, self.source.uri, fetched.version, _now(), time.perf_counter() - started)
+
+    def _load_failed(self, kind: str, exc: LoadFailed, retry_in: float | None) -> None:
+        self.metrics.model_loads.labels(kind, "failure").inc()
+        if exc.version is not None:
+            self.status.refused_version, self._refusal = exc.version, exc
+            self.metrics.model_refusals.labels(exc.reason).inc()
+        if self.current is None:
+            self._fail(exc.reason, str(exc), retry_in, exc.version)
+            return
+        self.status.last_reload = {"result": "failure", "at": _now().isoformat(), "reason": exc.reason,
+                                   "message": str(exc), "version": exc.version}
+        log.error(f"model reload failed, keeping the serving model: {exc}",
+                  extra={"reason": exc.reason, "source": self.current.source_uri, "source_version": exc.version,
+                         "model_version": self.current.predictor.version})
 
     def _swap(self, model: LoadedModel, kind: str) -> None:
         previous = self.current
         p = model.predictor
         # Status and metrics first, the model last: whoever sees the new version also sees its status.
         self.status.state, self.status.reason, self.status.message = "ready", None, None
-        self._failed_version = None
+        self.status.refused_version, self._refusal = None, None
         self.metrics.model_loads.labels(kind, "success").inc()
         self.metrics.set_model(p.version, p.sha256, model.loaded_at.timestamp())
         if kind == "reload":
@@ -205,8 +240,10 @@ class ModelManager:
                  extra={"model_version": p.version, "sha256": p.sha256, "source": model.source_uri,
                         "source_version": model.source_version})
 
-    def _fail(self, reason: str, message: str, retry_in: float | None = None) -> None:
+    def _fail(self, reason: str, message: str, retry_in: float | None = None, version: str | None = None) -> None:
         self.status.state, self.status.reason, self.status.message = "failed", reason, message
         retry = f"; retrying in {retry_in:g}s" if retry_in is not None and math.isfinite(retry_in) else ""
         log.error(f"model load failed ({reason}): {message}{retry}",
-                  extra={"reason": reason, "attempt": self.status.attempts, "retry_in_s": retry_in})
+                  extra={"reason": reason, "attempt": self.status.attempts, "retry_in_s": retry_in,
+                         "source": self.source.uri if getattr(self, "source", None) else None,
+                         "source_version": version})

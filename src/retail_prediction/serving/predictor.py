@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import zipfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from ..artifact.archive import LoadedArtifact, read_artifact
-from ..contract import HIERARCHY_FIELDS, Lines, hierarchy_fields
+from ..artifact import members
+from ..artifact.archive import ArtifactError, ArtifactLimits, LoadedArtifact, read_artifact
+from ..contract import HIERARCHY_FIELDS, LineItem, Lines, hierarchy_fields
 from ..features.client import client_features
-from ..features.tables import FeatureTables, basket_features
+from ..features.tables import FEATURE_SPEC_VERSION, FeatureTables, basket_features
 
 REQUIRED_FILES = ("model.onnx", "tables.npz", "feature_spec.json", "metadata.json")
 
@@ -45,27 +46,33 @@ class Predictor:
         self._prob_output = probability_output(session)
 
     @classmethod
-    def from_artifact(cls, artifact: LoadedArtifact, *, intra_op_threads: int = 1) -> Predictor:
-        missing = [name for name in REQUIRED_FILES if name not in artifact.files]
+    def from_artifact(cls, artifact: LoadedArtifact, *, intra_op_threads: int = 1,
+                      limits: ArtifactLimits | None = None) -> Predictor:
+        """Build the predictor from a verified archive; ArtifactError (naming the member) if its content
+        cannot be used: JSON of the wrong shape, tables that do not match the spec, a graph ONNX Runtime
+        refuses."""
+        path, files = artifact.path, artifact.files
+        missing = [name for name in REQUIRED_FILES if name not in files]
         if missing:
-            raise ValueError(f"{artifact.path}: model archive lacks {', '.join(missing)}")
-        spec = json.loads(artifact.files["feature_spec.json"])
-        tables = FeatureTables.load(spec, artifact.files["tables.npz"])
+            raise ArtifactError(f"{path}: model archive lacks {', '.join(missing)}")
+        spec = members.feature_spec(path, files, FEATURE_SPEC_VERSION)
+        metadata = members.metadata(path, files)
+        members.check_npz(path, "tables.npz", files["tables.npz"], limits or ArtifactLimits())
+        try:
+            tables = FeatureTables.load(spec, files["tables.npz"])
+        except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ArtifactError(f"{path}: member 'tables.npz' does not fit feature_spec.json: {exc}",
+                                "bad_model") from exc
         unserved = set(hierarchy_fields(tables.hierarchy_names)) - set(HIERARCHY_FIELDS)
         if unserved:
-            raise ValueError(f"{artifact.path}: the model uses hierarchy levels a request cannot carry: "
-                             f"{', '.join(sorted(unserved))}")
-        options = ort.SessionOptions()
-        # One request is tiny: threads would cost more in handoff than they save.
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(artifact.files["model.onnx"], options, providers=["CPUExecutionProvider"])
-        metadata = json.loads(artifact.files["metadata.json"])
-        return cls(session, tables, metadata, artifact.manifest, artifact.sha256)
+            raise ArtifactError(f"{path}: the model uses hierarchy levels a request cannot carry: "
+                                f"{', '.join(sorted(unserved))}", "bad_model")
+        return cls(_session(path, files["model.onnx"], intra_op_threads), tables, metadata, artifact.manifest,
+                   artifact.sha256)
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> Predictor:
-        return cls.from_artifact(read_artifact(Path(path), required=REQUIRED_FILES), **kwargs)
+        return load_predictor(Path(path), **kwargs)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -73,7 +80,7 @@ class Predictor:
 
     @cached_property
     def version(self) -> str:  # read on every request
-        return str(self.metadata.get("model_version", self.sha256[:12]))
+        return str(self.metadata.get("model_version") or self.sha256[:12])
 
     @property
     def feature_names(self) -> list[str]:
@@ -125,6 +132,50 @@ class Predictor:
         """Products the model knows best (most evidence), for the web page's picker."""
         examples = self.metadata.get("example_products", [])
         return list(examples[:limit])
+
+
+def _session(path: Path, onnx: bytes, intra_op_threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # One request is tiny: threads would cost more in handoff than they save.
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types, not all RuntimeErrors
+        raise ArtifactError(f"{path}: member 'model.onnx' is refused by ONNX Runtime: {exc}", "bad_model") from exc
+    if not session.get_inputs() or not session.get_outputs():
+        raise ArtifactError(f"{path}: member 'model.onnx' has no input or no output", "bad_model")
+    return session
+
+
+def warm_up(predictor: Predictor, path: Path | None = None) -> None:
+    """Run real predictions once, through the API's own path (the first ONNX run allocates; the code
+    dictionaries and the compiled loops' tables are built), and check the answers are probabilities."""
+    where = f"{path or predictor.sha256[:12]}: member 'model.onnx'"
+    examples = predictor.example_products(8)
+    basket = [LineItem.of(e["product_id"], 1.0, float(e.get("price") or 1.0), None, e.get("hierarchy") or ())
+              for e in examples]
+    baskets = [basket or [LineItem("__warmup__", 1.0, 1.0)], [LineItem("__warmup__", 2.0, 3.5, "unknown")]]
+    try:
+        predictor.score(baskets[:1])  # one request's path
+        proba = predictor.score(baskets * 32).proba
+    except Exception as exc:  # onnxruntime's own types: a graph whose inputs do not fit the features
+        raise ArtifactError(f"{where} fails on real features: {exc}", "bad_model") from exc
+    if proba.shape != (64, len(predictor.classes)) or not np.all(np.isfinite(proba)):
+        raise ArtifactError(f"{where}: warm-up gave malformed probabilities (shape {proba.shape})", "bad_model")
+    if not np.allclose(proba.sum(axis=1), 1.0, atol=1e-3):
+        raise ArtifactError(f"{where}: warm-up probabilities do not sum to 1", "bad_model")
+
+
+def load_predictor(path: Path, *, limits: ArtifactLimits | None = None, expected_sha256: str | None = None,
+                   intra_op_threads: int = 1) -> Predictor:
+    """Read, verify, build and warm up a model: the one validation the server, `inspect`, `predict` and
+    `evaluate` share, so they accept and refuse the same archives for the same reason (ArtifactError)."""
+    limits = limits or ArtifactLimits()
+    artifact = read_artifact(path, limits=limits, required=REQUIRED_FILES, expected_sha256=expected_sha256)
+    predictor = Predictor.from_artifact(artifact, intra_op_threads=intra_op_threads, limits=limits)
+    warm_up(predictor, path)
+    return predictor
 
 
 def probability_output(session: ort.InferenceSession) -> str:

@@ -8,6 +8,12 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ..artifact.members import (
+    DEFAULT_MAX_JSON_BYTES,
+    DEFAULT_MAX_MEMBER_BYTES,
+    DEFAULT_MAX_TOTAL_BYTES,
+    ArtifactLimits,
+)
 from ..artifact.store import ModelSource
 
 # What the README's run command trains to; the model used when no source is configured.
@@ -39,6 +45,11 @@ class Settings(BaseSettings):
     # Backoff of the background load: first retry after the initial delay, doubling up to the max.
     model_retry_initial_seconds: float = Field(0.5, gt=0)
     model_retry_max_seconds: float = Field(30.0, gt=0)
+    # Caps on an archive's *decompressed* bytes, counted while reading (a gzip bomb stops at the cap):
+    # per member, in total, per JSON member. Sized from the real model; see docs/api.md.
+    model_max_member_bytes: int = Field(DEFAULT_MAX_MEMBER_BYTES, ge=1024)
+    model_max_total_bytes: int = Field(DEFAULT_MAX_TOTAL_BYTES, ge=1024)
+    model_max_json_bytes: int = Field(DEFAULT_MAX_JSON_BYTES, ge=1024)
 
     # ---- input limits
     max_batch_size: int = Field(1000, ge=1)
@@ -70,6 +81,9 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         # Deployment templates often render an unset variable as "": treat it as not given.
         return None if isinstance(value, str) and not value.strip() else value
+
+    def artifact_limits(self) -> ArtifactLimits:
+        return ArtifactLimits(self.model_max_member_bytes, self.model_max_total_bytes, self.model_max_json_bytes)
 
     def model_source(self) -> ModelSource:
         """Where to load the model from; ValueError when the variables contradict each other."""

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from ..artifact.members import ArtifactLimits
 from ..data import lgsr
 from ..data.reading import DataError, Progress, filter_weeks, read_transactions, table_to_baskets
 from ..serving.predictor import Predictor
@@ -24,8 +25,8 @@ DataSpec = str | Path | Sequence[str | Path]
 
 def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = None, markdown: Path | None = None,
              first_week: int | None = None, last_week: int | None = None,
-             progress: Progress | None = None) -> dict[str, Any]:
-    predictor = Predictor.load(model)
+             progress: Progress | None = None, limits: ArtifactLimits | None = None) -> dict[str, Any]:
+    predictor = Predictor.load(model, limits=limits)
     table = read_transactions(data, columns=(*SCORING_COLUMNS, lgsr.LABEL), progress=progress)
     table = filter_weeks(table, first_week, last_week)
     if table.num_rows == 0:
@@ -50,11 +51,12 @@ def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = 
     return report
 
 
-def predict_files(model: Path, data: DataSpec, out: Path, *, progress: Progress | None = None) -> tuple[int, float]:
+def predict_files(model: Path, data: DataSpec, out: Path, *, progress: Progress | None = None,
+                  limits: ArtifactLimits | None = None) -> tuple[int, float]:
     """Write basket_id, label, one probability per class; returns (baskets, seconds incl. reading)."""
     started = time.monotonic()
     # One ONNX thread per block: the blocks themselves run two at a time (see `Predictor.predict_batch`).
-    predictor = Predictor.load(model, intra_op_threads=1)
+    predictor = Predictor.load(model, intra_op_threads=1, limits=limits)
     table = read_transactions(data, columns=SCORING_COLUMNS, required=lgsr.REQUIRED_FOR_SCORING,
                               progress=progress)
     baskets = table_to_baskets(table, with_label=False)
