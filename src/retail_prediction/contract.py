@@ -1,18 +1,19 @@
 """The contract every layer shares: the class labels, the product hierarchy and a basket line's fields.
 
 One definition, imported by reading (training side), the featurization, serving and the API, so a renamed
-field fails an import or a type check, not a request at run time. Besides the standard library, only NumPy (the
-columnar line table).
+field fails an import or a type check, not a request at run time. Besides the standard library, only msgspec (the
+request structs) and NumPy (the columnar line table).
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple, Protocol
+from typing import Annotated, NamedTuple
 
+import msgspec
 import numpy as np
 
 # The labels the data set defines, with readable names for people (the model learns its own class list
@@ -76,26 +77,72 @@ if LINE_FIELDS[4:] != HIERARCHY_FIELDS:  # pragma: no cover - a guard for whoeve
     raise ImportError("LineItem's hierarchy fields must be HIERARCHY_FIELDS, finest first")
 
 
-class Line(Protocol):
-    """A basket line as the featurization reads it: `LineItem`, or a decoded API request line."""
+# ---- a client's basket, as the API decodes it (msgspec structs: decoded and checked in one pass) ----
+# The constraints that are part of the contract live here; the configurable limits (string lengths, lines
+# per basket, baskets per batch) are added by `api.schemas.request_types`, in subclasses of these types.
 
-    @property
-    def product_id(self) -> str | None: ...
-    @property
-    def quantity(self) -> float: ...
-    @property
-    def price(self) -> float: ...
-    @property
-    def category(self) -> str | None: ...
+# Quantities and unit prices far beyond any till: refused so that spend can never overflow a float. The
+# bounds also make every accepted amount finite and positive (JSON has no NaN; 1e999 is out of range).
+MAX_AMOUNT = 1e6
+Amount = Annotated[float, msgspec.Meta(gt=0, le=MAX_AMOUNT)]
+ContextCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
 
 
-class Basket(Protocol):
-    """A client's basket: its lines as an object keyed by product code, or as a list; an optional customer."""
+class BasketLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A line of the list form of `basket_items` (no garbage-collector tracking: strings and floats only)."""
 
-    @property
-    def basket_items(self) -> Mapping[str, Line] | Sequence[Line]: ...
-    @property
-    def customer_id(self) -> str | None: ...
+    product_id: str
+    quantity: Amount
+    price: Amount  # unit price
+    category: str | None = None
+    prod_code_10: str | None = None
+    prod_code_20: str | None = None
+    prod_code_30: str | None = None
+    prod_code_40: str | None = None
+
+
+class KeyedBasketLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A line of the object form of `basket_items`: its key is the product code; `product_id`, when given,
+    must equal it."""
+
+    quantity: Amount
+    price: Amount
+    product_id: str | None = None
+    category: str | None = None
+    prod_code_10: str | None = None
+    prod_code_20: str | None = None
+    prod_code_30: str | None = None
+    prod_code_40: str | None = None
+
+
+class BasketContext(msgspec.Struct, forbid_unknown_fields=True):
+    """When and where the basket was bought (validated; the current model does not use it)."""
+
+    store_format: ContextCode | None = None
+    store_region: ContextCode | None = None
+    hour: Annotated[int, msgspec.Meta(ge=0, le=23)] | None = None
+    weekday: Annotated[int, msgspec.Meta(ge=1, le=7)] | None = None
+
+
+class Basket(msgspec.Struct, forbid_unknown_fields=True):
+    """One basket: lines keyed by product code (or a list of lines), an optional customer and context."""
+
+    basket_items: dict[str, KeyedBasketLine] | list[BasketLine]
+    customer_id: str | None = None
+    context: BasketContext | None = None
+
+
+class BasketBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Several baskets; answers come back in the same order."""
+
+    baskets: list[Basket]
+
+
+# A line as the featurization reads it: `LineItem`, `BasketLine` or `KeyedBasketLine` (same attributes).
+Line = LineItem | BasketLine | KeyedBasketLine
+if set(LineItem._fields) != set(BasketLine.__struct_fields__) or set(BasketLine.__struct_fields__) != set(
+        KeyedBasketLine.__struct_fields__):  # pragma: no cover - a guard for whoever edits the types above
+    raise ImportError("LineItem, BasketLine and KeyedBasketLine must have the same fields")
 
 
 # ---- the columnar form: many baskets' lines in one flat table (files, batch scoring, training) ----

@@ -1,4 +1,4 @@
-"""Request bodies -> validated request structs (`schemas.request_types`), or a 422 naming the field.
+"""Request bodies -> the contract's checked structs (`schemas.request_types`), or a 422 naming the field.
 
 msgspec decodes and checks a body in one pass and stops at the first error. Its messages name the place
 as a JSON path where an object-form line is only `[...]` (the key is not repeated), so for those the
@@ -14,14 +14,15 @@ product_id must equal its key.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from ..contract import SCIENTIFIC_ID_PATTERN
+from ..contract import SCIENTIFIC_ID_PATTERN, Basket, BasketBatch
 from .errors import ApiError
 from .schemas import RequestTypes
 
+T = TypeVar("T")
 _MANGLED = re.compile(SCIENTIFIC_ID_PATTERN)
 # Such a code starts with a digit or a space: every other first character skips the regex.
 _MANGLED_START = frozenset("0123456789") | {chr(c) for c in range(0x3001) if chr(c).isspace()}
@@ -38,20 +39,20 @@ def invalid(field: str, message: str, kind: str = "value_error") -> ApiError:
                     [{"field": field, "message": message, "type": kind}])
 
 
-def decode_predict(body: bytes, types: RequestTypes) -> Any:
+def decode_predict(body: bytes, types: RequestTypes) -> Basket:
     request = _decode(body, types.decode_predict, types)
     check_basket(request, "")
     return request
 
 
-def decode_batch(body: bytes, types: RequestTypes) -> Any:
+def decode_batch(body: bytes, types: RequestTypes) -> BasketBatch:
     batch = _decode(body, types.decode_batch, types)
     for i, request in enumerate(batch.baskets):
         check_basket(request, f"baskets.{i}.")
     return batch
 
 
-def check_basket(request: Any, prefix: str) -> None:
+def check_basket(request: Basket, prefix: str) -> None:
     """The rules of a basket's product codes that the schema cannot state (see the module's docstring)."""
     items = request.basket_items
     if type(items) is dict:
@@ -75,7 +76,7 @@ def _mangled(field: str, code: str) -> ApiError:
     return invalid(field, f"{code!r} looks like a spreadsheet-mangled number, not a product code")
 
 
-def _decode(body: bytes, decoder: msgspec.json.Decoder[Any], types: RequestTypes) -> Any:
+def _decode(body: bytes, decoder: msgspec.json.Decoder[T], types: RequestTypes) -> T:
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:

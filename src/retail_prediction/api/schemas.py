@@ -1,12 +1,12 @@
 """Request and response bodies of the API.
 
-Requests are decoded and validated by msgspec straight from the raw JSON bytes into typed structs, in one
-pass, strictly: a string where a number belongs is a 422, not a silent conversion. msgspec because the
-check is the largest cost of a request the model does not pay for: measured on real baskets, 1.4 µs
-against pydantic's 9.6 µs (docs/benchmarks.md); the compiled featurization then reads the structs'
-fields directly. The limits that come from the settings (string length, lines per basket, baskets per
-batch) are native constraints of types built once per configuration by `request_types(limits)`, so they
-are checked while decoding and shown in the OpenAPI schema. What a JSON schema cannot say (a product code
+Requests are decoded and validated by msgspec straight from the raw JSON bytes into the contract's typed
+structs (`contract.Basket`, ...), in one pass, strictly: a string where a number belongs is a 422, not a
+silent conversion (msgspec because it is several times cheaper than pydantic: docs/benchmarks.md). The
+compiled featurization then reads the structs' fields directly. The limits that come from the settings
+(string length, lines per basket, baskets per batch) and the fields' documentation are added in subclasses
+built once per configuration by `request_types(limits)`, so they are checked while decoding and shown in
+the OpenAPI schema. What a JSON schema cannot say (a product code
 mangled by a spreadsheet, an object-form line whose product_id is not its key) is checked after decoding
 by `decoding.py`, which also turns msgspec's errors into 422s naming the field.
 
@@ -18,21 +18,27 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, TypeVar, get_type_hints
 
 import msgspec
 from pydantic import BaseModel, Field
 
-from ..contract import HIERARCHY_FIELDS
+from ..contract import (
+    HIERARCHY_FIELDS,
+    Amount,
+    Basket,
+    BasketBatch,
+    BasketContext,
+    BasketLine,
+    KeyedBasketLine,
+)
 
-# Quantities and unit prices far beyond any till: refused so that spend can never overflow a float. The
-# bounds also make every accepted amount finite and positive (JSON has no NaN; 1e999 is out of range).
-MAX_AMOUNT = 1e6
-Amount = Annotated[float, msgspec.Meta(gt=0, le=MAX_AMOUNT)]
+T = TypeVar("T", bound=msgspec.Struct)
 
-# A decoded body of POST /predict and of POST /predict/batch: structs of the types `request_types` builds.
-PredictRequest = Any
-BatchRequest = Any
+# A decoded body of POST /predict and of POST /predict/batch: instances of the contract's types (subclasses
+# that `request_types` builds with the configured limits).
+PredictRequest = Basket
+BatchRequest = BasketBatch
 
 _HIERARCHY_DOCS = ("finest level (e.g. CL00001)", "level 20 (e.g. DEP00001)", "level 30 (e.g. G00001)",
                    "coarsest level (e.g. D00001)")
@@ -40,13 +46,12 @@ _TEXT_FIELDS = {
     "category": "Free-form category; matched against the product hierarchy codes the model knows.",
     **{name: f"Hierarchy code, {doc}." for name, doc in zip(HIERARCHY_FIELDS, _HIERARCHY_DOCS, strict=True)},
 }
-_CONTEXT_CODE = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
 # When and where the basket was bought: validated; the current model does not use it.
-CONTEXT_FIELDS: dict[str, Any] = {
-    "store_format": (_CONTEXT_CODE, "Store format code, e.g. LS, MS, SS, XLS."),
-    "store_region": (_CONTEXT_CODE, "Store region code, e.g. E02."),
-    "hour": (Annotated[int, msgspec.Meta(ge=0, le=23)], "Hour of the day, 0-23."),
-    "weekday": (Annotated[int, msgspec.Meta(ge=1, le=7)], "Day of the week as in the data set, 1-7."),
+CONTEXT_FIELDS: dict[str, str] = {
+    "store_format": "Store format code, e.g. LS, MS, SS, XLS.",
+    "store_region": "Store region code, e.g. E02.",
+    "hour": "Hour of the day, 0-23.",
+    "weekday": "Day of the week as in the data set, 1-7.",
 }
 EXAMPLE_REQUEST = {
     "basket_items": {
@@ -67,35 +72,36 @@ class Limits:
 
 
 class RequestTypes(NamedTuple):
-    """The request structs of one configuration, and a decoder for each body."""
+    """The request types of one configuration (subclasses of the contract's), and a decoder for each body."""
 
     text: Any  # a string field: 1..max_string_length characters
-    keyed_line: Any  # a line of the object form of basket_items (its key is the product code)
-    predict: Any  # body of POST /predict
-    batch: Any  # body of POST /predict/batch
-    decode_predict: msgspec.json.Decoder[Any]
-    decode_batch: msgspec.json.Decoder[Any]
+    keyed_line: type[KeyedBasketLine]  # a line of the object form of basket_items (its key is the product code)
+    predict: type[Basket]  # body of POST /predict
+    batch: type[BasketBatch]  # body of POST /predict/batch
+    decode_predict: msgspec.json.Decoder[Basket]
+    decode_batch: msgspec.json.Decoder[BasketBatch]
 
 
 def _described(kind: Any, description: str) -> Any:
     return Annotated[kind, msgspec.Meta(description=description)]
 
 
-def _struct(name: str, doc: str, fields: list[tuple[Any, ...]]) -> Any:
-    # Lines are many and short-lived: no garbage-collector tracking (they hold only strings and floats).
-    return msgspec.defstruct(name, fields, forbid_unknown_fields=True, namespace={"__doc__": doc},
-                             gc=name not in {"BasketLine", "KeyedBasketLine"}, module=__name__)
+def _subtype(base: type[T], doc: str, fields: list[tuple[Any, ...]], name: str | None = None) -> type[T]:
+    """`base` with the fields redefined (limits, descriptions), in the base's order and with its options;
+    `name` is the one OpenAPI shows (default: the base's)."""
+    return msgspec.defstruct(name or base.__name__, fields, bases=(base,), forbid_unknown_fields=True,
+                             namespace={"__doc__": doc}, gc=base.__struct_config__.gc, module=__name__)
 
 
-def _line_types(text: Any) -> tuple[Any, Any]:
+def _line_types(text: Any) -> tuple[type[BasketLine], type[KeyedBasketLine]]:
     amounts = [("quantity", _described(Amount, "Units bought (> 0).")),
                ("price", _described(Amount, "Unit price (> 0)."))]
     optional = [(name, _described(text | None, doc), None) for name, doc in _TEXT_FIELDS.items()]
-    line = _struct("BasketLine", "A line in the list form of `basket_items`. `price` is the unit price.",
-                   [("product_id", _described(text, "Product code, e.g. PRD0900097.")), *amounts, *optional])
-    keyed = _struct("KeyedBasketLine", "A line in the object form of `basket_items`: the key is the product code.",
-                    [*amounts, ("product_id", _described(text | None, "Optional: equal to the key."), None),
-                     *optional])
+    line = _subtype(BasketLine, "A line in the list form of `basket_items`. `price` is the unit price.",
+                    [("product_id", _described(text, "Product code, e.g. PRD0900097.")), *amounts, *optional])
+    keyed = _subtype(KeyedBasketLine, "A line in the object form of `basket_items`: the key is the product code.",
+                     [*amounts, ("product_id", _described(text | None, "Optional: equal to the key."), None),
+                      *optional])
     return line, keyed
 
 
@@ -107,20 +113,20 @@ def request_types(limits: Limits) -> RequestTypes:
     size = msgspec.Meta(min_length=1, max_length=limits.max_basket_lines,
                         description="The basket's lines: an object keyed by product code, or a list.")
     items = Annotated[dict[text, keyed], size] | Annotated[list[line], size]  # type: ignore[valid-type]
-    context = _struct("BasketContext", "When and where the basket was bought. Validated; the current model does "
-                      "not use it.", [(name, _described(kind | None, doc), None)
-                                      for name, (kind, doc) in CONTEXT_FIELDS.items()])
-    predict = _struct(
-        "PredictRequest",
+    hints = get_type_hints(BasketContext, include_extras=True)
+    context = _subtype(BasketContext, "When and where the basket was bought. Validated; the current model does "
+                       "not use it.", [(name, _described(hints[name], doc), None)
+                                       for name, doc in CONTEXT_FIELDS.items()])
+    predict = _subtype(Basket,
         "One basket: lines keyed by product code (or a list of lines), an optional customer and context.", [
             ("basket_items", items),
             ("customer_id", _described(text | None, "Echoed back in batch answers; unused by the model."), None),
             ("context", _described(context | None, "When and where the basket was bought."), None),
-        ])  # fmt: skip
+        ], "PredictRequest")  # fmt: skip
     per_batch = msgspec.Meta(min_length=1, max_length=limits.max_batch_size,
                              description="The baskets, each as in POST /predict.")
-    batch = _struct("BatchRequest", "Several baskets; answers come back in the same order.",
-                    [("baskets", Annotated[list[predict], per_batch])])  # type: ignore[valid-type]
+    batch = _subtype(BasketBatch, "Several baskets; answers come back in the same order.",
+                     [("baskets", Annotated[list[predict], per_batch])], "BatchRequest")  # type: ignore[valid-type]
     return RequestTypes(text, keyed, predict, batch, msgspec.json.Decoder(predict), msgspec.json.Decoder(batch))
 
 
