@@ -149,7 +149,7 @@ def _publish(args: argparse.Namespace) -> None:
     from .serving.predictor import load_predictor
 
     load_predictor(args.model, limits=_limits(args))  # never publish an archive the server would refuse
-    print(json.dumps(publish(args.model, args.bucket, args.key), indent=2))
+    print(json.dumps(publish(args.model, args.bucket, args.key, validate=False), indent=2))  # validated above
 
 
 def _inspect(args: argparse.Namespace) -> None:

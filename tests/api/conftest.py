@@ -27,13 +27,6 @@ from retail_prediction.artifact.archive import pack_artifact, read_artifact
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/lgsr"
 REPO = Path(__file__).resolve().parents[2]
 
-EXAMPLE_REQUEST: dict[str, Any] = {
-    "basket_items": {
-        "P1001": {"product_id": "P1001", "quantity": 2, "price": 10.99, "category": "grocery"},
-        "P2002": {"product_id": "P2002", "quantity": 1, "price": 25.50, "category": "electronics"},
-    },
-    "customer_id": "CUST123",
-}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from archives import big_json, edit_json, replace_members, zero_bomb
+from retail_prediction.api.schemas import EXAMPLE_REQUEST
 from retail_prediction.serving import model_manager
 from s3server import MODELS_BUCKET, S3Server, subprocess_env
 
-from .conftest import EXAMPLE_REQUEST, ApiProcess, wait_until
+from .conftest import ApiProcess, wait_until
 
 FAST = {"model_retry_initial_seconds": "0.2", "model_retry_max_seconds": "0.5"}
 PEAK_RSS_LIMIT = 400 * 1024 * 1024

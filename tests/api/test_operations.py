@@ -14,10 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from retail_prediction.api import Settings
+from retail_prediction.api.schemas import EXAMPLE_REQUEST
 from retail_prediction.serving.predictor import Predictor
 from retail_prediction.serving.settings import DEFAULT_LOCAL_MODEL
-
-from .conftest import EXAMPLE_REQUEST
 
 
 def test_probes(client: TestClient) -> None:

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from retail_prediction.api.schemas import EXAMPLE_REQUEST
 from retail_prediction.serving.predictor import Predictor
-
-from .conftest import EXAMPLE_REQUEST
 
 
 def _known_lines(model_path: Path, n: int = 3) -> list[dict[str, Any]]:

@@ -19,10 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
+from retail_prediction.api.schemas import EXAMPLE_REQUEST
 from retail_prediction.artifact.archive import sha256_file
 from s3server import MODELS_BUCKET, S3Server, subprocess_env
 
-from .conftest import EXAMPLE_REQUEST, ApiProcess, wait_until
+from .conftest import ApiProcess, wait_until
 
 # Fast retries so the outage tests take seconds, not minutes.
 FAST = {"model_retry_initial_seconds": "0.2", "model_retry_max_seconds": "1"}
