@@ -25,8 +25,6 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-# What the connection is receiving: nothing of a request yet, a request's line and headers, its body.
-IDLE, HEAD, BODY = 0, 1, 2
 # On shutdown, an idle keep-alive connection gets this long to send one more request (answered with
 # `Connection: close`) before it is closed.
 DRAIN_IDLE_SECONDS = 1.0
@@ -47,12 +45,15 @@ def refusal(status: int, code: str, message: str, details: Any = None) -> bytes:
     return STATUS_LINE[status] + head + body
 
 
+_base = HttpToolsProtocol
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, limits: HttpLimits | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits = limits or HttpLimits()
-        self._receiving = IDLE
-        self._head_bytes = 0  # bytes received since the current request's headers began (or the last ended)
+        self._in_body = False  # between a request's end of headers and its end
+        self._head_bytes = 0  # bytes received since the last end of headers (or the connection's start)
         self._deadline: asyncio.TimerHandle | None = None
         self._draining = False
         self._too_large = refusal(431, "headers_too_large",
@@ -76,28 +77,31 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._receiving != BODY:
+        # The hot path: plain attribute checks, base methods called directly (cheaper than super()).
+        if not self._in_body:
             self._head_bytes += len(data)
-        super().data_received(data)
-        receiving = self._receiving
-        if self.transport.is_closing():
+        _base.data_received(self, data)
+        if self._in_body:
+            if self._deadline is None and not self.transport.is_closing():
+                self._deadline = self.loop.call_later(self.limits.body_timeout, self._timed_out, "body")
             return
-        if receiving != BODY and self._head_bytes > self.limits.max_header_bytes:
-            self._refuse(self._too_large)
-        elif receiving == IDLE:
-            # Bytes that began no request (blank lines): the connection is still idle, keep its timer.
-            if self.timeout_keep_alive_task is None and (self.cycle is None or self.cycle.response_complete):
-                self._arm_idle_timer()
-        elif self._deadline is None:
-            timeout = self.limits.header_timeout if receiving == HEAD else self.limits.body_timeout
-            self._deadline = self.loop.call_later(timeout, self._timed_out, receiving)
+        if self._head_bytes > self.limits.max_header_bytes:
+            if not self.transport.is_closing():
+                self._refuse(self._too_large)
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and self._head_bytes == 0:
+            return  # whole requests arrived: their answer is pending, nothing more is being received
+        # A request's head, or bytes that began none (blank lines): both on the header clock.
+        if self._deadline is None and not self.transport.is_closing():
+            self._deadline = self.loop.call_later(self.limits.header_timeout, self._timed_out, "headers")
 
     def shutdown(self) -> None:
         """Graceful shutdown: finish the request in progress, tell the client with `Connection: close`."""
         self._draining = True
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False
-        elif self._receiving == IDLE:
+        elif not self._head_bytes:  # idle: nothing of a next request received
             self._unset_keepalive_if_required()
             self.timeout_keep_alive_task = self.loop.call_later(
                 min(DRAIN_IDLE_SECONDS, self.timeout_keep_alive), self.timeout_keep_alive_handler)
@@ -105,22 +109,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # ---- parser callbacks
 
-    def on_message_begin(self) -> None:
-        self._receiving = HEAD
-        super().on_message_begin()
-
     def on_headers_complete(self) -> None:
-        self._receiving = BODY
+        self._in_body = True
         self._head_bytes = 0
-        self._cancel_deadline()
-        super().on_headers_complete()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        _base.on_headers_complete(self)
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
-        self._receiving = IDLE
-        self._cancel_deadline()
-        super().on_message_complete()
+        self._in_body = False
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        _base.on_message_complete(self)
 
     # ---- helpers
 
@@ -132,9 +136,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._deadline.cancel()
             self._deadline = None
 
-    def _timed_out(self, receiving: int) -> None:
+    def _timed_out(self, what: str) -> None:
         self._deadline = None
-        what = "headers" if receiving == HEAD else "body"
         self.logger.info("closed a connection: the request's %s did not arrive in time", what)
         self._refuse(None)
 

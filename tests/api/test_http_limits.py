@@ -120,9 +120,11 @@ def test_header_over_the_limit_gets_431(quick_api: ApiProcess) -> None:
     assert b"connection: close" in head.lower() and b'"headers_too_large"' in head
 
 
-def test_slowloris_is_cut_within_the_header_timeout(quick_api: ApiProcess) -> None:
+@pytest.mark.parametrize("request_bytes", [b"GET /health HTTP/1.1\r\nHost: slow\r\n\r\n", b"\r\n" * 8],
+                         ids=["request", "blank lines"])
+def test_slowloris_is_cut_within_the_header_timeout(quick_api: ApiProcess, request_bytes: bytes) -> None:
     """One byte every 2 s: the connection is closed HEADER_TIMEOUT_SECONDS (2) after the first byte."""
-    request = b"GET /health HTTP/1.1\r\nHost: slow\r\n\r\n"
+    request = request_bytes
     with connect(quick_api) as sock:
         started = time.monotonic()
         for byte in request:
