@@ -13,7 +13,9 @@ seconds. `LimitedHttpToolsProtocol` adds, per connection:
   `DRAIN_IDLE_SECONDS` with none.
 
 A timer is armed only when a request spans several reads, so a request that arrives whole (the usual
-case) costs a few attribute checks and no timer.
+case) costs a few attribute checks and no timer. The subclass uses uvicorn 0.54's protocol internals
+(`cycle`, `timeout_keep_alive_task`, `connections`; uvicorn is pinned): tests/api/test_http_limits.py
+checks every limit against a real server, so an upgrade that changes them fails there.
 """
 
 from __future__ import annotations

@@ -292,6 +292,11 @@ def test_head_answers_like_get_without_a_body(quick_api: ApiProcess, path: str) 
     assert first.startswith(b"HTTP/1.1 200 ") and rest.startswith(b"HTTP/1.1 200 "), data[:300]
 
 
+def test_head_where_get_is_not_allowed_is_405(quick_api: ApiProcess) -> None:
+    response = quick_api.http.head("/predict")
+    assert response.status_code == 405 and response.content == b"" and response.headers["allow"] == "POST"
+
+
 @pytest.mark.parametrize(("context", "status"), [({"weekday": 2.0, "hour": 13.0}, 200), ({"weekday": 2}, 200),
                                                  ({"weekday": 2.5}, 422), ({"hour": 1e3}, 422)])
 def test_integral_floats_are_integers(quick_api: ApiProcess, context: dict[str, Any], status: int) -> None:

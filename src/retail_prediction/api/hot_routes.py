@@ -52,7 +52,7 @@ class HotRoutes:
     async def _head_as_get(self, scope: Scope, receive: Receive, send: Send) -> None:
         """HEAD answered as GET would be, on every route (FastAPI's routes accept only the methods they
         declare); the server (uvicorn) sends the headers without the body."""
-        as_get = {**scope, "method": "GET"}
+        as_get = {**scope, "method": "GET", "method_received": "HEAD"}  # errors name the method received
         try:
             await self.app(as_get, receive, send)
         finally:
