@@ -136,7 +136,7 @@ def test_slowloris_is_cut_within_the_header_timeout(quick_api: ApiProcess, reque
             if readable:
                 break
         elapsed = closed_after(sock, started, 6)
-    assert 1.5 <= elapsed <= 3.5, elapsed
+    assert 1.5 <= elapsed <= 4.5, elapsed
 
 
 def test_trickled_body_is_cut_within_the_body_timeout(quick_api: ApiProcess) -> None:
@@ -156,7 +156,7 @@ def test_trickled_body_is_cut_within_the_body_timeout(quick_api: ApiProcess) -> 
                 break
         sock.settimeout(1)
         elapsed = closed_after(sock, started, 6)
-    assert 1.5 <= elapsed <= 3.5, elapsed
+    assert 1.5 <= elapsed <= 4.5, elapsed
     assert quick_api.http.get("/health").status_code == 200
 
 
@@ -167,11 +167,11 @@ def test_idle_connections_are_closed_after_the_keep_alive_timeout(quick_api: Api
         assert read_head(sock).startswith(b"HTTP/1.1 200 ")
         started = time.monotonic()
         sock.settimeout(0.2)
-        assert 0.7 <= closed_after(sock, started, 4) <= 2.5
+        assert 0.7 <= closed_after(sock, started, 5) <= 3.5
     with connect(quick_api) as fresh:
         started = time.monotonic()
         fresh.settimeout(0.2)
-        assert 0.7 <= closed_after(fresh, started, 4) <= 2.5
+        assert 0.7 <= closed_after(fresh, started, 5) <= 3.5
 
 
 def test_connection_cap_refuses_the_excess_and_the_server_stays_healthy(
