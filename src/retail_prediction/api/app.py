@@ -90,6 +90,11 @@ class Service:
         self.limits = Limits(settings.max_string_length, settings.max_basket_lines, settings.max_batch_size)
         self.types = request_types(self.limits)
         self.batcher = MicroBatcher(self.score, max_lines=INLINE_MAX_LINES)
+        self.draining = False  # set once the server begins its graceful shutdown
+
+    def begin_drain(self) -> None:
+        """From now on /ready answers 503, so that load balancers stop sending before the process goes."""
+        self.draining = True
 
     def model(self) -> LoadedModel:
         model = self.manager.current
@@ -147,7 +152,10 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/ready", response_model=ReadyResponse, responses={503: _ERRORS[503]}, tags=["probes"])
     async def ready(request: Request) -> Response:
-        """Readiness: 200 once a verified model is loaded and warmed up, else 503 with the reason."""
+        """Readiness: 200 once a verified model is loaded and warmed up, else 503 with the reason (also
+        while the server shuts down)."""
+        if service.draining:
+            raise ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "5"})
         return json_response({"status": "ready", "model_version": service.model().predictor.version})
 
     @app.get("/model/info", responses={503: _ERRORS[503]}, tags=["model"])
@@ -192,14 +200,16 @@ def _routes(app: FastAPI, service: Service) -> None:
 
 
 # Served by `HotRoutes` straight from the middleware stack: the traffic route and the probes (the probes
-# too, so that /health stays a fair ceiling of the HTTP stack /predict runs on).
+# too, so that /health stays a fair ceiling of the HTTP stack /predict runs on). HEAD of a probe is its
+# GET (uvicorn sends no body for HEAD).
 _HOT = (("POST", "/predict"), ("POST", "/predict/batch"), ("GET", "/health"), ("GET", "/ready"))
 
 
 def _hot_routes(app: FastAPI) -> dict[tuple[str, str], tuple[BaseRoute, Handler]]:
     found = {(method, route.path): (route, route.endpoint) for route in app.routes
              if isinstance(route, APIRoute) for method in route.methods}
-    return {key: found[key] for key in _HOT}
+    hot = {key: found[key] for key in _HOT}
+    return hot | {("HEAD", path): hit for (method, path), hit in hot.items() if method == "GET"}
 
 
 def _static_text(name: str) -> str:
