@@ -1,27 +1,83 @@
-"""`retail-prediction serve`: run the API under uvicorn.
+"""`retail-prediction serve`: run the API under uvicorn (httptools, uvloop) with the HTTP limits.
 
-SIGTERM (Kubernetes' stop signal) is handled by uvicorn: it stops accepting connections, lets requests
-in flight finish (up to GRACEFUL_SHUTDOWN_SECONDS, inside Kubernetes' default 30 s grace period), runs
-the app's shutdown (which stops the model poller) and exits 0.
+The HTTP limits of the settings (header bytes, header and body timeouts, keep-alive idle time, open
+connections) are enforced by `http_limits.LimitedHttpToolsProtocol`, uvicorn's httptools protocol with
+counters and timers added.
+
+SIGTERM (Kubernetes' stop signal) or SIGINT starts a drain: `/ready` answers 503 (`shutting_down`), the
+listening socket is closed (new connections are refused), requests in flight finish (up to
+GRACEFUL_SHUTDOWN_SECONDS, inside Kubernetes' default 30 s grace period) and their responses carry
+`Connection: close`, an idle keep-alive connection answers one more request with `Connection: close` or is
+closed after `http_limits.DRAIN_IDLE_SECONDS`; then the app's shutdown runs (it stops the model poller)
+and the process exits 0. (uvicorn itself re-raises the signal after its shutdown, which ends the process
+with 143: `_Server` does not.) With WORKERS > 1 uvicorn's supervisor runs the workers: the limits and
+`Connection: close` hold there too, the `/ready` 503 during the drain does not.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 import uvicorn
 
 from .api import create_app
+from .api.http_limits import HttpLimits, LimitedHttpToolsProtocol
 from .api.logs import uvicorn_log_config
 from .serving.settings import Settings
 
 GRACEFUL_SHUTDOWN_SECONDS = 20
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
 
 
 def app_from_env() -> Any:
     """App factory for worker processes (WORKERS > 1): each builds its app from the environment."""
     return create_app(Settings())
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that tells the app when it starts draining and exits normally after a signal."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn's version re-raises the captured signal once shut down (exit status 143 for SIGTERM).
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn.Config's keyword arguments for these settings (the app aside)."""
+    limits = HttpLimits(max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout_seconds,
+                        body_timeout=settings.body_timeout_seconds, max_connections=settings.max_connections)
+    return {
+        "host": settings.host, "port": settings.port, "log_level": settings.log_level,
+        "log_config": uvicorn_log_config(), "access_log": False, "server_header": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS, "proxy_headers": False,
+        "http": functools.partial(LimitedHttpToolsProtocol, limits=limits),
+        "timeout_keep_alive": settings.keep_alive_timeout_seconds,
+    }  # fmt: skip
 
 
 def serve(settings: Settings | None = None, *, host: str | None = None, port: int | None = None,
@@ -30,13 +86,13 @@ def serve(settings: Settings | None = None, *, host: str | None = None, port: in
     settings = settings or Settings()
     overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
     settings = settings.model_copy(update=overrides)
-    options: dict[str, Any] = {
-        "host": settings.host, "port": settings.port, "log_level": settings.log_level,
-        "log_config": uvicorn_log_config(), "access_log": False, "server_header": False,
-        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS, "proxy_headers": False,
-    }  # fmt: skip
+    options = uvicorn_options(settings)
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        app = create_app(settings)
+        server = _Server(uvicorn.Config(app, **options), on_exit=app.state.service.begin_drain)
+        server.run()
+        if not server.started:
+            sys.exit(STARTUP_FAILURE)
         return
     # Several workers need an importable factory; they read the same environment, so pass overrides on.
     os.environ.update({"HOST": settings.host, "PORT": str(settings.port)})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import threading
 import time
@@ -204,9 +203,9 @@ def test_sigterm_finishes_the_request_in_flight(start_api: Callable[..., ApiProc
             socket.create_connection(("127.0.0.1", api.port), timeout=2).close()
         sock.sendall(body[10:])
         answer = sock.recv(65536).decode()
-    assert answer.startswith("HTTP/1.1 200"), answer
-    # uvicorn re-raises the signal after its graceful shutdown, so the exit status is "killed by SIGTERM".
-    assert api.proc.wait(20) in (0, -signal.SIGTERM)
+    assert answer.startswith("HTTP/1.1 200") and "\r\nconnection: close\r\n" in answer.lower(), answer
+    # uvicorn alone would re-raise the signal after its graceful shutdown (status 143); serve exits 0.
+    assert api.proc.wait(20) == 0
     assert "Traceback" not in api.log()
 
 
@@ -245,4 +244,4 @@ def test_several_workers(start_api: Callable[..., ApiProcess], model_path: Path)
 
     for _ in range(4):
         wait_until(fresh_connection_predicts, 30, "a prediction from a ready worker")
-    assert api.terminate() in (0, -signal.SIGTERM)
+    assert api.terminate() == 0

@@ -6,6 +6,10 @@ offending line is found again by checking each line of that basket on its own: a
 for a refused body. Field paths are dotted, as a client writes them: `basket_items.P1001.quantity`,
 `baskets.3.basket_items`.
 
+A number with no fractional part (`2.0`) is accepted where an integer belongs, as JSON Schema's `integer`
+does: msgspec's strict decoding refuses it, so such a refusal decodes the body again with those floats as
+ints (the valid requests' path is unchanged).
+
 Two rules a JSON schema cannot state are checked after decoding: a product code that a spreadsheet turned
 into a number (`9.94E+14`, the file loader's rule too) is refused, and an object-form line's optional
 product_id must equal its key.
@@ -31,6 +35,9 @@ _FIELD_IN_MESSAGE = re.compile(r"^Object (?:contains unknown|missing required) f
 # The body again, untyped, to find a refused object-form line: floats through float() so that an
 # out-of-range number (1e999) decodes (to inf) and is refused by the line's own check, not here.
 _UNTYPED = msgspec.json.Decoder(float_hook=float)
+# The refusal of an integral float (`"weekday": 2.0`) where an integer belongs: decoded again, on this slow
+# path only, with such floats as ints.
+_FLOAT_FOR_INT = re.compile(r"Expected `int( \| null)?`, got `float`")
 
 
 def invalid(field: str, message: str, kind: str = "value_error") -> ApiError:
@@ -80,10 +87,30 @@ def _decode(body: bytes, decoder: msgspec.json.Decoder[T], types: RequestTypes) 
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise _located(str(exc), body, types) from None
+        error = str(exc)
     except msgspec.DecodeError as exc:
         raise ApiError(422, "validation_error", f"request body is not valid JSON: {exc}",
                        [{"field": "body", "message": str(exc), "type": "json_invalid"}]) from None
+    if _FLOAT_FOR_INT.match(error):
+        try:
+            return msgspec.convert(_integral_floats_as_ints(_UNTYPED.decode(body)), decoder.type, strict=True)
+        except msgspec.ValidationError as exc:
+            error = str(exc)
+    raise _located(error, body, types)
+
+
+def _integral_floats_as_ints(tree: Any) -> Any:
+    """Every integral float of a decoded body (`2.0`) as an int, in place: JSON Schema's `integer` admits
+    them, msgspec's strict `int` does not. Iterative, so a deeply nested body cannot exhaust the stack."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        for key, value in node.items() if type(node) is dict else enumerate(node):
+            if type(value) is float and value.is_integer():
+                node[key] = int(value)
+            elif type(value) in (dict, list):
+                stack.append(value)
+    return tree
 
 
 def _located(error: str, body: bytes, types: RequestTypes) -> ApiError:

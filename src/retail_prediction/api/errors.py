@@ -53,7 +53,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         message = f"no such endpoint: {request.method} {request.url.path}"
     elif exc.status_code == 405:
-        message = f"method {request.method} not allowed on {request.url.path}"
+        message = f"method {request.scope.get('method_received', request.method)} not allowed on {request.url.path}"
     return error_response(exc.status_code, code, message, None, dict(exc.headers or {}))
 
 

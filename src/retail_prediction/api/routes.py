@@ -22,6 +22,7 @@ from ..serving.service import PredictionService
 from ..serving.settings import Settings
 from .body import read_body
 from .decoding import decode_batch, decode_predict
+from .errors import ApiError
 from .model_info import model_info
 from .routing import Endpoint, LeanRoute
 from .schemas import (
@@ -94,7 +95,10 @@ def register(app: FastAPI, service: PredictionService, types: RequestTypes, sett
     @api.get("/ready", response_model=ReadyResponse, responses={503: _ERRORS[503]},
                    tags=["probes"])
     async def ready(request: Request) -> Response:
-        """Readiness: 200 once a verified model is loaded and warmed up, else 503 with the reason."""
+        """Readiness: 200 once a verified model is loaded and warmed up, else 503 with the reason (also
+        while the server shuts down)."""
+        if service.draining:
+            raise ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "5"})
         return json_response({"status": "ready", "model_version": service.model().predictor.version})
 
     @api.get("/model/info", responses={503: _ERRORS[503]}, tags=["model"])

@@ -46,6 +46,8 @@ _TEXT_FIELDS = {
     "category": "Free-form category; matched against the product hierarchy codes the model knows.",
     **{name: f"Hierarchy code, {doc}." for name, doc in zip(HIERARCHY_FIELDS, _HIERARCHY_DOCS, strict=True)},
 }
+# Enforced by decoding.check_basket; JSON Schema cannot compare a value with its key, so it is said here.
+_KEY_RULE = "Optional `product_id`: when given it must equal the line's key (422 otherwise)."
 # When and where the basket was bought: validated; the current model does not use it.
 CONTEXT_FIELDS: dict[str, str] = {
     "store_format": "Store format code, e.g. LS, MS, SS, XLS.",
@@ -99,9 +101,9 @@ def _line_types(text: Any) -> tuple[type[BasketLine], type[KeyedBasketLine]]:
     optional = [(name, _described(text | None, doc), None) for name, doc in _TEXT_FIELDS.items()]
     line = _subtype(BasketLine, "A line in the list form of `basket_items`. `price` is the unit price.",
                     [("product_id", _described(text, "Product code, e.g. PRD0900097.")), *amounts, *optional])
-    keyed = _subtype(KeyedBasketLine, "A line in the object form of `basket_items`: the key is the product code.",
-                     [*amounts, ("product_id", _described(text | None, "Optional: equal to the key."), None),
-                      *optional])
+    keyed = _subtype(KeyedBasketLine, "A line in the object form of `basket_items`: the key is the product code. "
+                     f"{_KEY_RULE}", [*amounts, ("product_id", _described(text | None, _KEY_RULE), None),
+                                      *optional])
     return line, keyed
 
 
@@ -111,7 +113,8 @@ def request_types(limits: Limits) -> RequestTypes:
     text = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.max_string_length)]
     line, keyed = _line_types(text)
     size = msgspec.Meta(min_length=1, max_length=limits.max_basket_lines,
-                        description="The basket's lines: an object keyed by product code, or a list.")
+                        description="The basket's lines: an object keyed by product code (a line's optional "
+                        "`product_id` must equal its key), or a list.")
     items = Annotated[dict[text, keyed], size] | Annotated[list[line], size]  # type: ignore[valid-type]
     hints = get_type_hints(BasketContext, include_extras=True)
     context = _subtype(BasketContext, "When and where the basket was bought. Validated; the current model does "

@@ -59,6 +59,11 @@ class PredictionService:
         self.manager = ModelManager(settings, self.metrics)
         self.cache = PredictionCache(settings.cache_size)
         self.batcher = MicroBatcher(self.score, max_lines=INLINE_MAX_LINES)
+        self.draining = False  # set once the server begins its graceful shutdown
+
+    def begin_drain(self) -> None:
+        """From now on the service is not ready (load balancers stop sending before the process goes)."""
+        self.draining = True
 
     def model(self) -> LoadedModel:
         """The serving model; ModelNotReady while there is none."""

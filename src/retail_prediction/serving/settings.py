@@ -35,6 +35,19 @@ class Settings(BaseSettings):
     # Comma-separated origins allowed by CORS; empty = no CORS headers at all.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # ---- HTTP limits: what one client can hold (memory, a connection slot, time); see serve.py
+    # Request line + headers; over it the request gets 431 and the connection is closed.
+    max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    # From a request's first byte to the end of its headers (slowloris), and from there to the end of the
+    # body (a trickled upload): over either the connection is closed.
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    # A connection with no request in progress (fresh, or between keep-alive requests) is closed after this.
+    keep_alive_timeout_seconds: float = Field(5.0, gt=0)
+    # Open connections; beyond it a new connection gets 503 and is closed. Sized for one 1-worker pod: at
+    # worst each holds MAX_BODY_BYTES, so memory stays bounded by about MAX_CONNECTIONS x MAX_BODY_BYTES.
+    max_connections: int = Field(256, ge=1, le=100_000)
+
     # ---- model source: MODEL_URI, or MODEL_BUCKET + MODEL_KEY, or the local default
     model_uri: str | None = None
     model_bucket: str | None = None
