@@ -1,9 +1,10 @@
-"""PredictionService: the one object that scores baskets, for the routes and the tests alike.
+"""PredictionService: the one object that scores baskets, for the routes, the batch CLI and the tests.
 
 It owns the model manager (which model serves), the answer cache and the micro-batcher, and decides how a
 call runs: one basket through the micro-batcher on the event loop (a small featurization + ONNX run is
 cheaper than a thread hand-off), a large batch split over worker threads so that probes stay answered.
-Every path ends in `score`: cache, one featurization and one ONNX run for all the baskets, metrics.
+Every path ends in `score`: cache, one featurization and one ONNX run for all the baskets, metrics. Files
+(`retail-prediction predict` / `evaluate`) come as a line table and go through `score_lines`.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from anyio.to_thread import run_sync
 
-from ..contract import Basket, label_name
+from ..artifact.members import ArtifactLimits
+from ..contract import Basket, Lines, label_name
 from .batcher import MicroBatcher
 from .cache import BasketKey, PredictionCache, basket_key
 from .metrics import Metrics
 from .model_manager import LoadedModel, ModelManager
-from .predictor import Predictor, Scores
+from .predictor import Predictor, Scores, load_predictor
 from .settings import Settings
 
 Answer = dict[str, Any]
@@ -64,6 +68,15 @@ class PredictionService:
     def begin_drain(self) -> None:
         """From now on the service is not ready (load balancers stop sending before the process goes)."""
         self.draining = True
+
+    @classmethod
+    def for_file(cls, path: Path, *, limits: ArtifactLimits | None = None,
+                 intra_op_threads: int = 1) -> tuple[PredictionService, LoadedModel]:
+        """A service that serves the archive at `path` only (batch scoring): loaded and checked as the server
+        does it (`load_predictor`, ArtifactError if refused), with the default settings and no polling."""
+        service = cls(Settings.model_construct(model_poll_seconds=0))
+        predictor = load_predictor(path, limits=limits, intra_op_threads=intra_op_threads)
+        return service, service.manager.hold(predictor, str(path))
 
     def model(self) -> LoadedModel:
         """The serving model; ModelNotReady while there is none."""
@@ -110,6 +123,16 @@ class PredictionService:
         self.metrics.scored_together.observe(len(baskets))
         self.metrics.count_predictions([answer["label"] for answer in result])
         return result
+
+    def score_lines(self, model: LoadedModel, lines: Lines) -> np.ndarray:
+        """Class probabilities (columns in `model.predictor.classes` order) of many baskets given as a line
+        table grouped by basket (files): featurized and run in blocks on two threads, counted in the metrics."""
+        proba = model.predictor.predict_batch(lines)
+        counts = np.bincount(proba.argmax(axis=1), minlength=len(model.predictor.classes))
+        for label, n in zip(model.predictor.classes, counts.tolist(), strict=True):
+            if n:
+                self.metrics.predictions.labels(label).inc(n)
+        return proba
 
     def _score_cached(self, predictor: Predictor, baskets: Sequence[Basket]) -> tuple[list[Answer], int]:
         keys: list[BasketKey] = [basket_key(predictor.sha256, b.basket_items) for b in baskets]

@@ -1,4 +1,4 @@
-"""Score transaction files with a packed model, through the same `Predictor` the API serves."""
+"""Score transaction files with a packed model, through the same `PredictionService` the API serves."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 from ..artifact.members import ArtifactLimits
 from ..data import lgsr
 from ..data.reading import DataError, Progress, filter_weeks, read_transactions, table_to_baskets
-from ..serving.predictor import Predictor
+from ..serving.service import PredictionService
 from .evaluation import confusion_png, evaluation_report, markdown_report
 
 SCORING_COLUMNS = (lgsr.SHOP_WEEK, lgsr.QUANTITY, lgsr.SPEND, lgsr.PROD_CODE, *lgsr.HIERARCHY,
@@ -26,7 +26,8 @@ DataSpec = str | Path | Sequence[str | Path]
 def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = None, markdown: Path | None = None,
              first_week: int | None = None, last_week: int | None = None,
              progress: Progress | None = None, limits: ArtifactLimits | None = None) -> dict[str, Any]:
-    predictor = Predictor.load(model, limits=limits)
+    service, served = PredictionService.for_file(model, limits=limits)
+    predictor = served.predictor
     table = read_transactions(data, columns=(*SCORING_COLUMNS, lgsr.LABEL), progress=progress)
     table = filter_weeks(table, first_week, last_week)
     if table.num_rows == 0:
@@ -38,7 +39,7 @@ def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = 
         raise DataError(str(data), f"labels {unknown_labels} were not among the model's classes {classes}",
                         column=lgsr.LABEL)
     y = np.searchsorted(np.asarray(classes), baskets.label)
-    proba = predictor.predict_batch(baskets.lines)
+    proba = service.score_lines(served, baskets.lines)
     unseen = predictor.unknown_products(baskets.lines) > 0
     report = evaluation_report(y, proba, classes, unseen)
     report["model_version"] = predictor.version
@@ -56,11 +57,12 @@ def predict_files(model: Path, data: DataSpec, out: Path, *, progress: Progress 
     """Write basket_id, label, one probability per class; returns (baskets, seconds incl. reading)."""
     started = time.monotonic()
     # One ONNX thread per block: the blocks themselves run two at a time (see `Predictor.predict_batch`).
-    predictor = Predictor.load(model, intra_op_threads=1, limits=limits)
+    service, served = PredictionService.for_file(model, limits=limits, intra_op_threads=1)
+    predictor = served.predictor
     table = read_transactions(data, columns=SCORING_COLUMNS, required=lgsr.REQUIRED_FOR_SCORING,
                               progress=progress)
     baskets = table_to_baskets(table, with_label=False)
-    proba = predictor.predict_batch(baskets.lines)
+    proba = service.score_lines(served, baskets.lines)
     labels = np.asarray(predictor.classes)[proba.argmax(axis=1)]
     columns = {"basket_id": pa.array(baskets.basket_ids), "label": pa.array(labels)}
     for i, c in enumerate(predictor.classes):
