@@ -88,4 +88,4 @@ def test_the_graph_is_read() -> None:
     """A guard for the test itself: known edges are found."""
     assert "contract" in _imports("serving.predictor", MODULES["serving.predictor"])
     assert "features.tables" in _imports("features.fitting", MODULES["features.fitting"])
-    assert "serving.predictor" in _imports("training.scoring", MODULES["training.scoring"])
+    assert "serving.service" in _imports("training.scoring", MODULES["training.scoring"])
