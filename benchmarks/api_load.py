@@ -141,8 +141,9 @@ class Server:
         """(model calls, baskets scored) so far, from the server's own histogram."""
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                  if line.startswith("scoring_batch_baskets_")}
+        # The names lost their retail_prediction_ prefix here, so older servers can be measured too.
+        values = {name.removeprefix("retail_prediction_"): float(value) for name, value in
+                  (line.split()[:2] for line in text.splitlines() if line and not line.startswith("#"))}
         return values.get("scoring_batch_baskets_count", 0.0), values.get("scoring_batch_baskets_sum", 0.0)
 
     def stop(self) -> None:

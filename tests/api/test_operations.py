@@ -47,13 +47,15 @@ def test_metrics(client: TestClient) -> None:
     client.post("/predict", json=EXAMPLE_REQUEST)
     client.post("/predict", json={"basket_items": []})
     text = client.get("/metrics").text
-    assert 'http_requests_total{method="POST",route="/predict",status="200"} 1.0' in text
-    assert 'http_requests_total{method="POST",route="/predict",status="422"} 1.0' in text
-    assert 'http_request_duration_seconds_bucket{le="0.01",route="/predict"}' in text
-    assert "predictions_total{label=" in text
-    assert 'model_loads_total{kind="initial",result="success"} 1.0' in text
-    assert "model_info{sha256=" in text
-    assert "model_ready 1.0" in text
+    assert 'retail_prediction_http_requests_total{method="POST",route="/predict",status="200"} 1.0' in text
+    assert 'retail_prediction_http_requests_total{method="POST",route="/predict",status="422"} 1.0' in text
+    assert 'retail_prediction_http_request_duration_seconds_bucket{le="0.01",route="/predict"}' in text
+    assert "retail_prediction_predictions_total{label=" in text
+    names = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert names and all(name.startswith("retail_prediction_") for name in names), names  # one prefix
+    assert 'retail_prediction_model_loads_total{kind="initial",result="success"} 1.0' in text
+    assert "retail_prediction_model_info{sha256=" in text
+    assert "retail_prediction_model_ready 1.0" in text
 
 
 def _log_records(capsys: pytest.CaptureFixture[str], request_id: str) -> list[dict[str, Any]]:
@@ -108,7 +110,8 @@ def test_cache_hits_reordered_baskets(make_client: Callable[..., TestClient], mo
     assert second["probabilities"] == first["probabilities"]
     assert second["request_id"] != first["request_id"]
     text = client.get("/metrics").text
-    assert "prediction_cache_hits_total 1.0" in text and "prediction_cache_misses_total 1.0" in text
+    assert "retail_prediction_prediction_cache_hits_total 1.0" in text
+    assert "retail_prediction_prediction_cache_misses_total 1.0" in text
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -132,7 +132,7 @@ def test_reload_refuses_tampered_then_takes_a_good_version(
     original = _version(api)
 
     upload(s3_server, tampered_model, key)
-    failed_once = 'model_loads_total{kind="reload",result="failure"} 1.0'
+    failed_once = 'retail_prediction_model_loads_total{kind="reload",result="failure"} 1.0'
     wait_until(lambda: failed_once in api.http.get("/metrics").text, 20, "the failed reload in the metrics")
     info = api.http.get("/model/info").json()
     assert info["model_version"] == original
@@ -183,7 +183,7 @@ def test_hot_reload_under_load_has_zero_failures(s3_server: S3Server, start_api:
     assert failures == []
     assert results[original] > 0 and results["test-v2"] > 0
     text = api.http.get("/metrics").text
-    assert 'model_loads_total{kind="reload",result="success"} 3.0' in text
+    assert 'retail_prediction_model_loads_total{kind="reload",result="success"} 3.0' in text
 
 
 def test_sigterm_finishes_the_request_in_flight(start_api: Callable[..., ApiProcess],
@@ -229,8 +229,8 @@ def test_concurrent_requests_get_their_own_answers(start_api: Callable[..., ApiP
         for answer, want in zip(answers, expected, strict=True):
             assert answer["probabilities"] == pytest.approx(want, abs=1e-6)
     metrics = api.http.get("/metrics").text
-    calls = float(metrics.split("scoring_batch_baskets_count ")[1].split()[0])
-    scored = float(metrics.split("scoring_batch_baskets_sum ")[1].split()[0])
+    calls = float(metrics.split("retail_prediction_scoring_batch_baskets_count ")[1].split()[0])
+    scored = float(metrics.split("retail_prediction_scoring_batch_baskets_sum ")[1].split()[0])
     assert scored == 48 * 4 and calls < scored, "concurrent requests were never scored together"
 
 

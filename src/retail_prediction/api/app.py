@@ -55,8 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     types = request_types(Limits(settings.max_string_length, settings.max_basket_lines, settings.max_batch_size))
     app = LeanApp(title="Retail Prediction API", version=__version__, lifespan=_lifespan,
                   description="Classifies a shopping basket's price sensitivity (LA / MM / UM / XX).",
-                  # FastAPI's OpenTelemetry hook looks its providers up on every request (a measured ~10 %
-                  # of a cached /predict); we export Prometheus metrics and JSON logs instead.
+                  # FastAPI's OpenTelemetry hook looks its providers up on every request (a cost measured in
+                  # docs/benchmarks.md); we export Prometheus metrics and JSON logs instead.
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.service = service
     errors.install(app)

@@ -3,7 +3,7 @@
 The declared Content-Length is checked first (cheap refusal), but the limit is enforced on the bytes
 actually received, so a chunked upload or a lying header cannot push more than the limit into memory.
 The body is read straight from the ASGI `receive` channel: Starlette's `Request.stream()` (an async
-generator) and its parsed header map cost a measured few microseconds per /predict call.
+generator) and its parsed header map cost more per /predict call (docs/benchmarks.md).
 """
 
 from __future__ import annotations

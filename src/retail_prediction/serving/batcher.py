@@ -53,9 +53,8 @@ class MicroBatcher:
         if not self._scheduled:
             self._scheduled = True
             # Three hops of the loop instead of one: requests whose tasks start in the next iterations join
-            # too. Measured with wrk: at 8 connections 5 -> 8 baskets per call and 62 -> 57 µs of CPU per
-            # request, at 32 connections 52 -> 50 µs (a fourth hop gained nothing); a lone request waits
-            # three loop turns, microseconds, and a lone client is scored directly anyway.
+            # too (more baskets per call, less CPU per request; a fourth hop gained nothing: docs/benchmarks.md);
+            # a lone request waits three loop turns, microseconds, and a lone client is scored directly anyway.
             loop.call_soon(loop.call_soon, loop.call_soon, self._flush)
         return await future
 

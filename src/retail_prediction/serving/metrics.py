@@ -6,6 +6,7 @@ deployment runs one worker per pod, so no multiprocess aggregation is needed.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from prometheus_client import (
@@ -23,6 +24,9 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+# Every series is named retail_prediction_*: one prefix for dashboards and alerts.
+NAMESPACE = "retail_prediction"
+
 # The *_created series double the output and nobody graphs them.
 disable_created_metrics()
 
@@ -32,34 +36,31 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._predicted: dict[str, Any] = {}
-        r = self.registry
-        self.requests = Counter("http_requests", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("http_request_duration_seconds", "Request latency by route", ["route"],
-                                 buckets=_LATENCY_BUCKETS, registry=r)
-        self.predictions = Counter("predictions", "Baskets classified, by predicted class", ["label"],
-                                   registry=r)
-        self.model_loads = Counter("model_loads", "Model loads: kind=initial|reload, result=success|failure",
-                                   ["kind", "result"], registry=r)
-        self.model_info = Gauge("model_info", "The loaded model (value 1)", ["version", "sha256"], registry=r)
-        self.model_ready = Gauge("model_ready", "1 when a verified, warmed-up model serves", registry=r)
-        self.model_loaded_at = Gauge("model_loaded_timestamp_seconds", "When the serving model was loaded",
-                                     registry=r)
+        # Every series in this registry, named retail_prediction_*.
+        counter, gauge, histogram = (partial(kind, registry=self.registry, namespace=NAMESPACE)
+                                     for kind in (Counter, Gauge, Histogram))
+        self.requests = counter("http_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"])
+        self.latency = histogram("http_request_duration_seconds", "Request latency by route", ["route"],
+                                 buckets=_LATENCY_BUCKETS)
+        self.predictions = counter("predictions", "Baskets classified, by predicted class", ["label"])
+        self.model_loads = counter("model_loads", "Model loads: kind=initial|reload, result=success|failure",
+                                   ["kind", "result"])
+        self.model_info = gauge("model_info", "The loaded model (value 1)", ["version", "sha256"])
+        self.model_ready = gauge("model_ready", "1 when a verified, warmed-up model serves")
+        self.model_loaded_at = gauge("model_loaded_timestamp_seconds", "When the serving model was loaded")
         # How many baskets each model call scored: shows whether micro-batching is coalescing requests.
-        self.scored_together = Histogram("scoring_batch_baskets", "Baskets scored per model call",
-                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
+        self.scored_together = histogram("scoring_batch_baskets", "Baskets scored per model call",
+                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
         # Health of the model source and of the archives it serves (load-time only, never per request).
-        self.source_check_failures = Counter(
-            "retail_prediction_source_check_failures", "Failed checks (probe or download) of the model source",
-            ["reason"], registry=r)
-        self.source_last_success = Gauge("retail_prediction_source_last_success_timestamp_seconds",
-                                         "When the model source last answered a check", registry=r)
-        self.model_fetches = Counter("retail_prediction_model_fetches", "Archives fetched (downloaded or "
-                                     "opened) for loading", registry=r)
-        self.model_refusals = Counter("retail_prediction_model_refusals", "Archives refused at load, by reason",
-                                      ["reason"], registry=r)
-        self.cache_hits = Counter("prediction_cache_hits", "Prediction cache hits", registry=r)
-        self.cache_misses = Counter("prediction_cache_misses", "Prediction cache misses", registry=r)
+        self.source_check_failures = counter("source_check_failures",
+                                             "Failed checks (probe or download) of the model source", ["reason"])
+        self.source_last_success = gauge("source_last_success_timestamp_seconds",
+                                         "When the model source last answered a check")
+        self.model_fetches = counter("model_fetches", "Archives fetched (downloaded or opened) for loading")
+        self.model_refusals = counter("model_refusals", "Archives refused at load, by reason", ["reason"])
+        self.cache_hits = counter("prediction_cache_hits", "Prediction cache hits")
+        self.cache_misses = counter("prediction_cache_misses", "Prediction cache misses")
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         # Label lookups take a lock and build a key each time: keep the children per request kind.

@@ -67,8 +67,8 @@ class LoadStatus:
 def _freeze_long_lived() -> None:
     """Move what is alive now (app, model, tables) out of the collector's sight.
 
-    Measured: full collections walking the model's objects under load raised /predict's p99 at 8
-    connections from 2.2 ms to 24 ms; frozen, every collection only walks request garbage.
+    Full collections walking the model's objects under load raised /predict's p99 tenfold
+    (docs/benchmarks.md); frozen, every collection only walks request garbage.
     """
     gc.collect()
     gc.freeze()
