@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from retail_prediction.contract import LineItem
+from retail_prediction.contract import BasketLine
 from retail_prediction.features.client import ClientLines, encode_clients
 from retail_prediction.features.tables import encoded_features
 from retail_prediction.serving.predictor import Predictor
@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     predictor = Predictor.load(args.model)
     examples = predictor.metadata["example_products"][: args.lines]
-    items = [LineItem.of(e["product_id"], 2, e["price"], None, e["hierarchy"]) for e in examples]
+    items = [BasketLine.of(e["product_id"], 2, e["price"], None, e["hierarchy"]) for e in examples]
     tables = predictor.tables
     lines = encode_clients([items], tables)
     stages = {  # the API's path: encode_clients, then Predictor.score

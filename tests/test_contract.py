@@ -17,7 +17,6 @@ from retail_prediction.contract import (
     BasketBatch,
     BasketLine,
     KeyedBasketLine,
-    LineItem,
 )
 
 
@@ -33,6 +32,7 @@ def test_decoded_requests_are_the_contracts_types() -> None:
 def test_every_form_of_a_line_has_the_same_fields() -> None:
     assert set(LINE_FIELDS) == set(BasketLine.__struct_fields__) == set(KeyedBasketLine.__struct_fields__)
     assert LINE_FIELDS[4:] == HIERARCHY_FIELDS
+    assert BasketLine.of("P1", 2, 1.5, None, ("A", "B")) == BasketLine("P1", 2, 1.5, None, "A", "B")
 
 
 def test_the_featurization_reads_each_form_alike(trained_model: Path) -> None:
@@ -43,7 +43,7 @@ def test_the_featurization_reads_each_form_alike(trained_model: Path) -> None:
     product = str(tables.levels[0].vocab[0])
     fields = {"quantity": 2.0, "price": 1.25, "category": None, "prod_code_10": "X"}
     forms = [
-        [LineItem(product, 2.0, 1.25, None, "X")],
+        [BasketLine.of(product, 2.0, 1.25, None, ("X",))],
         [msgspec.convert({"product_id": product, **fields}, BasketLine)],
         {product: msgspec.convert(fields, KeyedBasketLine)},
     ]

@@ -50,33 +50,6 @@ def hierarchy_fields(level_names: tuple[str, ...]) -> tuple[str, ...]:
 HIERARCHY_FIELDS = hierarchy_fields(HIERARCHY)
 
 
-class LineItem(NamedTuple):
-    """One basket line as a client sends it (unit price, optional category and hierarchy codes): the
-    fields of an API request's line, for callers that build baskets in Python. The compiled featurization
-    reads exactly these attributes (`LINE_FIELDS`) from whatever line object it is given."""
-
-    product_id: str
-    quantity: float
-    price: float
-    category: str | None = None
-    prod_code_10: str | None = None
-    prod_code_20: str | None = None
-    prod_code_30: str | None = None
-    prod_code_40: str | None = None
-
-    @classmethod
-    def of(cls, product_id: str, quantity: float, price: float, category: str | None = None,
-           hierarchy: Sequence[str | None] = ()) -> LineItem:
-        """A line with its hierarchy codes given in order, finest first."""
-        return cls(product_id, quantity, price, category, *hierarchy)
-
-
-# The line fields the featurization reads, in the order of `LineItem`.
-LINE_FIELDS: tuple[str, ...] = LineItem._fields
-if LINE_FIELDS[4:] != HIERARCHY_FIELDS:  # pragma: no cover - a guard for whoever edits the two above
-    raise ImportError("LineItem's hierarchy fields must be HIERARCHY_FIELDS, finest first")
-
-
 # ---- a client's basket, as the API decodes it (msgspec structs: decoded and checked in one pass) ----
 # The constraints that are part of the contract live here; the configurable limits (string lengths, lines
 # per basket, baskets per batch) are added by `api.schemas.request_types`, in subclasses of these types.
@@ -89,7 +62,8 @@ ContextCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
 
 
 class BasketLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """A line of the list form of `basket_items` (no garbage-collector tracking: strings and floats only)."""
+    """A line of the list form of `basket_items`, and the line Python callers build (`BasketLine.of`). No
+    garbage-collector tracking: strings and floats only."""
 
     product_id: str
     quantity: Amount
@@ -99,6 +73,12 @@ class BasketLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     prod_code_20: str | None = None
     prod_code_30: str | None = None
     prod_code_40: str | None = None
+
+    @classmethod
+    def of(cls, product_id: str, quantity: float, price: float, category: str | None = None,
+           hierarchy: Sequence[str | None] = ()) -> BasketLine:
+        """A line with its hierarchy codes given in order, finest first."""
+        return cls(product_id, quantity, price, category, *hierarchy)
 
 
 class KeyedBasketLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -138,11 +118,11 @@ class BasketBatch(msgspec.Struct, forbid_unknown_fields=True):
     baskets: list[Basket]
 
 
-# A line as the featurization reads it: `LineItem`, `BasketLine` or `KeyedBasketLine` (same attributes).
-Line = LineItem | BasketLine | KeyedBasketLine
-if set(LineItem._fields) != set(BasketLine.__struct_fields__) or set(BasketLine.__struct_fields__) != set(
-        KeyedBasketLine.__struct_fields__):  # pragma: no cover - a guard for whoever edits the types above
-    raise ImportError("LineItem, BasketLine and KeyedBasketLine must have the same fields")
+# A line as the featurization reads it (the same attributes in both forms: `LINE_FIELDS`).
+Line = BasketLine | KeyedBasketLine
+LINE_FIELDS: tuple[str, ...] = BasketLine.__struct_fields__
+if set(LINE_FIELDS) != set(KeyedBasketLine.__struct_fields__) or LINE_FIELDS[4:] != HIERARCHY_FIELDS:
+    raise ImportError("BasketLine and KeyedBasketLine must have the same fields, the hierarchy's finest first")
 
 
 # ---- the columnar form: many baskets' lines in one flat table (files, batch scoring, training) ----

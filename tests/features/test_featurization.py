@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from retail_prediction.artifact.archive import ArtifactError, pack_artifact, read_artifact
-from retail_prediction.contract import Codes, LineItem, Lines
+from retail_prediction.contract import BasketLine, Codes, Lines
 from retail_prediction.data import lgsr
 from retail_prediction.data.reading import read_transactions, table_to_baskets
 from retail_prediction.features import kernel as featurize_kernel
@@ -40,13 +40,13 @@ def learned(baskets):
     return tables, folds, y
 
 
-def _items_of(baskets, b: int) -> list[LineItem]:
+def _items_of(baskets, b: int) -> list[BasketLine]:
     lines = baskets.lines
     idx = np.flatnonzero(lines.basket == b)
     out = []
     for i in idx:
         hierarchy = tuple(str(h.values[h.index[i]]) for h in lines.hierarchy)
-        out.append(LineItem.of(str(lines.product.values[lines.product.index[i]]), float(lines.quantity[i]),
+        out.append(BasketLine.of(str(lines.product.values[lines.product.index[i]]), float(lines.quantity[i]),
                                float(lines.spend[i] / lines.quantity[i]), None, hierarchy))
     return out
 
@@ -84,9 +84,9 @@ def test_client_features_is_the_step_by_step_path(trained_model: Path, lgsr: Pat
     later = table_to_baskets(read_transactions(lgsr / "transactions_200752.csv.gz"))
     baskets: list = [_items_of(later, b) for b in range(40)]
     baskets[1] = {item.product_id: item for item in baskets[1]}  # the object form
-    baskets[2] = [LineItem("NEW-1", 1, 2.0, "unknown-category"), LineItem("NEW-2", 3, 0.5),
-                  LineItem.of("NEW-3", 1, 9.9, None, (None, "UNKNOWN-GROUP"))]
-    baskets[3] = [LineItem.of("NEW-4", 2, 1.0, str(predictor.tables.levels[2].vocab[0]))]
+    baskets[2] = [BasketLine("NEW-1", 1, 2.0, "unknown-category"), BasketLine("NEW-2", 3, 0.5),
+                  BasketLine.of("NEW-3", 1, 9.9, None, (None, "UNKNOWN-GROUP"))]
+    baskets[3] = [BasketLine.of("NEW-4", 2, 1.0, str(predictor.tables.levels[2].vocab[0]))]
     features, unknown = client_features(baskets, predictor.tables)
     lines = encode_clients(baskets, predictor.tables)
     np.testing.assert_array_equal(features, _served_features(lines, predictor))
@@ -184,7 +184,7 @@ def test_unknown_products_fall_back_to_hierarchy_then_price(learned) -> None:
     group = tables.levels[1].vocab[0]
 
     def feats(product: str, hierarchy: tuple[str | None, ...]) -> np.ndarray:
-        lines = encode_clients([[LineItem.of(product, 1, 2.5, None, hierarchy)]], tables)
+        lines = encode_clients([[BasketLine.of(product, 1, 2.5, None, hierarchy)]], tables)
         return encoded_features(lines.enc, lines.spend, lines.quantity, lines.basket, 1, tables)[0]
 
     seen = feats(str(known), ())

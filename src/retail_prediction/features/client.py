@@ -1,4 +1,4 @@
-"""Client baskets (the API's decoded lines, or `contract.LineItem`s) -> feature rows, through the same
+"""Client baskets (the API's decoded lines, or `contract.BasketLine`s) -> feature rows, through the same
 compiled loops as training: codes are looked up straight from the client's strings in one pass."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class ClientLines(NamedTuple):
 
 def encode_clients(baskets: Sequence[Mapping[str, Any] | Sequence[Any]], tables: FeatureTables) -> ClientLines:
     """Client baskets (each a dict product code -> line, or a list of lines with a `product_id`; lines as
-    `contract.LineItem` or the API's request lines) -> the line table, codes looked up straight from the client's
+    `contract.BasketLine` or the API's request lines) -> the line table, codes looked up straight from the client's
     strings in one compiled pass (`kernel.client_lines`). For inspection and tests: serving goes
     from the baskets to the features in one call (`client_features`), through the same loops."""
     n = sum(map(len, baskets))

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from ..artifact import members
 from ..artifact.archive import ArtifactError, ArtifactLimits, LoadedArtifact, read_artifact
-from ..contract import HIERARCHY_FIELDS, LineItem, Lines, hierarchy_fields
+from ..contract import HIERARCHY_FIELDS, BasketLine, Lines, hierarchy_fields
 from ..features.client import client_features
 from ..features.tables import FEATURE_SPEC_VERSION, FeatureTables, basket_features
 
@@ -153,9 +153,9 @@ def warm_up(predictor: Predictor, path: Path | None = None) -> None:
     dictionaries and the compiled loops' tables are built), and check the answers are probabilities."""
     where = f"{path or predictor.sha256[:12]}: member 'model.onnx'"
     examples = predictor.example_products(8)
-    basket = [LineItem.of(e["product_id"], 1.0, float(e.get("price") or 1.0), None, e.get("hierarchy") or ())
+    basket = [BasketLine.of(e["product_id"], 1.0, float(e.get("price") or 1.0), None, e.get("hierarchy") or ())
               for e in examples]
-    baskets = [basket or [LineItem("__warmup__", 1.0, 1.0)], [LineItem("__warmup__", 2.0, 3.5, "unknown")]]
+    baskets = [basket or [BasketLine("__warmup__", 1.0, 1.0)], [BasketLine("__warmup__", 2.0, 3.5, "unknown")]]
     try:
         predictor.score(baskets[:1])  # one request's path
         proba = predictor.score(baskets * 32).proba
