@@ -27,6 +27,12 @@ def _too_large(limit: int) -> ApiError:
                     {"max_body_bytes": limit})
 
 
+def _unsupported(content_type: bytes | None) -> ApiError:
+    sent = None if content_type is None else content_type.decode("latin-1")[:100]
+    return ApiError(415, "unsupported_media_type", "the body must be JSON, sent with Content-Type: "
+                    f"application/json (got {'none' if sent is None else repr(sent)})", {"content_type": sent})
+
+
 def _is_json(content_type: bytes) -> bool:
     """`application/json`, any case, whose only parameter, if any, is charset=utf-8 (or utf8)."""
     if content_type in _COMMON_JSON:
@@ -56,10 +62,7 @@ def _headers(request: Request) -> tuple[int | None, bytes | None]:
 async def read_body(request: Request, limit: int) -> bytes:
     declared, content_type = _headers(request)
     if content_type is None or not _is_json(content_type):
-        shown = "none" if content_type is None else repr(content_type.decode("latin-1")[:100])
-        raise ApiError(415, "unsupported_media_type",
-                       f"the body must be JSON, sent with Content-Type: application/json (got {shown})",
-                       {"content_type": None if content_type is None else content_type.decode("latin-1")[:100]})
+        raise _unsupported(content_type)
     if declared is not None and declared > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
