@@ -37,8 +37,13 @@
 #   --base-image IMAGE      skip debootstrap and use IMAGE (must exist in the engine or be
 #                           pullable; env BASE_IMAGE)
 #   --image-only            build and check the image only (no S3, no serving checks)
-#   --skip-push-test        skip the build-push.sh end-to-end check
-#   --keep                  keep the temp dir and leave the engine running (debugging)
+#   --skip-push-test        skip the build-push.sh end-to-end check (it needs Debian's docker-registry)
+#   --keep                  keep the temp dir and leave the engine, SeaweedFS, the registry and moto
+#                           running (debugging); what runs where, and how to stop it, is printed at the end
+#   --api-port N            the API containers listen on N, N+1 and N+2 (S3, mounted file, baked image;
+#                           env E2E_API_PORT); --s3-port N: SeaweedFS's S3 port (env E2E_S3_PORT; its
+#                           other ports stay free-chosen); --registry-port N, --moto-port N (env
+#                           E2E_REGISTRY_PORT, E2E_MOTO_PORT). Default: free ports, all on 127.0.0.1.
 # Env: DOCKER (default /usr/bin/docker), DOCKERD (default dockerd), DEBIAN_MIRROR, DEBIAN_SUITE
 #   (bookworm), PYTHON (default .venv/bin/python or python3), WEED (default: weed on PATH/venv),
 #   E2E_TMPDIR (parent of the temp dir), E2E_TMPFS_SIZE (12g; the temp dir is a tmpfs of at most
@@ -63,6 +68,10 @@ BASE_IMAGE="${BASE_IMAGE:-}"
 IMAGE_ONLY=0
 PUSH_TEST=1
 KEEP=0
+API_PORT="${E2E_API_PORT:-}"
+S3_PORT="${E2E_S3_PORT:-}"
+REGISTRY_PORT="${E2E_REGISTRY_PORT:-}"
+MOTO_PORT_OPT="${E2E_MOTO_PORT:-}"
 DOCKER="${DOCKER:-/usr/bin/docker}"
 DOCKERD="${DOCKERD:-dockerd}"
 DEBIAN_SUITE="${DEBIAN_SUITE:-bookworm}"
@@ -91,6 +100,10 @@ while [[ $# -gt 0 ]]; do
     --image-only) IMAGE_ONLY=1; shift ;;
     --skip-push-test) PUSH_TEST=0; shift ;;
     --keep) KEEP=1; shift ;;
+    --api-port) API_PORT="$2"; shift 2 ;;
+    --s3-port) S3_PORT="$2"; shift 2 ;;
+    --registry-port) REGISTRY_PORT="$2"; shift 2 ;;
+    --moto-port) MOTO_PORT_OPT="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -145,7 +158,11 @@ cleanup() {
   set +e
   trap - EXIT INT TERM
   if [[ $KEEP -eq 1 ]]; then
-    log "--keep: leaving $WORK and the engine (DOCKER_HOST=${DOCKER_HOST:-}) running"
+    log "--keep: leaving $WORK and these running (stop them with kill PID; the work dir${WORK_TMPFS:+ is a tmpfs:} umount -l / rm -rf $WORK):"
+    [[ -n "$DOCKERD_PID" ]] && log "  dockerd     pid $DOCKERD_PID  DOCKER_HOST=${DOCKER_HOST:-}  (containers: ${CONTAINERS[*]:-none})"
+    [[ -n "$WEED_PID" ]] && log "  SeaweedFS   pid $WEED_PID  S3 $S3_ENDPOINT  (log $WORK/weed/weed.log)"
+    [[ -n "$REGISTRY_PID" ]] && log "  registry    pid $REGISTRY_PID  127.0.0.1:${REG_PORT:-}  (log $WORK/registry/registry.log)"
+    [[ -n "$MOTO_PID" ]] && log "  moto (ECR)  pid $MOTO_PID  http://127.0.0.1:${MOTO_PORT:-}  (log $WORK/moto.log)"
   else
     if [[ -n "$DOCKERD_PID" ]]; then
       local c
@@ -185,6 +202,7 @@ trap 'exit 143' TERM
 
 # ------------------------------------------------------------------------------- helpers --
 free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port_or_free() { if [[ -n "$1" ]]; then echo "$1"; else free_port; fi; }  # port_or_free CHOSEN
 
 # http_status URL [curl args...] -> prints the status code (000 when no answer)
 http_status() { local url="$1"; shift; curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@" "$url" || true; }
@@ -234,6 +252,15 @@ done
 for tool in "$DOCKER" "$DOCKERD" curl "$PYTHON"; do
   command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 2; }
 done
+for port in "$API_PORT" "$S3_PORT" "$REGISTRY_PORT" "$MOTO_PORT_OPT"; do
+  [[ -z "$port" || "$port" =~ ^[0-9]+$ ]] || { echo "not a port number: $port" >&2; exit 2; }
+done
+if [[ $PUSH_TEST -eq 1 && $IMAGE_ONLY -eq 0 ]] && ! command -v docker-registry >/dev/null \
+    && [[ ! -x /usr/bin/docker-registry ]]; then
+  echo "missing Debian's docker-registry for the build-push.sh check (apt-get install docker-registry)," \
+    "or pass --skip-push-test" >&2
+  exit 2
+fi
 [[ -n "$BASE_IMAGE" ]] || command -v debootstrap >/dev/null || { echo "missing tool: debootstrap" >&2; exit 2; }
 WEED="${WEED:-$(command -v weed || echo "$(dirname "$PYTHON")/weed")}"
 if [[ $IMAGE_ONLY -eq 0 && -z "$S3_ENDPOINT" && ! -x "$WEED" ]]; then
@@ -455,6 +482,7 @@ EOF
       s3.port s3.port.grpc admin.port admin.port.grpc; do
     WP[$opt]="$(free_port)"
   done
+  [[ -n "$S3_PORT" ]] && WP[s3.port]="$S3_PORT"
   weed_args=(mini "-dir=$WORK/weed/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 "-s3.config=$WORK/weed/s3.json"
     -admin.ui=false -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false
     -master.telemetry=false -master.volumeSizeLimitMB=64
@@ -479,7 +507,7 @@ fi
 [[ -n "$S3_ACCESS_KEY" && -n "$S3_SECRET_KEY" ]] || { echo "S3 credentials missing" >&2; exit 2; }
 
 # ------------------------------------------------------------------- run: model from S3 --
-PORT="$(free_port)"
+PORT="$(port_or_free "$API_PORT")"
 BASE_URL="http://127.0.0.1:$PORT"
 NAME="rp-e2e-s3-$$"
 # shellcheck disable=SC2054  # the commas are tmpfs mount options
@@ -625,7 +653,7 @@ fi
 
 # ------------------------------------------------------ run: mounted model file (no S3) --
 NAME2="rp-e2e-file-$$"
-PORT2="$(free_port)"
+PORT2="$(port_or_free "${API_PORT:+$((API_PORT + 1))}")"
 CONTAINERS+=("$NAME2")
 "$DOCKER" run -d --name "$NAME2" "${hardened[@]}" -e "PORT=$PORT2" \
   -v "$MODEL:/models/model.tar.gz:ro" -e MODEL_URI=/models/model.tar.gz "$IMAGE" >/dev/null
@@ -645,7 +673,7 @@ COPY --chown=0:0 model.tar.gz /opt/model/model.tar.gz
 ENV MODEL_URI=/opt/model/model.tar.gz
 EOF
 NAME3="rp-e2e-baked-$$"
-PORT3="$(free_port)"
+PORT3="$(port_or_free "${API_PORT:+$((API_PORT + 2))}")"
 CONTAINERS+=("$NAME3")
 if DOCKER_BUILDKIT=1 "$DOCKER" build -q -t retail-prediction-api:e2e-baked "$WORK/baked" >"$WORK/baked.log" 2>&1; then
   "$DOCKER" run -d --name "$NAME3" "${hardened[@]}" -e "PORT=$PORT3" retail-prediction-api:e2e-baked >/dev/null
@@ -662,7 +690,7 @@ if [[ $PUSH_TEST -eq 1 ]]; then
     fail "push: tools venv (moto[server], awscli)" "$(tail -5 "$WORK/tools-venv.log")"
     exit 1
   fi
-  REG_PORT="$(free_port)"; MOTO_PORT="$(free_port)"
+  REG_PORT="$(port_or_free "$REGISTRY_PORT")"; MOTO_PORT="$(port_or_free "$MOTO_PORT_OPT")"
   mkdir -p "$WORK/registry"
   cat >"$WORK/registry/config.yml" <<EOF
 version: 0.1

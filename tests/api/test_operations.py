@@ -58,6 +58,23 @@ def test_metrics(client: TestClient) -> None:
     assert "retail_prediction_model_ready 1.0" in text
 
 
+def test_reference_pages_are_served_by_the_app(client: TestClient) -> None:
+    """/docs and /redoc load nothing from elsewhere (the browser test renders them offline), and the
+    documentation's requests are counted under their own routes, not `unmatched`."""
+    for path, assets in (("/docs", ["swagger-ui-bundle.js", "swagger-ui.css"]), ("/redoc", ["redoc.standalone.js"])):
+        page = client.get(path)
+        assert page.status_code == 200 and "https://" not in page.text and "http://" not in page.text
+        for asset in assets:
+            assert f'"/docs/assets/{asset}"' in page.text
+            assert client.get(f"/docs/assets/{asset}").status_code == 200
+    assert client.get("/static/favicon.svg").headers["content-type"].startswith("image/svg+xml")
+    client.get("/openapi.json")
+    text = client.get("/metrics").text
+    for route in ("/docs", "/redoc", "/openapi.json", "/docs/assets", "/static"):
+        assert f'retail_prediction_http_requests_total{{method="GET",route="{route}",status="200"}}' in text, route
+    assert 'route="unmatched"' not in text
+
+
 def _log_records(capsys: pytest.CaptureFixture[str], request_id: str) -> list[dict[str, Any]]:
     """The JSON log records of one request; access lines are written in groups, within a few ms."""
     records: list[dict[str, Any]] = []

@@ -35,6 +35,7 @@ def test_reference_request_is_accepted(client: TestClient) -> None:
     assert body["unknown_products"] == 2
     assert body["unknown_categories"] == 2
     assert response.headers["x-request-id"] == body["request_id"]
+    assert body["customer_id"] == "CUST123"
 
 
 def test_list_form_context_and_hierarchy(client: TestClient, model_path: Path) -> None:
@@ -81,6 +82,16 @@ def test_batch_answers_in_order(client: TestClient, model_path: Path) -> None:
     assert [p["customer_id"] for p in predictions] == ["CUST123", "C2"]
     for one, batched in zip(single, predictions, strict=True):
         assert batched["probabilities"] == pytest.approx(one["probabilities"], abs=1e-6)
+
+
+def test_one_answer_shape(client: TestClient, model_path: Path) -> None:
+    """An answer of /predict and an item of /predict/batch have the same fields: customer_id is null when
+    the request has none."""
+    basket = {"basket_items": _known_lines(model_path)}
+    single = client.post("/predict", json=basket).json()
+    batched = client.post("/predict/batch", json={"baskets": [basket]}).json()["predictions"][0]
+    assert single["customer_id"] is None and batched["customer_id"] is None
+    assert set(single) - {"model_version", "request_id"} == set(batched)
 
 
 def test_batch_of_the_maximum_size(client: TestClient) -> None:
@@ -151,7 +162,52 @@ def test_bad_input_is_a_422_naming_the_field(client: TestClient, case: str, body
     error = response.json()["error"]
     assert error["code"] == "validation_error"
     assert error["details"][0]["field"] == field
-    assert error["message"].startswith(field)
+    assert error["message"].startswith(f"{field}: ")
+    assert "`" not in error["message"] and "Expected" not in error["message"]  # plain words, not msgspec's
+
+
+PLAIN_WORDS: list[tuple[Any, str]] = [
+    ({"basket_items": [{"product_id": "P1", "quantity": 1, "price": 1}, {"product_id": "P2", "quantity": 0,
+                                                                        "price": 1}]},
+     "basket_items.1.quantity: must be a number greater than 0"),
+    (_with("basket_items.P2002.price", 1e7), "basket_items.P2002.price: must be a number at most 1000000"),
+    (_with("basket_items.P1001.quantity", "2"), "basket_items.P1001.quantity: must be a number, not a string"),
+    (_with("basket_items.P2002.price", "DELETE"), "basket_items.P2002.price: is required"),
+    (_with("basket_items.P1001.colour", "red"), "basket_items.P1001.colour: is not a known field"),
+    (_with("basket_items", []), "basket_items: must not be empty"),
+    (_with("basket_items", "P1"), "basket_items: must be an object or a list, not a string"),
+    (_with("context", {"hour": 2.5}), "context.hour: must be a whole number, not a number with a fraction"),
+    (_with("customer_id", "C" * 101), "customer_id: must have at most 100 characters"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), PLAIN_WORDS, ids=[m.partition(":")[0] for _, m in PLAIN_WORDS])
+def test_error_messages_in_plain_words(client: TestClient, body: Any, message: str) -> None:
+    error = client.post("/predict", json=body).json()["error"]
+    field, _, words = message.partition(": ")
+    assert error["message"] == message
+    assert error["details"][0]["field"] == field and error["details"][0]["message"] == words
+
+
+ACCEPTED_TYPES = ["application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8",
+                  'application/json; charset="utf-8"']
+REFUSED_TYPES = [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonp",
+                 "application/json; charset=latin-1", "application/json; version=2", "multipart/form-data"]
+
+
+@pytest.mark.parametrize("content_type", ACCEPTED_TYPES + REFUSED_TYPES)
+@pytest.mark.parametrize("path", ["/predict", "/predict/batch"])
+def test_the_body_must_be_declared_json(client: TestClient, path: str, content_type: str | None) -> None:
+    basket = json.dumps(EXAMPLE_REQUEST if path == "/predict" else {"baskets": [EXAMPLE_REQUEST]}).encode()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    response = client.post(path, content=basket, headers=headers)
+    if content_type in ACCEPTED_TYPES:
+        assert response.status_code == 200, response.text
+        return
+    assert response.status_code == 415, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_media_type" and "application/json" in error["message"]
+    assert error["details"] == {"content_type": content_type}
 
 
 MALFORMED = [b"", b"{", b"nope", b"\xff\xfe", b'{"basket_items": {"P1": {"quantity": NaN, "price": 1}}}',
@@ -172,7 +228,7 @@ def test_too_many_lines(make_client: Callable[..., TestClient], model_path: Path
     response = client.post("/predict", json={"basket_items": lines})
     assert response.status_code == 422
     assert response.json()["error"]["details"][0]["field"] == "basket_items"
-    assert "<= 3" in response.json()["error"]["message"]
+    assert response.json()["error"]["message"] == "basket_items: must have at most 3 items"
     assert client.post("/predict", json={"basket_items": lines[:3]}).status_code == 200
 
 

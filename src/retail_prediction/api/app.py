@@ -1,6 +1,6 @@
 """The FastAPI application: wiring only. `create_app(settings)` builds the PredictionService, the routes
-(`routes.py`), error handling, the static page and the middleware; the lifespan starts and stops the model
-manager."""
+(`routes.py`), the API reference pages (`docs.py`), error handling, the static page and the middleware;
+the lifespan starts and stops the model manager."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..serving.service import PredictionService
 from ..serving.settings import Settings
-from . import errors, logs, routes
+from . import docs, errors, logs, routes
 from .middleware import RequestContextMiddleware
 from .routing import LeanApp
 from .schemas import Limits, RequestTypes, json_schemas, request_types
@@ -55,12 +55,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     types = request_types(Limits(settings.max_string_length, settings.max_basket_lines, settings.max_batch_size))
     app = LeanApp(title="Retail Prediction API", version=__version__, lifespan=_lifespan,
                   description="Classifies a shopping basket's price sensitivity (LA / MM / UM / XX).",
+                  docs_url=None, redoc_url=None,  # served offline by docs.py
                   # FastAPI's OpenTelemetry hook looks its providers up on every request (a cost measured in
                   # docs/benchmarks.md); we export Prometheus metrics and JSON logs instead.
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.service = service
     errors.install(app)
     routes.register(app, service, types, settings)
+    docs.register(app)
     app.mount("/static", StaticFiles(directory=str(resources.files(__package__).joinpath("static"))), name="static")
     app.openapi = _openapi(app, types)  # type: ignore[method-assign]
     if settings.cors_origins:

@@ -10,6 +10,9 @@ A number with no fractional part (`2.0`) is accepted where an integer belongs, a
 does: msgspec's strict decoding refuses it, so such a refusal decodes the body again with those floats as
 ints (the valid requests' path is unchanged).
 
+msgspec's wording (``Expected `float` > 0.0``) is put in plain words (`must be a number greater than 0`)
+after the field's path: `basket_items.3.quantity: must be a number greater than 0`.
+
 Two rules a JSON schema cannot state are checked after decoding: a product code that a spreadsheet turned
 into a number (`9.94E+14`, the file loader's rule too) is refused, and an object-form line's optional
 product_id must equal its key.
@@ -38,6 +41,14 @@ _UNTYPED = msgspec.json.Decoder(float_hook=float)
 # The refusal of an integral float (`"weekday": 2.0`) where an integer belongs: decoded again, on this slow
 # path only, with such floats as ints.
 _FLOAT_FOR_INT = re.compile(r"Expected `int( \| null)?`, got `float`")
+# msgspec's messages, and their plain words.
+_BOUND = re.compile(r"^Expected `(\w+)` (>=|<=|>|<) (-?[\d.e+]+)$")
+_LENGTH = re.compile(r"^Expected `(\w+)` of length (>=|<=) (\d+)$")
+_TYPE = re.compile(r"^Expected `([\w |]+)`, got `(\w+)`$")
+_KINDS = {"float": "a number", "int": "a whole number", "str": "a string", "bool": "true or false",
+          "object": "an object", "array": "a list", "null": "null"}
+_GOT = {**_KINDS, "int": "a number", "float": "a number"}
+_COMPARED = {">": "greater than", ">=": "at least", "<": "less than", "<=": "at most"}
 
 
 def invalid(field: str, message: str, kind: str = "value_error") -> ApiError:
@@ -113,6 +124,36 @@ def _integral_floats_as_ints(tree: Any) -> Any:
     return tree
 
 
+def plain(message: str) -> str:
+    """msgspec's message in plain words (an unknown one as it is, without its backticks)."""
+    if message.startswith("Object missing required field"):
+        return "is required"
+    if message.startswith("Object contains unknown field"):
+        return "is not a known field"
+    if match := _BOUND.match(message):
+        kind, op, bound = match.groups()
+        number = float(bound)
+        shown = str(int(number)) if number.is_integer() else bound
+        return f"must be {_KINDS.get(kind, kind)} {_COMPARED[op]} {shown}"
+    if match := _LENGTH.match(message):
+        kind, op, size = match.groups()
+        if op == ">=" and size == "1":
+            return "must not be empty"
+        unit = "character" if kind == "str" else "entry" if kind == "object" else "item"
+        units = unit if size == "1" else "entries" if unit == "entry" else f"{unit}s"
+        return f"must have {_COMPARED[op]} {size} {units}"
+    if match := _TYPE.match(message):
+        expected = [_KINDS.get(kind, kind) for kind in match.group(1).split(" | ") if kind != "null"]
+        got = match.group(2)
+        shown = "a number with a fraction" if got == "float" and "int" in match.group(1) else _GOT.get(got, got)
+        return f"must be {' or '.join(expected)}, not {shown}"
+    if message.startswith("Expected `str` matching regex "):
+        return f"must match the pattern {message.removeprefix('Expected `str` matching regex ')}"
+    if message == "Number out of range":
+        return "is out of range"
+    return message.replace("`", "")
+
+
 def _located(error: str, body: bytes, types: RequestTypes) -> ApiError:
     """msgspec's error as a 422 naming the field (see the module's docstring)."""
     message, _, where = error.partition(" - at `")  # no place: the body itself
@@ -127,7 +168,7 @@ def _located(error: str, body: bytes, types: RequestTypes) -> ApiError:
         parts.append(field.group(1))
     kind = "missing" if "missing required" in message else "extra_forbidden" if "unknown field" in message else (
         "value_error")
-    return invalid(".".join(parts) or "body", message, kind)
+    return invalid(".".join(parts) or "body", plain(message), kind)
 
 
 def _field_parts(path: str, key_error: bool, message: str, body: bytes,

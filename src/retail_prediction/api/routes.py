@@ -38,8 +38,8 @@ log = logging.getLogger("retail_prediction.api")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
-    for code, text in [(413, "Body too large"), (422, "Invalid request (the message names the field)"),
-                       (503, "No model loaded yet")]
+    for code, text in [(413, "Body too large"), (415, "Body not sent as Content-Type: application/json"),
+                       (422, "Invalid request (the message names the field)"), (503, "No model loaded yet")]
 }  # fmt: skip
 
 
@@ -72,7 +72,8 @@ def register(app: FastAPI, service: PredictionService, types: RequestTypes, sett
                                        "basket": msgspec.to_builtins(basket)})
         answer = await service.predict(model, basket)
         request.scope["model_version"] = version = model.predictor.version
-        return json_response({**answer, "model_version": version, "request_id": request.scope["request_id"]})
+        return json_response({**answer, "customer_id": basket.customer_id, "model_version": version,
+                              "request_id": request.scope["request_id"]})
 
     @api.post("/predict/batch", response_model=BatchResponse, responses=_ERRORS, tags=["predict"],
               openapi_extra=_request_body("BatchRequest"))

@@ -6,6 +6,10 @@ msgspec), so FastAPI's dependency solving, body parsing and response serialisati
 turns the API's exceptions into the uniform error body right there: no exception climbs through the
 middleware stack. `LeanRouter` finds those routes by one dict lookup; `LeanApp` is FastAPI with that router
 and without the middleware layers the API does not use. What each saves: docs/benchmarks.md.
+
+Every route names itself in `scope["route"]` when it matches (the access line's and the metrics' `route`):
+FastAPI's router leaves that to its `APIRoute`s, so the plain Starlette routes and mounts it also holds
+(`/openapi.json`, `/docs`, `/redoc`, `/static`) are made as `NamedRoute` / `NamedMount`, which do the same.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..serving.service import ModelNotReady
@@ -49,6 +54,24 @@ class LeanRoute(APIRoute):
         await response(scope, receive, send)
 
 
+class _Named(BaseRoute):
+    """A route that names itself in `scope["route"]` on a match, as FastAPI's APIRoute does."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+class NamedRoute(_Named, Route):
+    """A Starlette route (the OpenAPI schema, the documentation pages) that names itself."""
+
+
+class NamedMount(_Named, Mount):
+    """A mount (the static files) that names itself: its path is the route (`/static`), whatever the file."""
+
+
 class LeanRouter(APIRouter):
     """FastAPI's router, with an index of the lean routes by (method, path): the API's requests find their
     route in one dict lookup and answer their own errors. Anything else (404, 405, trailing slashes, the
@@ -64,6 +87,16 @@ class LeanRouter(APIRouter):
                            if isinstance(route, LeanRoute) and not route.param_convertors
                            for method in route.methods}
         return self._index
+
+    def add_route(self, path: str, endpoint: Callable[..., Any], methods: Any = None, name: str | None = None,
+                  include_in_schema: bool = True) -> None:
+        self.routes.append(NamedRoute(path, endpoint, methods=methods, name=name,
+                                      include_in_schema=include_in_schema))
+        self._mark_routes_changed()
+
+    def mount(self, path: str, app: ASGIApp, name: str | None = None) -> None:
+        self.routes.append(NamedMount(path, app=app, name=name))
+        self._mark_routes_changed()
 
     def _mark_routes_changed(self) -> None:
         self._index = None
@@ -86,11 +119,12 @@ class LeanRouter(APIRouter):
 class LeanApp(FastAPI):
     """FastAPI with a `LeanRouter` and only the middleware this API uses."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # FastAPI builds its router itself, with no way to choose the class. LeanRouter adds behaviour only
-        # (its index is built lazily from the routes), so the router FastAPI made can simply become one.
+    def setup(self) -> None:
+        # FastAPI builds its router itself, with no way to choose the class, then calls `setup` to declare
+        # the OpenAPI route. LeanRouter adds behaviour only (its index is built lazily from the routes), so
+        # the router FastAPI made can simply become one, here, before any route is declared.
         self.router.__class__ = LeanRouter
+        super().setup()
 
     def build_middleware_stack(self) -> ASGIApp:
         """FastAPI's stack without the layers this app does not use: its telemetry (off), its body limit (the

@@ -123,7 +123,7 @@ def request_types(limits: Limits) -> RequestTypes:
     predict = _subtype(Basket,
         "One basket: lines keyed by product code (or a list of lines), an optional customer and context.", [
             ("basket_items", items),
-            ("customer_id", _described(text | None, "Echoed back in batch answers; unused by the model."), None),
+            ("customer_id", _described(text | None, "Echoed back in the answer; unused by the model."), None),
             ("context", _described(context | None, "When and where the basket was bought."), None),
         ], "PredictRequest")  # fmt: skip
     per_batch = msgspec.Meta(min_length=1, max_length=limits.max_batch_size,
@@ -152,7 +152,9 @@ class Prediction(BaseModel):
     unknown_products: int = Field(description="Lines whose product the model never saw in training.")
     unknown_categories: int = Field(
         description="Lines whose category / hierarchy codes the model does not know.")
-    customer_id: str | None = None
+    customer_id: str | None = Field(
+        description="The request's customer_id, echoed back; null when the request has none. Every answer "
+        "(POST /predict, each item of POST /predict/batch) carries it.")
 
 
 class PredictResponse(Prediction):

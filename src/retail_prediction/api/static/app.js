@@ -5,6 +5,13 @@ const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const COLORS = { LA: "#d1495b", MM: "#edae49", UM: "#00798c", XX: "#8d99ae" };
 const HIERARCHY = ["prod_code_10", "prod_code_20", "prod_code_30", "prod_code_40"];
+// A line's fields as the page names them (its column headers), for the API's field paths in errors.
+const FIELD_NAMES = {
+  product_id: "product code", quantity: "quantity", price: "unit price", category: "category",
+  prod_code_10: "product hierarchy code", prod_code_20: "product hierarchy code",
+  prod_code_30: "product hierarchy code", prod_code_40: "product hierarchy code",
+};
+const PLACEHOLDERS = { product_id: "Product code", quantity: "Quantity", price: "Unit price", category: "Category (optional)" };
 let examples = [];
 
 function el(tag, attrs = {}, text = "") {
@@ -15,7 +22,7 @@ function el(tag, attrs = {}, text = "") {
 }
 
 function input(name, value, type = "text") {
-  const attrs = { name, type, value: value ?? "" };
+  const attrs = { name, type, value: value ?? "", placeholder: PLACEHOLDERS[name], "aria-label": PLACEHOLDERS[name] };
   if (type === "number") Object.assign(attrs, { min: "0", step: "any" });
   return el("input", attrs);
 }
@@ -51,6 +58,27 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
+// No result on screen but the one of the last request that succeeded with the lines as they are.
+function clearResult() {
+  $("result").hidden = true; $("no-result").hidden = false;
+  $("chart").replaceChildren();
+  ["result-label", "result-name", "result-meta"].forEach((id) => { $(id).textContent = ""; });
+}
+
+// The API's error in the page's words: "line 4: quantity must be a number greater than 0". The API names
+// the field by its path (basket_items.3.quantity) and says what is wrong in plain words after it.
+function plainError(error, status) {
+  const detail = Array.isArray(error.details) ? error.details[0] : null;
+  if (error.code === "validation_error" && detail && detail.field) {
+    const line = /^basket_items\.(\d+)\.(\w+)$/.exec(detail.field);
+    if (line) return `line ${Number(line[1]) + 1}: ${FIELD_NAMES[line[2]] || line[2]} ${detail.message}`;
+    if (detail.field === "basket_items") return `The basket ${detail.message}.`;
+  }
+  if (error.code === "model_not_ready") return "The model is not loaded yet: try again in a few seconds.";
+  if (error.code === "payload_too_large") return "The basket is too large to send.";
+  return error.message || `The server answered HTTP ${status}.`;
+}
+
 function drawChart(probabilities) {
   const svg = $("chart");
   svg.replaceChildren();
@@ -77,6 +105,7 @@ const names = {};
 
 async function predict() {
   showError("");
+  clearResult();
   const lines = readBasket();
   if (!lines.length) { showError("Add at least one line first."); return; }
   $("predict").disabled = true;
@@ -86,8 +115,8 @@ async function predict() {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ basket_items: lines }),
     });
-    const body = await res.json();
-    if (!res.ok) { showError(body.error ? body.error.message : `HTTP ${res.status}`); return; }
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) { showError(plainError(body.error || {}, res.status)); return; }
     names[body.label] = body.label_name;
     $("result-label").textContent = body.label;
     $("result-name").textContent = body.label_name;
@@ -145,7 +174,11 @@ $("add-example").addEventListener("click", () => {
   const e = examples[Number($("example").value)];
   if ($("example").value !== "" && e) addLine({ product_id: e.product_id, price: e.price, hierarchy: e.hierarchy });
 });
-$("clear").addEventListener("click", () => $("lines").tBodies[0].replaceChildren());
+$("clear").addEventListener("click", () => {
+  $("lines").tBodies[0].replaceChildren();
+  showError("");
+  clearResult();
+});
 $("predict").addEventListener("click", predict);
 addLine({ product_id: "PRD0900097", quantity: 1, price: 1.5 });
 loadInfo();
