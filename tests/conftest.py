@@ -131,13 +131,25 @@ def pytest_report_header(config: pytest.Config) -> str:
             "them); every other test runs on generated weeks")
 
 
+_real_data_deselected: list[str] = []
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if HAVE_LGSR:
         return
     kept = [item for item in items if item.get_closest_marker("real_data") is None]
     if len(kept) < len(items):
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        dropped = [item for item in items if item not in kept]
+        _real_data_deselected.extend(item.nodeid for item in dropped)
+        config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _real_data_deselected:
+        terminalreporter.write_line(
+            f"{len(_real_data_deselected)} tests of the real LGSR weeks deselected: no data at {LGSR} (set "
+            "LGSR_DATA to run them); every other test ran on generated weeks")
 
 
 @pytest.fixture(scope="session")
