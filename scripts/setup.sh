@@ -17,8 +17,11 @@ stamp="$VENV/.installed-$(cat pyproject.toml setup.py src/retail_prediction/feat
 if [ ! -f "$stamp" ]; then
   say "installing retail-prediction and its pinned dependencies into $VENV (1-3 minutes the first time;" \
       "the featurization loops are compiled)"
-  with_heartbeat "installing" "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  with_heartbeat "installing" "$VENV/bin/python" -m pip install --quiet -e '.[train,dev]'
+  install() {
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e '.[train,dev]'
+  }
+  with_heartbeat "installing" install
   touch "$stamp"
   say "installed"
 else
