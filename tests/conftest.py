@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -89,32 +90,115 @@ def s3_use_web_identity(
 
 
 # --------------------------------------------------------------------------------------------------
-# Real data and a trained model
+# Data: weeks generated for the run, the real LGSR weeks when present, a trained model
 
 REPO = Path(__file__).resolve().parents[1]
-LGSR = REPO.parent / "shared" / "data" / "lgsr"
-LGSR_VARIANTS = REPO.parent / "shared" / "data" / "lgsr-variants"
+# The real dunnhumby weeks cannot be redistributed: tests marked `real_data` check them when they are here
+# (LGSR_DATA, else ../shared/data/lgsr beside the repo) and are deselected otherwise. Every other test runs
+# on weeks the synthetic generator writes for the session.
+LGSR = Path(os.environ.get("LGSR_DATA") or REPO.parent / "shared" / "data" / "lgsr")
+LGSR_VARIANTS = Path(os.environ.get("LGSR_VARIANTS") or LGSR.parent / "lgsr-variants")
+HAVE_LGSR = (LGSR / "transactions_200607.csv.gz").is_file()
 # A small but real training set: 10 weeks of the shared data (trains in seconds).
 SMALL_WEEKS = [200607, 200609, 200610, 200611, 200612, 200613, 200614, 200615, 200616, 200617]
+# The generated weeks: 14 consecutive shop weeks from 200607 (~8,000 lines, ~1,300 baskets each), made in
+# about a second; the first 10 train `trained_model` (about 20 s), the rest are later weeks to score.
+GENERATED = {"weeks": 14, "customers": 1500, "seed": 3, "start_week": 200607}
+TRAIN_WEEK_COUNT = 10
+
+
+@dataclass(frozen=True)
+class Weeks:
+    """A folder of weekly transaction files: the weeks a model trains on and later weeks to score."""
+
+    folder: Path
+    train: list[Path]
+    later: list[Path]
+
+    @property
+    def train_weeks(self) -> list[int]:
+        return [int(p.name[13:19]) for p in self.train]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_data: checks the real LGSR weeks; runs only when they are present")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if HAVE_LGSR:
+        return f"real LGSR weeks: {LGSR} (tests marked real_data run too)"
+    return (f"real LGSR weeks: not at {LGSR}; the tests marked real_data are deselected (set LGSR_DATA to run "
+            "them); every other test runs on generated weeks")
+
+
+_real_data_deselected: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if HAVE_LGSR:
+        return
+    kept = [item for item in items if item.get_closest_marker("real_data") is None]
+    if len(kept) < len(items):
+        dropped = [item for item in items if item not in kept]
+        _real_data_deselected.extend(item.nodeid for item in dropped)
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _real_data_deselected:
+        terminalreporter.write_line(
+            f"{len(_real_data_deselected)} tests of the real LGSR weeks deselected: no data at {LGSR} (set "
+            "LGSR_DATA to run them); every other test ran on generated weeks")
+
+
+@pytest.fixture(scope="session")
+def weeks(tmp_path_factory: pytest.TempPathFactory) -> Weeks:
+    """The generated weeks (`retail-prediction generate` with GENERATED), made once per session."""
+    from retail_prediction.data.synthetic import generate
+
+    folder = tmp_path_factory.mktemp("generated-weeks")
+    files = sorted(generate(folder, **GENERATED).files)
+    files = [f for f in files if f.name.startswith("transactions_")]
+    return Weeks(folder, files[:TRAIN_WEEK_COUNT], files[TRAIN_WEEK_COUNT:])
 
 
 @pytest.fixture(scope="session")
 def lgsr() -> Path:
-    if not LGSR.is_dir():
-        pytest.skip(f"the shared LGSR data is not at {LGSR}")
+    """The real LGSR folder, for tests marked real_data (deselected when it is absent)."""
+    assert HAVE_LGSR, "a test using the real weeks must be marked real_data"
     return LGSR
 
 
 @pytest.fixture(scope="session")
-def small_weeks(lgsr: Path) -> list[Path]:
-    return [lgsr / f"transactions_{w}.csv.gz" for w in SMALL_WEEKS]
+def real_weeks(lgsr: Path) -> Weeks:
+    return Weeks(lgsr, [lgsr / f"transactions_{w}.csv.gz" for w in SMALL_WEEKS],
+                 [lgsr / f"transactions_{w}.csv.gz" for w in (200720, 200721, 200752)])
+
+
+def _train(weeks: Weeks, out: Path) -> Path:
+    from retail_prediction.training.train import TrainConfig, train
+
+    train(weeks.train, out, TrainConfig(validation_weeks=2))
+    return out
 
 
 @pytest.fixture(scope="session")
-def trained_model(tmp_path_factory: pytest.TempPathFactory, small_weeks: list[Path]) -> Path:
-    """A model.tar.gz trained by the real pipeline on 10 real weeks (validated on the last 2)."""
-    from retail_prediction.training.train import TrainConfig, train
+def trained_model(tmp_path_factory: pytest.TempPathFactory, weeks: Weeks) -> Path:
+    """A model.tar.gz trained by the real pipeline on the 10 generated training weeks (validated on the
+    last 2): what the API, browser and S3 tests serve."""
+    return _train(weeks, tmp_path_factory.mktemp("model") / "model.tar.gz")
 
-    out = tmp_path_factory.mktemp("model") / "model.tar.gz"
-    train(small_weeks, out, TrainConfig(validation_weeks=2))
-    return out
+
+@pytest.fixture(scope="session")
+def real_model(tmp_path_factory: pytest.TempPathFactory, real_weeks: Weeks) -> Path:
+    """The same on 10 real weeks (tests marked real_data)."""
+    return _train(real_weeks, tmp_path_factory.mktemp("real-model") / "model.tar.gz")
+
+
+@pytest.fixture(scope="session", params=["generated", pytest.param("real", marks=pytest.mark.real_data)])
+def model_and_week(request: pytest.FixtureRequest) -> tuple[Path, Path]:
+    """A trained model and a later week to score with it: generated, and the real pair when present."""
+    if request.param == "generated":
+        return request.getfixturevalue("trained_model"), request.getfixturevalue("weeks").later[-1]
+    return request.getfixturevalue("real_model"), request.getfixturevalue("real_weeks").later[-1]

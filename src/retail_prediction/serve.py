@@ -17,8 +17,10 @@ with 143: `_Server` does not.) With WORKERS > 1 uvicorn's supervisor runs the wo
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -35,6 +37,18 @@ from .serving.settings import Settings
 
 GRACEFUL_SHUTDOWN_SECONDS = 20
 STARTUP_FAILURE = 3  # uvicorn's exit status when the server could not start
+log = logging.getLogger("retail_prediction.serve")
+
+
+def browse_url(host: str, port: int) -> str:
+    """The page's address for a browser on this machine: a wildcard listening address is not one to open."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def _say_where(host: str, port: int) -> None:
+    url = browse_url(host, port)
+    log.info("open %s in a browser (the API's documentation: %sdocs)", url, url)
 
 
 def app_from_env() -> Any:
@@ -48,6 +62,11 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            _say_where(self.config.host, self.config.port)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._on_exit()
@@ -96,6 +115,7 @@ def serve(settings: Settings | None = None, *, host: str | None = None, port: in
         return
     # Several workers need an importable factory; they read the same environment, so pass overrides on.
     os.environ.update({"HOST": settings.host, "PORT": str(settings.port)})
+    _say_where(settings.host, settings.port)
     uvicorn.run("retail_prediction.serve:app_from_env", factory=True, workers=settings.workers, **options)
 
 

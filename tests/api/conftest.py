@@ -24,9 +24,7 @@ from fastapi.testclient import TestClient
 from retail_prediction.api import Settings, create_app
 from retail_prediction.artifact.archive import pack_artifact, read_artifact
 
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/lgsr"
 REPO = Path(__file__).resolve().parents[2]
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -35,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def model_path(request: pytest.FixtureRequest) -> Path:
-    """The small real model trained by the session fixture of tests/conftest.py (`trained_model`).
+    """The small model trained on generated weeks by the session fixture of tests/conftest.py (`trained_model`).
 
     API_TEST_MODEL=path reuses an existing archive instead (quick local iterations).
     """

@@ -1,10 +1,11 @@
-"""Featurization parity: real baskets of the data set, featurized by the training path (file -> Arrow ->
-`table_to_baskets` -> `basket_features`) and by the API path (JSON -> checked request structs ->
-`client_features`), must give the same features and the same probabilities."""
+"""Featurization parity: baskets of a later week (generated, and real when present), featurized by the
+training path (file -> Arrow -> `table_to_baskets` -> `basket_features`) and by the API path (JSON -> checked
+request structs -> `client_features`), must give the same features and the same probabilities."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +17,19 @@ from fastapi.testclient import TestClient
 from retail_prediction.api.decoding import decode_predict
 from retail_prediction.api.schemas import Limits, request_types
 from retail_prediction.data import lgsr
-from retail_prediction.data.reading import read_transactions, resolve_files, table_to_baskets
+from retail_prediction.data.reading import read_transactions, table_to_baskets
 from retail_prediction.features.client import client_features, encode_clients
 from retail_prediction.features.tables import basket_features, encoded_features
 from retail_prediction.serving.predictor import Predictor
-
-from .conftest import DATA_DIR
 
 N_BASKETS = 400
 _CODES = {"prod_code_10": 0, "prod_code_20": 1, "prod_code_30": 2, "prod_code_40": 3}
 
 
 @pytest.fixture(scope="module")
-def real_baskets() -> tuple[Any, list[dict[str, Any]]]:
-    """A sample of real baskets: the training-side `Baskets` and the same baskets as API JSON bodies."""
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"no data set at {DATA_DIR}")
-    table = read_transactions(resolve_files(DATA_DIR)[-1])
+def later_baskets(model_and_week: tuple[Path, Path]) -> tuple[Any, list[dict[str, Any]]]:
+    """A sample of a later week's baskets: the training-side `Baskets` and the same baskets as API JSON bodies."""
+    table = read_transactions(model_and_week[1])
     basket_ids = table[lgsr.BASKET_ID].to_numpy().astype(str)
     ids = np.unique(basket_ids)
     chosen = np.random.default_rng(7).choice(ids, size=min(N_BASKETS, ids.size), replace=False)
@@ -55,10 +52,10 @@ def _as_requests(baskets: Any) -> list[dict[str, Any]]:
     return requests
 
 
-def test_api_features_equal_training_features(real_baskets: tuple[Any, list[dict[str, Any]]],
-                                              model_path: Path) -> None:
-    baskets, requests = real_baskets
-    predictor = Predictor.load(model_path)
+def test_api_features_equal_training_features(later_baskets: tuple[Any, list[dict[str, Any]]],
+                                              model_and_week: tuple[Path, Path]) -> None:
+    baskets, requests = later_baskets
+    predictor = Predictor.load(model_and_week[0])
     trained = basket_features(baskets.lines, predictor.tables)
     parsed = [decode_predict(json.dumps(r).encode(), request_types(Limits())) for r in requests]
     served, _ = client_features([r.basket_items for r in parsed], predictor.tables)  # what /predict computes
@@ -69,10 +66,12 @@ def test_api_features_equal_training_features(real_baskets: tuple[Any, list[dict
     np.testing.assert_allclose(served, trained, rtol=1e-5, atol=1e-6)
 
 
-def test_batch_endpoint_matches_training_predictions(real_baskets: tuple[Any, list[dict[str, Any]]],
-                                                     client: TestClient, model_path: Path) -> None:
-    baskets, requests = real_baskets
-    predictor = Predictor.load(model_path)
+def test_batch_endpoint_matches_training_predictions(later_baskets: tuple[Any, list[dict[str, Any]]],
+                                                     make_client: Callable[..., TestClient],
+                                                     model_and_week: tuple[Path, Path]) -> None:
+    baskets, requests = later_baskets
+    predictor = Predictor.load(model_and_week[0])
+    client = make_client(model_uri=str(model_and_week[0]))
     expected = predictor.predict_features(basket_features(baskets.lines, predictor.tables))
     response = client.post("/predict/batch", json={"baskets": requests})
     assert response.status_code == 200, response.text

@@ -12,7 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import LGSR_VARIANTS
+from conftest import LGSR_VARIANTS, Weeks
 from retail_prediction.contract import LABELS
 from retail_prediction.data import lgsr
 from retail_prediction.data.reading import DataError, read_transactions, resolve_files, table_to_baskets
@@ -33,24 +33,37 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def week(lgsr: Path) -> Path:
-    return lgsr / "transactions_200607.csv.gz"
+def week(weeks: Weeks) -> Path:
+    return weeks.folder / "transactions_200607.csv.gz"
 
 
-def test_reads_a_real_week_with_ids_as_strings(week: Path) -> None:
-    table = read_transactions(week)
-    assert table.num_rows == 25_241
+def _check_ids_are_strings(table) -> None:
     assert set(lgsr.ALL_COLUMNS) <= set(table.column_names)
     ids = table.column(lgsr.BASKET_ID).to_pylist()
     assert all(isinstance(i, str) and len(i) == 15 for i in ids)
     assert table.column(lgsr.CUST_CODE).null_count == 0  # blank customer is an empty string, not a number
 
 
-def test_folder_glob_and_list_give_the_same_rows(lgsr: Path, week: Path) -> None:
-    by_glob = read_transactions(str(lgsr / "transactions_20060[79].csv.gz"))
-    by_list = read_transactions([week, lgsr / "transactions_200609.csv.gz"])
-    assert by_glob.num_rows == by_list.num_rows > 25_241
+def test_reads_a_week_with_ids_as_strings(week: Path) -> None:
+    table = read_transactions(week)
+    assert table.num_rows == len(_lines(week)) - 1
+    _check_ids_are_strings(table)
+
+
+@pytest.mark.real_data
+def test_reads_a_real_week_with_ids_as_strings(lgsr: Path) -> None:
+    table = read_transactions(lgsr / "transactions_200607.csv.gz")
+    assert table.num_rows == 25_241
+    _check_ids_are_strings(table)
     assert len(resolve_files(lgsr)) == 94  # time.csv.gz is a calendar, not transactions
+
+
+def test_folder_glob_and_list_give_the_same_rows(weeks: Weeks, week: Path) -> None:
+    by_glob = read_transactions(str(weeks.folder / "transactions_20060[79].csv.gz"))
+    by_list = read_transactions([week, weeks.folder / "transactions_200609.csv.gz"])
+    assert by_glob.num_rows == by_list.num_rows > len(_lines(week))
+    # time.csv.gz is a calendar, not transactions
+    assert resolve_files(weeks.folder) == weeks.train + weeks.later
 
 
 def test_csv_gz_plain_csv_and_parquet_agree(week: Path, tmp_path: Path) -> None:
@@ -83,14 +96,29 @@ def test_old_header_variant_is_normalised_with_its_code_maps(week: Path, tmp_pat
     assert {"AZ", "BG", "CT"} & set(new.column("seg_1").to_pylist())
 
 
-def test_spreadsheet_mangled_ids_are_refused_not_merged() -> None:
-    variant = LGSR_VARIANTS / "transactions_200607_old_header_excel_ids.csv.gz"
-    if not variant.exists():
-        pytest.skip("variant file absent")
+@pytest.fixture(params=["generated", pytest.param("real", marks=pytest.mark.real_data)])
+def spreadsheet_ids(request: pytest.FixtureRequest, week: Path, tmp_path: Path) -> Path:
+    """A week whose BASKET_IDs a spreadsheet saved as 9.94E+14: made from a generated week, and the real
+    header variant of ../shared/data/lgsr-variants when the real weeks are present."""
+    if request.param == "real":
+        variant = LGSR_VARIANTS / "transactions_200607_old_header_excel_ids.csv.gz"
+        assert variant.exists(), f"the header variants are expected beside the LGSR weeks, at {variant}"
+        return variant
+    lines = _lines(week)[:20]
+    column = lines[0].split(",").index(lgsr.BASKET_ID)
+    mangled = [lines[0]]
+    for line in lines[1:]:
+        cells = line.split(",")
+        cells[column] = f"{float(cells[column]):.2E}"
+        mangled.append(",".join(cells))
+    return _write(tmp_path / "transactions_200607_excel_ids.csv.gz", mangled)
+
+
+def test_spreadsheet_mangled_ids_are_refused_not_merged(spreadsheet_ids: Path) -> None:
     with pytest.raises(DataError) as err:
-        read_transactions(variant)
+        read_transactions(spreadsheet_ids)
     message = str(err.value)
-    assert variant.name in message and "line 2" in message and "BASKET_ID" in message
+    assert spreadsheet_ids.name in message and "line 2" in message and "BASKET_ID" in message
     assert "scientific notation" in message and "spreadsheet" in message
 
 
@@ -137,14 +165,11 @@ def test_baskets_group_lines_and_keep_one_label_each(week: Path) -> None:
     baskets = table_to_baskets(read_transactions(week))
     assert baskets.lines.n_baskets == np.unique(baskets.basket_ids).size
     assert baskets.label is not None and set(baskets.label) <= set(LABELS)
-    assert np.bincount(baskets.lines.basket).sum() == 25_241
+    assert np.bincount(baskets.lines.basket).sum() == len(_lines(week)) - 1
 
 
-def test_cli_reports_bad_file_without_traceback(tmp_path: Path) -> None:
-    variant = LGSR_VARIANTS / "transactions_200607_old_header_excel_ids.csv.gz"
-    if not variant.exists():
-        pytest.skip("variant file absent")
-    proc = subprocess.run([sys.executable, "-m", "retail_prediction.cli", "train", "--data", str(variant),
+def test_cli_reports_bad_file_without_traceback(spreadsheet_ids: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "retail_prediction.cli", "train", "--data", str(spreadsheet_ids),
                            "--out", str(tmp_path / "m.tar.gz")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "line 2, column BASKET_ID" in proc.stderr

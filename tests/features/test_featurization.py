@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import Weeks
 from retail_prediction.artifact.archive import ArtifactError, pack_artifact, read_artifact
 from retail_prediction.contract import BasketLine, Codes, Lines
 from retail_prediction.data import lgsr
@@ -28,8 +29,8 @@ from retail_prediction.serving.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
-def baskets(small_weeks: list[Path]):
-    return table_to_baskets(read_transactions(small_weeks[:3]))
+def baskets(weeks: Weeks):
+    return table_to_baskets(read_transactions(weeks.train[:3]))
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,11 @@ def _served_features(lines: ClientLines, predictor: Predictor) -> np.ndarray:
     return encoded_features(lines.enc, lines.spend, lines.quantity, lines.basket, lines.n_baskets, predictor.tables)
 
 
-def test_serving_path_gives_the_training_features_for_real_baskets(trained_model: Path, lgsr: Path) -> None:
+def test_serving_path_gives_the_training_features_for_later_baskets(model_and_week: tuple[Path, Path]) -> None:
     """Files -> Arrow -> features (training/batch) equals JSON-like items -> features (API), basket by basket."""
-    predictor = Predictor.load(trained_model)
-    later = table_to_baskets(read_transactions(lgsr / "transactions_200752.csv.gz"))
+    model, week = model_and_week
+    predictor = Predictor.load(model)
+    later = table_to_baskets(read_transactions(week))
     from_files = predictor.features(later.lines)
     picks = np.random.default_rng(1).choice(later.lines.n_baskets, 200, replace=False)
     one_by_one = np.vstack([
@@ -77,11 +79,12 @@ def test_serving_path_gives_the_training_features_for_real_baskets(trained_model
                                    predictor.predict_features(from_files[[b]])[0], rtol=1e-5, atol=1e-6)
 
 
-def test_client_features_is_the_step_by_step_path(trained_model: Path, lgsr: Path) -> None:
+def test_client_features_is_the_step_by_step_path(model_and_week: tuple[Path, Path]) -> None:
     """The API's one-call path (`client_features`) gives the step-by-step loops' features and unknown counts,
     bit for bit, for baskets in both forms (dict keyed by product, list), with categories and unknown codes."""
-    predictor = Predictor.load(trained_model)
-    later = table_to_baskets(read_transactions(lgsr / "transactions_200752.csv.gz"))
+    model, week = model_and_week
+    predictor = Predictor.load(model)
+    later = table_to_baskets(read_transactions(week))
     baskets: list = [_items_of(later, b) for b in range(40)]
     baskets[1] = {item.product_id: item for item in baskets[1]}  # the object form
     baskets[2] = [BasketLine("NEW-1", 1, 2.0, "unknown-category"), BasketLine("NEW-2", 3, 0.5),
@@ -97,7 +100,7 @@ def test_client_features_is_the_step_by_step_path(trained_model: Path, lgsr: Pat
 
 
 def test_compiled_loops_follow_the_definitions(baskets, learned) -> None:
-    """The compiled loops against a plain NumPy statement of what they compute, on real baskets."""
+    """The compiled loops against a plain NumPy statement of what they compute, on generated baskets."""
     tables, _, _ = learned
     lines = baskets.lines.take(np.flatnonzero(baskets.lines.basket < 300))
     lines = replace(lines, n_baskets=300)

@@ -1,4 +1,5 @@
-"""The training pipeline end to end on real weeks: artifact, evaluation, batch scoring, CLI."""
+"""The training pipeline end to end on generated weeks (and on real ones when present): artifact, evaluation,
+batch scoring, CLI."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from conftest import SMALL_WEEKS
+from conftest import Weeks
 from retail_prediction.artifact.archive import read_artifact
 from retail_prediction.serving.predictor import REQUIRED_FILES, Predictor
 from retail_prediction.training.candidates import LightGBMCandidate
@@ -22,7 +24,7 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
                           timeout=timeout)
 
 
-def test_artifact_holds_everything_and_no_pickle(trained_model: Path) -> None:
+def test_artifact_holds_everything_and_no_pickle(trained_model: Path, weeks: Weeks) -> None:
     art = read_artifact(trained_model)
     for name in (*REQUIRED_FILES, "metrics.json", "report.md", "confusion_matrix.png"):
         assert name in art.files
@@ -37,9 +39,10 @@ def test_artifact_holds_everything_and_no_pickle(trained_model: Path) -> None:
     assert meta["onnx_parity_max_abs_diff"] <= 1e-5
     assert meta["chosen_model"] in {"lightgbm", "logistic_regression"}
     assert {c["name"] for c in meta["candidates"]} == {"majority", "logistic_regression", "lightgbm"}
-    assert meta["training"]["weeks"] == [SMALL_WEEKS[0], SMALL_WEEKS[-1]]
+    trained = weeks.train_weeks
+    assert meta["training"]["weeks"] == [trained[0], trained[-1]]
     # Time-based validation: the held-out weeks are the latest ones.
-    assert meta["training"]["validation_weeks"] == [SMALL_WEEKS[-2], SMALL_WEEKS[-1]]
+    assert meta["training"]["validation_weeks"] == [trained[-2], trained[-1]]
     assert {"numpy", "lightgbm", "onnxruntime", "python"} <= set(meta["libraries"])
 
 
@@ -72,25 +75,34 @@ def test_lightgbm_stops_when_held_out_loss_stops_improving() -> None:
     assert tiny.rounds == 7
 
 
-def test_evaluate_writes_json_png_and_report(trained_model: Path, lgsr: Path, tmp_path: Path) -> None:
-    out = tmp_path / "eval.json"
-    proc = _cli("evaluate", "--model", str(trained_model), "--data", str(lgsr / "transactions_200720.csv.gz"),
-                "--json", str(out))
+def _evaluate(model: Path, week: Path, out: Path) -> dict:
+    proc = _cli("evaluate", "--model", str(model), "--data", str(week), "--json", str(out))
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_evaluate_writes_json_png_and_report(trained_model: Path, weeks: Weeks, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    report = _evaluate(trained_model, weeks.later[-1], out)
     for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "log_loss", "n_baskets", "unseen_products"):
         assert key in report
     for key in ("accuracy", "macro_f1", "per_class", "confusion_matrix", "log_loss", "n_baskets"):
         assert key in report["unseen_products"]
-    assert report["accuracy"] > 0.85  # 8 training weeks; the majority class alone scores about 0.5
+    assert report["accuracy"] > 0.8  # 8 training weeks; the majority class alone scores about 0.5
     assert set(report["per_class"]["MM"]) == {"precision", "recall", "f1", "support"}
     assert sum(map(sum, report["confusion_matrix"])) == report["n_baskets"]
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
     assert "| all baskets |" in out.with_suffix(".md").read_text()
 
 
-def test_predict_scores_every_basket_through_the_predictor(trained_model: Path, lgsr: Path, tmp_path: Path) -> None:
-    week = lgsr / "transactions_200721.csv.gz"
+@pytest.mark.real_data
+def test_accuracy_on_a_later_real_week(real_model: Path, real_weeks: Weeks, tmp_path: Path) -> None:
+    report = _evaluate(real_model, real_weeks.later[0], tmp_path / "eval.json")
+    assert report["accuracy"] > 0.85  # 8 real training weeks; the majority class alone scores about 0.5
+
+
+def test_predict_scores_every_basket_through_the_predictor(trained_model: Path, weeks: Weeks, tmp_path: Path) -> None:
+    week = weeks.later[0]
     out = tmp_path / "pred.csv"
     proc = _cli("predict", "--model", str(trained_model), "--data", str(week), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -98,7 +110,7 @@ def test_predict_scores_every_basket_through_the_predictor(trained_model: Path, 
         rows = list(csv.DictReader(f))
     predictor = Predictor.load(trained_model)
     assert list(rows[0]) == ["basket_id", "label", *[f"p_{c}" for c in predictor.classes]]
-    assert len({r["basket_id"] for r in rows}) == len(rows) > 3000
+    assert len({r["basket_id"] for r in rows}) == len(rows) > 1000
     probs = np.array([[float(r[f"p_{c}"]) for c in predictor.classes] for r in rows])
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
     assert all(r["label"] == predictor.classes[int(np.argmax(p))] for r, p in zip(rows, probs, strict=True))
@@ -121,15 +133,16 @@ def test_inspect_and_refusal_of_a_tampered_archive(trained_model: Path, tmp_path
     assert proc.returncode == 2 and "tables.npz" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_train_cli_until_week(lgsr: Path, tmp_path: Path) -> None:
-    files = [str(lgsr / f"transactions_{w}.csv.gz") for w in SMALL_WEEKS[:6]]
+def test_train_cli_until_week(weeks: Weeks, tmp_path: Path) -> None:
+    files = [str(f) for f in weeks.train[:6]]
+    trained = weeks.train_weeks
     out = tmp_path / "m.tar.gz"
-    proc = _cli("train", "--data", *files, "--out", str(out), "--until-week", str(SMALL_WEEKS[4]),
+    proc = _cli("train", "--data", *files, "--out", str(out), "--until-week", str(trained[4]),
                 "--validation-weeks", "1", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     assert "fitting lightgbm" in proc.stderr and "ONNX export checked" in proc.stderr
     meta = json.loads(read_artifact(out).files["metadata.json"])
-    assert meta["training"]["weeks"] == [SMALL_WEEKS[0], SMALL_WEEKS[4]]
+    assert meta["training"]["weeks"] == [trained[0], trained[4]]
     assert meta["training"]["threads"] == 1
 
 

@@ -50,7 +50,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     service = PredictionService(settings)
     types = request_types(Limits(settings.max_string_length, settings.max_basket_lines, settings.max_batch_size))
     app = LeanApp(title="Retail Prediction API", version=__version__, lifespan=_lifespan,

@@ -1,8 +1,10 @@
-"""JSON log lines: one object per line on stderr, for log collectors that parse JSON.
+"""Log lines on stderr: JSON objects for log collectors, or plain text lines for a person at a terminal.
 
 Every record carries time, level, logger and message, plus whatever the call site passed in `extra`
 (request_id, route, status, latency_ms, model_version, ...). uvicorn's own loggers are routed through
-the same formatter; its access log is replaced by ours (which knows the route and model version).
+the same formatter (without the `color_message` copy it adds, escape codes and all); its access log is
+replaced by ours (which knows the route and model version). LOG_FORMAT picks the form: `json`, `text`, or
+`auto` (the default): text when stderr is a terminal, JSON otherwise.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 import orjson
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
+# uvicorn's `color_message` is its message again with terminal escape codes: never logged.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName"}
+    "message", "asctime", "taskName", "color_message"}
 
 ACCESS_LOGGER = "retail_prediction.access"
 
@@ -35,19 +38,47 @@ def _timestamp(created: float) -> str:
     return f"{_second[1]}.{int(created % 1 * 1000):03d}Z"
 
 
+def _entry(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "time": _timestamp(record.created),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "message": record.getMessage(),
+    }
+    entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD and v is not None)
+    if record.exc_info:
+        # Server-side only: the traceback goes to the log, never into a response.
+        entry["exception"] = formatter.formatException(record.exc_info)
+    return entry
+
+
+def text_line(entry: dict[str, Any]) -> str:
+    """`time level logger: message key=value ...`, the exception (if any) on the lines after it."""
+    fields = " ".join(f"{k}={v}" for k, v in entry.items()
+                      if k not in ("time", "level", "logger", "message", "exception"))
+    line = f"{entry['time']} {entry['level']:<7} {entry['logger']}: {entry['message']}"
+    line = f"{line}  {fields}" if fields else line
+    return f"{line}\n{entry['exception']}" if "exception" in entry else line
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": _timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD and v is not None)
-        if record.exc_info:
-            # Server-side only: the traceback goes to the log, never into a response.
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        return orjson.dumps(_entry(self, record), default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines for a person reading a terminal: no JSON, no escape codes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return text_line(_entry(self, record))
+
+
+def text_wanted(log_format: str, stream: Any = None) -> bool:
+    """Whether LOG_FORMAT (`json`, `text` or `auto`) means text lines on `stream` (default: stderr)."""
+    if log_format != "auto":
+        return log_format == "text"
+    isatty = getattr(stream if stream is not None else sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -67,10 +98,12 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure(level: str = "info") -> None:
-    """Send our and uvicorn's loggers to stderr as JSON at `level`; idempotent."""
+def configure(level: str = "info", log_format: str = "auto") -> None:
+    """Send our and uvicorn's loggers to stderr at `level`, as JSON or text (`text_wanted`); idempotent."""
+    global _text_access
+    _text_access = text_wanted(log_format)
     handler = _StderrHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(TextFormatter() if _text_access else JsonFormatter())
     for name in ("retail_prediction", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
@@ -128,6 +161,7 @@ class _AccessLines:
 
 
 _access_lines = _AccessLines()
+_text_access = False  # access lines as text (set by `configure`)
 flush_access_lines = _access_lines.flush
 atexit.register(flush_access_lines)
 
@@ -141,7 +175,10 @@ def write_access_line(level: int, fields: dict[str, Any]) -> None:
     """
     entry = {"time": _timestamp(time.time()), "level": logging.getLevelName(level).lower(),
              "logger": ACCESS_LOGGER, "message": "request", **fields}
-    _access_lines.add(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+    if _text_access:
+        _access_lines.add(f"{text_line(entry)}\n".encode())
+    else:
+        _access_lines.add(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
 
 
 def uvicorn_log_config() -> dict[str, Any]:

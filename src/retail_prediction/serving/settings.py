@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     workers: int = Field(1, ge=1, le=64)
     log_level: LogLevel = "info"
+    # Log lines as JSON (for collectors) or plain text (for a person); auto: text when stderr is a terminal.
+    log_format: Literal["auto", "json", "text"] = "auto"
     # Comma-separated origins allowed by CORS; empty = no CORS headers at all.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
