@@ -6,6 +6,7 @@ deployment runs one worker per pod, so no multiprocess aggregation is needed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -76,7 +77,13 @@ class Metrics:
         counts: dict[str, int] = {}
         for label in labels:
             counts[label] = counts.get(label, 0) + 1
+        self.add_predictions(counts)
+
+    def add_predictions(self, counts: Mapping[str, int]) -> None:
+        """`counts[label]` more baskets classified as `label`."""
         for label, n in counts.items():
+            if not n:
+                continue
             child = self._predicted.get(label)
             if child is None:
                 child = self._predicted[label] = self.predictions.labels(label)

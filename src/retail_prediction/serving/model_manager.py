@@ -104,9 +104,9 @@ class ModelManager:
             self.source = None
             self._fail("bad_config", f"model source misconfigured: {exc}")
 
-    def hold(self, predictor: Predictor, source_uri: str) -> LoadedModel:
+    def hold(self, predictor: Predictor, source_uri: str, load_seconds: float) -> LoadedModel:
         """Serve `predictor`, loaded by the caller (batch scoring of files): no source is polled."""
-        model = LoadedModel(predictor, source_uri, predictor.sha256, _now(), 0.0)
+        model = LoadedModel(predictor, source_uri, predictor.sha256, _now(), load_seconds)
         self._swap(model, "initial")
         return model
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,9 @@ class PredictionService:
         """A service that serves the archive at `path` only (batch scoring): loaded and checked as the server
         does it (`load_predictor`, ArtifactError if refused), with the default settings and no polling."""
         service = cls(Settings.model_construct(model_poll_seconds=0))
+        started = time.perf_counter()
         predictor = load_predictor(path, limits=limits, intra_op_threads=intra_op_threads)
-        return service, service.manager.hold(predictor, str(path))
+        return service, service.manager.hold(predictor, str(path), time.perf_counter() - started)
 
     def model(self) -> LoadedModel:
         """The serving model; ModelNotReady while there is none."""
@@ -129,9 +131,7 @@ class PredictionService:
         table grouped by basket (files): featurized and run in blocks on two threads, counted in the metrics."""
         proba = model.predictor.predict_batch(lines)
         counts = np.bincount(proba.argmax(axis=1), minlength=len(model.predictor.classes))
-        for label, n in zip(model.predictor.classes, counts.tolist(), strict=True):
-            if n:
-                self.metrics.predictions.labels(label).inc(n)
+        self.metrics.add_predictions(dict(zip(model.predictor.classes, counts.tolist(), strict=True)))
         return proba
 
     def _score_cached(self, predictor: Predictor, baskets: Sequence[Basket]) -> tuple[list[Answer], int]:
