@@ -46,12 +46,20 @@ def test_bins_cover_everything_and_an_always_zero_column_still_detects_change() 
     assert bin_counts(feature, np.array([np.nan, -1.0, 5.0])).sum() == 3
 
 
+def test_a_mostly_zero_column_keeps_zero_apart_from_some() -> None:
+    values = np.where(np.arange(1000) < 950, 0.0, 1.0)  # 95 % exactly 0, the rest all unknown
+    feature = FeatureProfile("x", bin_edges(values), shares(bin_edges(values), values))
+    assert psi(feature.shares, bin_counts(feature, values)) == pytest.approx(0.0, abs=1e-9)
+    half = np.where(np.arange(1000) < 500, 0.0, 0.5)  # live: half the baskets with unknown products
+    assert psi(feature.shares, bin_counts(feature, half)) > 0.25
+
+
 def test_reference_profile_is_deciles_and_the_predicted_mix() -> None:
     profile, features = _profile()
     assert set(profile.features) == {"lines", "spend", "mean_unit_price", "unknown_share"}
     spend = profile.features["spend"]
     assert spend.column == "log_spend" and len(spend.shares) == len(spend.edges) + 1
-    inner = spend.shares[1:-1]  # deciles: ten bins of a tenth each between the extremes
+    inner = spend.shares[2:-1]  # deciles: ten bins of about a tenth each between the extremes
     assert len(inner) == 10 and max(abs(s - 0.1) for s in inner) < 0.01
     assert sum(profile.class_shares) == pytest.approx(1.0) and profile.class_shares[1] == pytest.approx(0.5, abs=0.03)
     same = profile_psi(profile, NAMES, features, RNG.choice(4, size=len(features), p=[0.2, 0.5, 0.25, 0.05]))
@@ -113,6 +121,8 @@ def test_training_writes_a_profile_the_predictor_reads(trained_model: Path) -> N
     assert profile.baskets > 100 and len(profile.weeks) == 2  # the two held-out weeks
     for feature in profile.features.values():
         assert feature.column in predictor.feature_names
+    # Held-out weeks bring products the model has not seen: "none unknown" and "some" are different bins.
+    assert sum(share > 0 for share in profile.features["unknown_share"].shares) >= 2
 
 
 def _rewrite(source: Path, dest: Path, change: dict[str, bytes | None]) -> Path:

@@ -17,8 +17,9 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..serving.service import PredictionService
 from ..serving.settings import Settings
-from . import docs, errors, logs, routes
+from . import docs, errors, logs, oip, routes
 from .middleware import RequestContextMiddleware
+from .oip_tensors import InferRequest
 from .routing import LeanApp
 from .schemas import Limits, RequestTypes, json_schemas, request_types
 
@@ -30,7 +31,7 @@ def _openapi(app: FastAPI, types: RequestTypes) -> Callable[[], dict[str, Any]]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(json_schemas(types))
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(json_schemas(types, InferRequest))
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -52,7 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_format)
     service = PredictionService(settings)
-    types = request_types(Limits(settings.max_string_length, settings.max_basket_lines, settings.max_batch_size))
+    limits = Limits(settings.max_string_length, settings.max_basket_lines, settings.max_batch_size)
+    types = request_types(limits)
     app = LeanApp(title="Retail Prediction API", version=__version__, lifespan=_lifespan,
                   description="Classifies a shopping basket's price sensitivity (LA / MM / UM / XX).",
                   docs_url=None, redoc_url=None,  # served offline by docs.py
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     errors.install(app)
     routes.register(app, service, types, settings)
+    oip.register_oip(app, service, settings, limits)
     docs.register(app)
     app.mount("/static", StaticFiles(directory=str(resources.files(__package__).joinpath("static"))), name="static")
     app.openapi = _openapi(app, types)  # type: ignore[method-assign]

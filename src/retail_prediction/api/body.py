@@ -59,9 +59,11 @@ def _headers(request: Request) -> tuple[int | None, bytes | None]:
     return length, kind
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, *, require_json: bool = True) -> bytes:
+    """The body, at most `limit` bytes; JSON declared unless `require_json` is False (the inference protocol's
+    binary framing has no Content-Type of its own)."""
     declared, content_type = _headers(request)
-    if content_type is None or not _is_json(content_type):
+    if require_json and (content_type is None or not _is_json(content_type)):
         raise _unsupported(content_type)
     if declared is not None and declared > limit:
         raise _too_large(limit)

@@ -90,6 +90,11 @@ def check_basket(request: Basket, prefix: str) -> None:
             raise _mangled(f"{prefix}basket_items.{i}.product_id", product)
 
 
+def looks_mangled(code: str) -> bool:
+    """A product code a spreadsheet turned into a number (`9.94E+14`): refused wherever codes come in."""
+    return code[0] in _MANGLED_START and _MANGLED.match(code) is not None
+
+
 def _mangled(field: str, code: str) -> ApiError:
     return invalid(field, f"{code!r} looks like a spreadsheet-mangled number, not a product code")
 

@@ -8,7 +8,6 @@ HEAD too (some probes and load balancers use it; uvicorn sends the headers witho
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -24,7 +23,7 @@ from .body import read_body
 from .decoding import decode_batch, decode_predict
 from .errors import ApiError
 from .model_info import model_info
-from .routing import Endpoint, LeanRoute
+from .routing import Declare
 from .schemas import (
     BatchResponse,
     ErrorResponse,
@@ -58,7 +57,7 @@ def _static_text(name: str) -> str:
 
 def register(app: FastAPI, service: PredictionService, types: RequestTypes, settings: Settings) -> None:
     """Declare the endpoints on `app`'s router."""
-    api = _Declare(app)
+    api = Declare(app)
     max_body = settings.max_body_bytes
 
     @api.post("/predict", response_model=PredictResponse, responses=_ERRORS, tags=["predict"],
@@ -116,29 +115,3 @@ def register(app: FastAPI, service: PredictionService, types: RequestTypes, sett
     @api.get("/", include_in_schema=False)
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(_static_text("index.html"))
-
-
-
-class _Declare:
-    """`@api.post(...)` / `@api.get(...)` that declare LeanRoutes on the app's own router."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.router = app.router
-
-    def post(self, path: str, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
-        def declare(endpoint: Endpoint) -> Endpoint:
-            self.router.add_api_route(path, endpoint, methods=["POST"], route_class_override=LeanRoute, **kwargs)
-            return endpoint
-
-        return declare
-
-    def get(self, path: str, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
-        """GET, and HEAD answered by the same endpoint (documented once, under GET)."""
-
-        def declare(endpoint: Endpoint) -> Endpoint:
-            self.router.add_api_route(path, endpoint, methods=["GET"], route_class_override=LeanRoute, **kwargs)
-            self.router.add_api_route(path, endpoint, methods=["HEAD"], route_class_override=LeanRoute,
-                                      include_in_schema=False)
-            return endpoint
-
-        return declare

@@ -144,3 +144,28 @@ class LeanApp(FastAPI):
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return ServerErrorMiddleware(app, handler=error_handler, debug=self.debug)
+
+
+class Declare:
+    """`@api.post(...)` / `@api.get(...)` that declare LeanRoutes on the app's own router."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.router = app.router
+
+    def post(self, path: str, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
+        def declare(endpoint: Endpoint) -> Endpoint:
+            self.router.add_api_route(path, endpoint, methods=["POST"], route_class_override=LeanRoute, **kwargs)
+            return endpoint
+
+        return declare
+
+    def get(self, path: str, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
+        """GET, and HEAD answered by the same endpoint (documented once, under GET)."""
+
+        def declare(endpoint: Endpoint) -> Endpoint:
+            self.router.add_api_route(path, endpoint, methods=["GET"], route_class_override=LeanRoute, **kwargs)
+            self.router.add_api_route(path, endpoint, methods=["HEAD"], route_class_override=LeanRoute,
+                                      include_in_schema=False)
+            return endpoint
+
+        return declare

@@ -133,9 +133,9 @@ def request_types(limits: Limits) -> RequestTypes:
     return RequestTypes(text, keyed, predict, batch, msgspec.json.Decoder(predict), msgspec.json.Decoder(batch))
 
 
-def json_schemas(types: RequestTypes) -> dict[str, Any]:
-    """The request bodies' JSON schemas, as OpenAPI components (name -> schema)."""
-    _, components = msgspec.json.schema_components([types.predict, types.batch],
+def json_schemas(types: RequestTypes, *more: type) -> dict[str, Any]:
+    """The request bodies' JSON schemas (and those of `more` structs), as OpenAPI components (name -> schema)."""
+    _, components = msgspec.json.schema_components([types.predict, types.batch, *more],
                                                    ref_template="#/components/schemas/{name}")
     components["PredictRequest"]["examples"] = [EXAMPLE_REQUEST]
     return components

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # the thread pool. A tuning knob, kept so docs/benchmarks.md can be reproduced.
     predict_execution: Literal["batched", "inline", "threadpool"] = "batched"
 
+    # ---- the Open Inference Protocol (KServe v2) routes: the model's name in /v2/models/{name}
+    oip_model_name: str = Field("retail-prediction", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
     # ---- shadow model: a candidate scored on a sample of live baskets after the answer, never answering
     shadow_model_uri: str | None = None
     shadow_model_bucket: str | None = None

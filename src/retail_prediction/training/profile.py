@@ -21,13 +21,15 @@ QUANTILES = np.linspace(0.1, 0.9, 9)  # deciles
 
 
 def bin_edges(values: np.ndarray) -> list[float]:
-    """Interior cut points: the deciles, plus the smallest value and a hair above the largest, so that live
-    values outside everything seen get bins of their own (a column that is always 0 still detects non-zeros)."""
+    """Interior cut points: the deciles, plus the smallest value, a hair above it and a hair above the
+    largest. Live values outside everything seen get bins of their own, and the smallest value gets one: a
+    column that is mostly 0 (the unknown share) keeps "exactly 0" apart from "some", whatever its deciles."""
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return [0.0]
     low, high = float(finite.min()), float(finite.max())
-    edges = np.unique(np.concatenate([[low], np.quantile(finite, QUANTILES), [np.nextafter(high, np.inf)]]))
+    edges = np.unique(np.concatenate([[low, np.nextafter(low, np.inf)], np.quantile(finite, QUANTILES),
+                                      [np.nextafter(high, np.inf)]]))
     return [float(e) for e in edges]
 
 

@@ -1,0 +1,244 @@
+"""The Open Inference Protocol (KServe v2 / Triton REST) beside our own API, for KServe and tritonclient.
+
+A batch of baskets comes in long form, one row per line (as MLServer's pandas content type has it): BYTES
+`basket_id`, `product_id`, numeric `quantity` and `price`, optional BYTES `category` and hierarchy codes (an
+empty string = not given). Lines with the same basket_id form a basket, in order of first appearance. The
+baskets are checked with /predict/batch's limits and wording and scored by the same
+`PredictionService.predict_batch`, so the answers are /predict's. Errors are `{"error": message}` (400, 404,
+413, 503), as the protocol and KServe answer them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from .. import __version__
+from ..contract import HIERARCHY_FIELDS, MAX_AMOUNT, Basket, BasketLine
+from ..serving.model_manager import LoadedModel
+from ..serving.service import ModelNotReady, PredictionService
+from ..serving.settings import Settings
+from .body import read_body
+from .decoding import looks_mangled, plain
+from .errors import ApiError
+from .oip_tensors import EXTENSIONS, HEADER_LENGTH, InferRequest, bad, encode_outputs, numbers, parse_request, strings
+from .routing import Declare
+from .schemas import Limits
+
+REQUIRED = ("basket_id", "product_id", "quantity", "price")
+TAGS = ["open inference protocol"]
+_ERROR_BODY = {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}},
+                                               "required": ["error"]}}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": _ERROR_BODY}
+    for code, text in [(400, "What the client sent is refused (the message names the input)"),
+                       (404, "No such model or version"), (413, "Body too large"), (503, "No model loaded yet")]
+}
+_INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}}
+OPTIONAL = ("category", *HIERARCHY_FIELDS)
+OUTPUTS = ("basket_id", "label", "probabilities")
+_CONTENT_ENCODING = b"content-encoding"
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def _protocol_errors(endpoint: Any) -> Any:
+    """The endpoint with the API's errors answered in the protocol's shape (a 422 of ours is a 400 there)."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except ApiError as exc:
+            return _error(400 if exc.status == 422 else exc.status, exc.message)
+        except ModelNotReady as exc:
+            return _error(503, str(exc))
+
+    run.__doc__, run.__name__ = endpoint.__doc__, endpoint.__name__
+    return run
+
+
+def baskets_from(request: InferRequest, raw: dict[str, memoryview], limits: Limits) -> tuple[list[str], list[Basket]]:
+    """The inputs as baskets (first-appearance order) and their ids, checked as /predict/batch checks them."""
+    inputs = {}
+    for tensor in request.inputs:
+        if tensor.name not in REQUIRED and tensor.name not in OPTIONAL:
+            raise bad(f"unexpected inference input '{tensor.name}'; the model takes {', '.join(REQUIRED + OPTIONAL)}")
+        if tensor.name in inputs:
+            raise bad(f"input '{tensor.name}' is given twice")
+        inputs[tensor.name] = tensor
+    missing = [name for name in REQUIRED if name not in inputs]
+    if missing:
+        raise bad(f"missing inference input(s): {', '.join(missing)}")
+    text = limits.max_string_length
+    ids = strings(inputs["basket_id"], raw.get("basket_id"), text)
+    n = len(ids)
+    if n == 0:
+        raise bad("input 'basket_id': no lines")
+    if n > limits.max_batch_size * limits.max_basket_lines:
+        raise bad(f"{n} lines: at most {limits.max_batch_size} baskets of {limits.max_basket_lines} lines")
+    products = strings(inputs["product_id"], raw.get("product_id"), text)
+    columns = {"quantity": numbers(inputs["quantity"], raw.get("quantity")),
+               "price": numbers(inputs["price"], raw.get("price"))}
+    optional = {name: strings(inputs[name], raw.get(name), text, allow_empty=True) for name in OPTIONAL
+                if name in inputs}
+    for name, values in {"product_id": products, **columns, **optional}.items():
+        if len(values) != n:
+            raise bad(f"input '{name}' has {len(values)} elements; basket_id has {n}")
+    for name, values in columns.items():
+        _check_amounts(name, values)
+    for i, product in enumerate(products):
+        if looks_mangled(product):
+            raise bad(f"input 'product_id' element {i}: {product!r} looks like a spreadsheet-mangled number, "
+                      "not a product code")
+    codes = [optional.get(name) or [""] * n for name in OPTIONAL]
+    grouped: dict[str, list[BasketLine]] = {}
+    for basket_id, product, quantity, price, *line_codes in zip(
+            ids, products, columns["quantity"].tolist(), columns["price"].tolist(), *codes, strict=True):
+        line = BasketLine(product, quantity, price, *(code or None for code in line_codes))
+        lines = grouped.get(basket_id)
+        if lines is None:
+            if len(grouped) == limits.max_batch_size:
+                raise bad(f"input 'basket_id': more than {limits.max_batch_size} baskets (MAX_BATCH_SIZE)")
+            grouped[basket_id] = lines = []
+        elif len(lines) == limits.max_basket_lines:
+            raise bad(f"basket {basket_id!r}: more than {limits.max_basket_lines} lines (MAX_BASKET_LINES)")
+        lines.append(line)
+    return list(grouped), [Basket(basket_items=lines) for lines in grouped.values()]
+
+
+def _check_amounts(name: str, values: np.ndarray) -> None:
+    low = ~(values > 0)  # NaN included
+    high = values > MAX_AMOUNT
+    if low.any():
+        raise bad(f"input '{name}' element {int(low.argmax())}: {plain('Expected `float` > 0.0')}")
+    if high.any():
+        raise bad(f"input '{name}' element {int(high.argmax())}: {plain(f'Expected `float` <= {MAX_AMOUNT}')}")
+
+
+def _binary_outputs(request: InferRequest) -> tuple[list[str], set[str]]:
+    """The outputs to send (all, or those requested) and which of them go as binary data."""
+    every = bool(request.parameters.get("binary_data_output"))
+    if request.outputs is None:
+        return list(OUTPUTS), set(OUTPUTS) if every else set()
+    names, binary = [], set()
+    for output in request.outputs:
+        if output.name not in OUTPUTS:
+            raise bad(f"unexpected inference output '{output.name}'; the model gives {', '.join(OUTPUTS)}")
+        names.append(output.name)
+        if output.parameters.get("binary_data", every):
+            binary.add(output.name)
+    return names, binary
+
+
+def register_oip(app: FastAPI, service: PredictionService, settings: Settings, limits: Limits) -> None:
+    """Declare the protocol's endpoints. The configured model name gets exact paths (the router's fast
+    index); any other name reaches the templated ones and gets a 404."""
+    api = Declare(app)
+    name = settings.oip_model_name
+
+    def model_for(request: Request) -> LoadedModel:
+        params = request.path_params
+        asked = params.get("model", name)
+        if asked != name:
+            raise ApiError(404, "not_found", f"model '{asked}' is not served here (this server serves '{name}')")
+        model = service.model()
+        version = params.get("version")
+        if version is not None and version != model.predictor.version:
+            raise ApiError(404, "not_found", f"model '{name}' version '{version}' is not loaded "
+                                             f"(loaded: '{model.predictor.version}')")
+        return model
+
+    @api.get("/v2", tags=TAGS)
+    @_protocol_errors
+    async def server_metadata(request: Request) -> Response:
+        """Server metadata: name, version and the protocol extensions supported."""
+        return _json({"name": "retail-prediction", "version": __version__, "extensions": EXTENSIONS})
+
+    @api.get("/v2/health/live", tags=TAGS)
+    @_protocol_errors
+    async def live(request: Request) -> Response:
+        """Liveness, as /health."""
+        return _json({"live": True})
+
+    @api.get("/v2/health/ready", tags=TAGS, responses={503: ERRORS[503]})
+    @_protocol_errors
+    async def ready(request: Request) -> Response:
+        """Readiness, as /ready: 503 until a model is loaded, and while the server shuts down."""
+        up = service.manager.current is not None and not service.draining
+        return _json({"ready": up}, 200 if up else 503)
+
+    async def metadata(request: Request) -> Response:
+        """Model metadata: versions, inputs and outputs with datatypes and shapes, the class order."""
+        model = model_for(request)
+        classes = list(model.predictor.classes)
+        line = [-1]
+        return _json({
+            "name": name, "versions": [model.predictor.version], "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "basket_id", "datatype": "BYTES", "shape": line},
+                       {"name": "product_id", "datatype": "BYTES", "shape": line},
+                       {"name": "quantity", "datatype": "FP64", "shape": line},
+                       {"name": "price", "datatype": "FP64", "shape": line},
+                       *({"name": n, "datatype": "BYTES", "shape": line, "parameters": {"optional": True}}
+                         for n in OPTIONAL)],
+            "outputs": [{"name": "basket_id", "datatype": "BYTES", "shape": line},
+                        {"name": "label", "datatype": "BYTES", "shape": line},
+                        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]}],
+            "parameters": {"classes": classes},
+        })
+
+    async def model_ready(request: Request) -> Response:
+        """Whether the model serves: 200 with ready true, or 503."""
+        try:
+            model_for(request)
+        except ModelNotReady:
+            return _json({"name": name, "ready": False}, 503)
+        return _json({"name": name, "ready": not service.draining}, 503 if service.draining else 200)
+
+    async def infer(request: Request) -> Response:
+        """Classify the baskets of a long-form batch (JSON, or binary tensor data)."""
+        model = model_for(request)
+        for header, value in request.scope["headers"]:
+            if header == _CONTENT_ENCODING and value.strip().lower() != b"identity":
+                raise bad(f"Content-Encoding {value.decode('latin-1')[:20]!r} is not supported: send the body "
+                          "uncompressed")
+        header_length = next((v for h, v in request.scope["headers"] if h == HEADER_LENGTH), None)
+        parsed, raw = parse_request(await read_body(request, settings.max_body_bytes, require_json=False),
+                                    header_length)
+        names, binary = _binary_outputs(parsed)
+        ids, baskets = baskets_from(parsed, raw, limits)
+        answers = await service.predict_batch(model, baskets)
+        classes = model.predictor.classes
+        request.scope["model_version"] = version = model.predictor.version
+        columns = {
+            "basket_id": ("BYTES", [len(ids)], ids),
+            "label": ("BYTES", [len(ids)], [a["label"] for a in answers]),
+            "probabilities": ("FP32", [len(ids), len(classes)],
+                              np.array([[a["probabilities"][c] for c in classes] for a in answers], dtype="<f4")),
+        }
+        head: dict[str, Any] = {"model_name": name, "model_version": version}
+        if parsed.id is not None:
+            head["id"] = parsed.id
+        body, json_size = encode_outputs([(n, *columns[n]) for n in names], binary, head)
+        if json_size is None:
+            return Response(body, media_type="application/json")
+        return Response(body, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(json_size)})
+
+    for prefix in (f"/v2/models/{name}", "/v2/models/{model}", f"/v2/models/{name}/versions/{{version}}",
+                   "/v2/models/{model}/versions/{version}"):
+        shown = "{model}" not in prefix  # the templated twins only answer 404s for other names
+        api.get(prefix, tags=TAGS, responses=ERRORS, include_in_schema=shown)(_protocol_errors(metadata))
+        api.get(f"{prefix}/ready", tags=TAGS, responses=ERRORS, include_in_schema=shown)(_protocol_errors(model_ready))
+        api.post(f"{prefix}/infer", tags=TAGS, responses=ERRORS, include_in_schema=shown,
+                 openapi_extra=_INFER_BODY)(_protocol_errors(infer))

@@ -1,0 +1,192 @@
+"""Open Inference Protocol (KServe v2) tensors on the wire: the JSON form and the binary tensor data extension.
+
+A request body is JSON, or, with the `Inference-Header-Content-Length: N` header, N bytes of JSON followed by
+the raw data of the inputs whose `parameters.binary_data_size` is set, in input order (tritonclient's
+default). BYTES elements in binary are a 4-byte little-endian length and the bytes. Everything here is checked
+against the body's actual size before it is read, so a crafted header or size costs nothing but a 400.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from .errors import ApiError
+
+HEADER_LENGTH = b"inference-header-content-length"
+EXTENSIONS = ["binary_tensor_data"]
+
+# Datatypes a numeric input may come in, and their NumPy dtypes (little-endian, as the extension says).
+NUMERIC = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4", "INT16": "<i2",
+           "INT8": "i1", "UINT64": "<u8", "UINT32": "<u4", "UINT16": "<u2", "UINT8": "u1"}
+
+
+class Tensor(msgspec.Struct, forbid_unknown_fields=False):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    data: Any = None
+
+
+class RequestedOutput(msgspec.Struct, forbid_unknown_fields=False):
+    name: str
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class InferRequest(msgspec.Struct, forbid_unknown_fields=False):
+    inputs: list[Tensor]
+    id: str | None = None
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    outputs: list[RequestedOutput] | None = None
+
+
+_DECODER = msgspec.json.Decoder(InferRequest)
+
+
+def bad(message: str) -> ApiError:
+    """A 400 with the protocol's error body (the routes turn it into {"error": message})."""
+    return ApiError(400, "bad_request", message)
+
+
+def parse_request(body: bytes, header_length: bytes | None) -> tuple[InferRequest, dict[str, memoryview]]:
+    """The request and, per input sent as binary data, its bytes (views into the body, not copies)."""
+    json_part, binary = body, memoryview(b"")
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise bad(f"Inference-Header-Content-Length {header_length.decode('latin-1')[:20]!r} is not a "
+                      f"length within the {len(body)}-byte body")
+        size = int(header_length)
+        json_part, binary = body[:size], memoryview(body)[size:]
+    try:
+        request = _DECODER.decode(json_part)
+    except msgspec.ValidationError as exc:
+        raise bad(f"malformed inference request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise bad(f"the inference request is not valid JSON: {exc}") from None
+    raw: dict[str, memoryview] = {}
+    offset = 0
+    for tensor in request.inputs:
+        size = tensor.parameters.get("binary_data_size")
+        if size is None:
+            continue
+        if type(size) is not int or size < 0 or offset + size > len(binary):
+            raise bad(f"input '{tensor.name}': binary_data_size {size!r} does not fit the "
+                      f"{len(binary) - offset} bytes of binary data left in the body")
+        raw[tensor.name] = binary[offset:offset + size]
+        offset += size
+    if offset != len(binary):
+        raise bad(f"{len(binary) - offset} bytes of binary data after the inputs that declare binary_data_size")
+    return request, raw
+
+
+def element_count(tensor: Tensor) -> int:
+    if not tensor.shape or any(type(d) is not int or d < 0 for d in tensor.shape):
+        raise bad(f"input '{tensor.name}': shape {tensor.shape} must be a list of non-negative sizes")
+    if len(tensor.shape) > 2 or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+        raise bad(f"input '{tensor.name}': shape {tensor.shape} must be [n] or [n, 1] (one row per line)")
+    return tensor.shape[0]
+
+
+def strings(tensor: Tensor, raw: memoryview | None, limit: int, *, allow_empty: bool = False) -> list[str]:
+    """A BYTES input's elements as text: at most `limit` characters each, UTF-8; empty only if allowed."""
+    n = element_count(tensor)
+    if tensor.datatype != "BYTES":
+        raise bad(f"input '{tensor.name}': datatype {tensor.datatype} must be BYTES")
+    values = _binary_strings(tensor.name, raw, n) if raw is not None else _json_list(tensor, n)
+    out = []
+    for i, value in enumerate(values):
+        if type(value) is not str:
+            raise bad(f"input '{tensor.name}' element {i}: must be a string, not {type(value).__name__}")
+        if not value and not allow_empty:
+            raise bad(f"input '{tensor.name}' element {i}: must not be empty")
+        if len(value) > limit:
+            raise bad(f"input '{tensor.name}' element {i}: must have at most {limit} characters")
+        out.append(value)
+    return out
+
+
+def numbers(tensor: Tensor, raw: memoryview | None) -> np.ndarray:
+    """A numeric input as float64."""
+    n = element_count(tensor)
+    dtype = NUMERIC.get(tensor.datatype)
+    if dtype is None:
+        raise bad(f"input '{tensor.name}': datatype {tensor.datatype} must be one of {', '.join(NUMERIC)}")
+    if raw is not None:
+        if len(raw) != n * np.dtype(dtype).itemsize:
+            raise bad(f"input '{tensor.name}': {len(raw)} bytes of binary data for {n} {tensor.datatype} elements")
+        return np.frombuffer(raw, dtype=dtype).astype(np.float64)
+    values = _json_list(tensor, n)
+    try:
+        return np.asarray(values, dtype=np.float64).reshape(n)
+    except (TypeError, ValueError):
+        bad_at = next(i for i, v in enumerate(values) if type(v) not in (int, float))
+        raise bad(f"input '{tensor.name}' element {bad_at}: must be a number") from None
+
+
+def _json_list(tensor: Tensor, n: int) -> list[Any]:
+    data = tensor.data
+    if data is None:
+        raise bad(f"input '{tensor.name}': no data (neither 'data' nor binary_data_size)")
+    if not isinstance(data, list):
+        raise bad(f"input '{tensor.name}': data must be a list")
+    if data and isinstance(data[0], list):  # the row-major nested form of an [n, 1] tensor
+        data = [row[0] if isinstance(row, list) and len(row) == 1 else row for row in data]
+    if len(data) != n:
+        raise bad(f"input '{tensor.name}': {len(data)} elements for shape {tensor.shape}")
+    return data
+
+
+def _binary_strings(name: str, raw: memoryview, n: int) -> list[str]:
+    out, offset, end = [], 0, len(raw)
+    for i in range(n):
+        if offset + 4 > end:
+            raise bad(f"input '{name}': binary data ends before element {i} of {n}")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > end:
+            raise bad(f"input '{name}' element {i}: {size} bytes declared, {end - offset} left")
+        try:
+            out.append(str(raw[offset:offset + size], "utf-8"))
+        except UnicodeDecodeError:
+            raise bad(f"input '{name}' element {i}: not UTF-8 text") from None
+        offset += size
+    if offset != end:
+        raise bad(f"input '{name}': {end - offset} bytes left after its {n} elements")
+    return out
+
+
+# ---- the answer
+
+
+def bytes_binary(values: list[str]) -> bytes:
+    """BYTES elements in the binary form: each a 4-byte little-endian length and its UTF-8 bytes."""
+    parts = []
+    for value in values:
+        data = value.encode()
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def encode_outputs(outputs: list[tuple[str, str, list[int], Any]], binary: set[str],
+                   head: dict[str, Any]) -> tuple[bytes, int | None]:
+    """The response body from (name, datatype, shape, values) outputs; those named in `binary` go as binary
+    data after the JSON. Returns the body and the JSON part's length when there is binary data."""
+    described, blobs = [], []
+    for name, datatype, shape, values in outputs:
+        if name in binary:
+            blob = bytes_binary(values) if datatype == "BYTES" else np.ascontiguousarray(values).tobytes()
+            blobs.append(blob)
+            described.append({"name": name, "datatype": datatype, "shape": shape,
+                              "parameters": {"binary_data_size": len(blob)}})
+        else:
+            data = values if datatype == "BYTES" else np.asarray(values).ravel().tolist()
+            described.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
+    header = msgspec.json.encode({**head, "outputs": described})
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
