@@ -23,24 +23,10 @@ from typing import Any
 
 from api_load import DEFAULT_DATA, WRK_SCRIPT, Server, run_wrk  # benchmarks/ is on the path as a script
 
-from retail_prediction.contract import HIERARCHY_FIELDS
-from retail_prediction.data.requests import sample_baskets
+from retail_prediction.data.requests import long_form, sample_baskets
 
 NAME = "retail-prediction"
 INFER = f"/v2/models/{NAME}/infer"
-
-
-def long_form(baskets: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    cols: dict[str, list[Any]] = {"basket_id": [], "product_id": [], "quantity": [], "price": [],
-                                  **{f: [] for f in HIERARCHY_FIELDS}}
-    for i, basket in enumerate(baskets):
-        for line in basket["basket_items"]:
-            cols["basket_id"].append(f"b{i}")
-            for name in ("product_id", "quantity", "price"):
-                cols[name].append(line[name])
-            for f in HIERARCHY_FIELDS:
-                cols[f].append(line.get(f, ""))
-    return cols
 
 
 def oip_json(baskets: list[dict[str, Any]]) -> bytes:

@@ -14,8 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from retail_prediction.contract import HIERARCHY_FIELDS
-from retail_prediction.data.requests import sample_baskets
+from retail_prediction.data.requests import long_form, sample_baskets
 
 from .conftest import ApiProcess
 
@@ -36,19 +35,6 @@ def api(start_api: Callable[..., ApiProcess], model_path: Path) -> ApiProcess:
     proc = start_api(MODEL_URI=str(model_path), LOG_LEVEL="warning")
     proc.wait_ready()
     return proc
-
-
-def _columns(bodies: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    cols: dict[str, list[Any]] = {"basket_id": [], "product_id": [], "quantity": [], "price": [],
-                                  **{f: [] for f in HIERARCHY_FIELDS}}
-    for i, body in enumerate(bodies):
-        for line in body["basket_items"]:
-            cols["basket_id"].append(f"b{i}")
-            for name in ("product_id", "quantity", "price"):
-                cols[name].append(line[name])
-            for f in HIERARCHY_FIELDS:
-                cols[f].append(line.get(f, ""))
-    return cols
 
 
 def _inputs(cols: dict[str, list[Any]], binary: bool) -> list[Any]:
@@ -75,7 +61,7 @@ def test_tritonclient_health_metadata_and_inference_equal_predict(api: ApiProces
     assert [o["name"] for o in meta["outputs"]] == ["basket_id", "label", "probabilities"]
 
     outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("basket_id", "label", "probabilities")]
-    result = client.infer(NAME, _inputs(_columns(bodies), binary), outputs=outputs, request_id="req-7")
+    result = client.infer(NAME, _inputs(long_form(bodies), binary), outputs=outputs, request_id="req-7")
     response = result.get_response()
     assert response["id"] == "req-7" and response["model_version"] == version
     ids = [b.decode() if isinstance(b, bytes) else b for b in result.as_numpy("basket_id").tolist()]
@@ -94,17 +80,17 @@ def test_tritonclient_default_outputs_are_binary_and_versions_route(api: ApiProc
                                                                     bodies: list[dict[str, Any]]) -> None:
     client = httpclient.InferenceServerClient(api.url.removeprefix("http://"))
     version = client.get_model_metadata(NAME)["versions"][0]
-    result = client.infer(NAME, _inputs(_columns(bodies[:3]), True), model_version=version)
+    result = client.infer(NAME, _inputs(long_form(bodies[:3]), True), model_version=version)
     assert result.as_numpy("probabilities").shape[0] == 3
     with pytest.raises(utils.InferenceServerException, match="version 'nope' is not loaded"):
-        client.infer(NAME, _inputs(_columns(bodies[:3]), True), model_version="nope")
+        client.infer(NAME, _inputs(long_form(bodies[:3]), True), model_version="nope")
     with pytest.raises(utils.InferenceServerException, match="is not served here"):
         client.get_model_metadata("other-model")
 
 
 def test_tritonclient_sees_validation_errors(api: ApiProcess, bodies: list[dict[str, Any]]) -> None:
     client = httpclient.InferenceServerClient(api.url.removeprefix("http://"))
-    cols = _columns(bodies[:2])
+    cols = long_form(bodies[:2])
     cols["price"][1] = -3.0
     with pytest.raises(utils.InferenceServerException, match="input 'price' element 1: must be a number greater"):
         client.infer(NAME, _inputs(cols, True))

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..contract import HIERARCHY_FIELDS
 from . import lgsr
 from .reading import Baskets, read_transactions, resolve_files, table_to_baskets
 
@@ -34,3 +35,18 @@ def _line(baskets: Baskets, i: int) -> dict[str, Any]:
         if codes is not None and codes.index[i] >= 0:
             item[name.lower()] = str(codes.values[codes.index[i]])
     return item
+
+
+def long_form(bodies: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """/predict bodies (list form) as the inference protocol's long-form columns, one row per line: basket
+    `b<i>` for the i-th body, hierarchy codes as "" where a line has none."""
+    cols: dict[str, list[Any]] = {"basket_id": [], "product_id": [], "quantity": [], "price": [],
+                                  **{f: [] for f in HIERARCHY_FIELDS}}
+    for i, body in enumerate(bodies):
+        for line in body["basket_items"]:
+            cols["basket_id"].append(f"b{i}")
+            for name in ("product_id", "quantity", "price"):
+                cols[name].append(line[name])
+            for f in HIERARCHY_FIELDS:
+                cols[f].append(line.get(f, ""))
+    return cols
