@@ -299,3 +299,15 @@ def test_image_is_set_by_kustomize(docs: list[dict[str, Any]]) -> None:
     base = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
     assert entry["name"] in {i["name"] for i in base["images"]}
     assert runtime_container(docs)["image"] == f"{entry['newName']}:{entry['newTag']}"
+
+
+def test_docs_name_what_the_kit_makes(docs: list[dict[str, Any]]) -> None:
+    """docs/deployment.md's KServe section uses the kit's real names: namespace, service, IRSA subject."""
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    section = text[text.index("\n## KServe\n") :]
+    section = section[: section.index("\n## ", 1)]
+    name = one(docs, "InferenceService")["metadata"]["name"]
+    sa = one(docs, "ServiceAccount")["metadata"]["name"]
+    for needle in (f"{name}-predictor.{NAMESPACE}.svc", f"system:serviceaccount:{NAMESPACE}:{sa}",
+                   f"/v2/models/{name}/infer", f"{name}-{NAMESPACE}.", "tritonclient.http", READY, LIVE):  # fmt: skip
+        assert needle in section, needle
