@@ -41,10 +41,12 @@ def _openapi(app: FastAPI, types: RequestTypes) -> Callable[[], dict[str, Any]]:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: PredictionService = app.state.service
     service.manager.start()
+    service.payload_log.start()
     try:
         yield
     finally:
         service.manager.stop()
+        service.payload_log.stop()  # after the drain: the last requests' records are written
         logs.flush_access_lines()
 
 

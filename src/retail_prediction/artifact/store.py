@@ -425,6 +425,12 @@ def publish(
     return {"uri": uri, "etag": _etag_after_upload(client, bucket, key, uri), "sha256": digest, "bytes": size}
 
 
+def put_bytes(bucket: str, key: str, data: bytes, *, client: Any, content_type: str) -> None:
+    """Write one object whole (the payload log's parts), failures as StoreError like every call here."""
+    with _translated(f"s3://{bucket}/{key}", "write"):
+        client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+
+
 def _validate(path: Path, digest: str) -> None:
     try:
         read_artifact(path, expected_sha256=digest)

@@ -62,6 +62,17 @@ class Metrics:
         self.model_refusals = counter("model_refusals", "Archives refused at load, by reason", ["reason"])
         self.cache_hits = counter("prediction_cache_hits", "Prediction cache hits")
         self.cache_misses = counter("prediction_cache_misses", "Prediction cache misses")
+        # The sampled payload log (serving/payload_log.py): every sampled record ends written, dropped (the
+        # queue was full) or failed (its part could not be written); the outcomes exist from the start.
+        self.payload_records = counter("payload_log_records", "Sampled request records by outcome: "
+                                       "written, dropped (queue full), failed (sink)", ["outcome"])
+        for outcome in ("written", "dropped", "failed"):
+            self.payload_records.labels(outcome)
+        self.payload_queued = gauge("payload_log_queued_records", "Sampled records waiting for the writer")
+        self.payload_sink_failures = counter("payload_log_sink_failures",
+                                             "Failed writes of a payload log part, by reason", ["reason"])
+        self.payload_last_write = gauge("payload_log_last_write_timestamp_seconds",
+                                        "When a payload log part was last written")
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         # Label lookups take a lock and build a key each time: keep the children per request kind.

@@ -25,6 +25,7 @@ from .batcher import MicroBatcher
 from .cache import BasketKey, PredictionCache, basket_key
 from .metrics import Metrics
 from .model_manager import LoadedModel, ModelManager
+from .payload_log import PayloadLog
 from .predictor import Predictor, Scores, load_predictor
 from .settings import Settings
 
@@ -64,6 +65,8 @@ class PredictionService:
         self.manager = ModelManager(settings, self.metrics)
         self.cache = PredictionCache(settings.cache_size)
         self.batcher = MicroBatcher(self.score, max_lines=INLINE_MAX_LINES)
+        # A sampled share of the requests and their answers, for the drift report (off by default).
+        self.payload_log = PayloadLog(settings, self.metrics)
         self.draining = False  # set once the server begins its graceful shutdown
 
     def begin_drain(self) -> None:
