@@ -336,6 +336,8 @@ class PayloadLog:
         stamp = datetime.fromtimestamp(part.opened_at, UTC).strftime("%Y%m%dT%H%M%S%fZ")
         key = f"{part.hour}/part-{stamp}-{self._host}-{os.getpid()}-{self._seq:06d}.jsonl.gz"
         self._pending.append(_Pending(key, part.close(), part.records))
+        if len(self._pending) > MAX_PENDING_PARTS:  # a large drain: write as it goes (unless backing off)
+            self._write_pending(final=False)
         while len(self._pending) > MAX_PENDING_PARTS:
             lost = self._pending.popleft()
             self._failed.inc(lost.records)
