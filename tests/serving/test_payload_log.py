@@ -164,7 +164,7 @@ def test_incomplete_settings_are_refused_by_name(settings: dict[str, Any], named
 
 def test_a_missing_key_file_is_named_at_start(logs: Logs, tmp_path: Path) -> None:
     log = logs(payload_log_customer_id="hash", payload_log_hash_key_file=str(tmp_path / "nope"))
-    with pytest.raises(ValueError, match="PAYLOAD_LOG_HASH_KEY_FILE=.*nope"):
+    with pytest.raises(ValueError, match=r"PAYLOAD_LOG_HASH_KEY_FILE=.*nope"):
         log.start()
 
 
