@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     # the thread pool. A tuning knob, kept so docs/benchmarks.md can be reproduced.
     predict_execution: Literal["batched", "inline", "threadpool"] = "batched"
 
+    # ---- monitoring: the drift gauges compare the latest this-many scored baskets with the model's
+    # reference profile (0 = off). 2,000 baskets keep the PSI's sampling noise near 0.005.
+    drift_window_baskets: int = Field(2000, ge=0, le=1_000_000)
+
     # ---- the sampled payload log (serving/payload_log.py; docs/operations.md): off unless the rate is > 0
     # The share of /predict and /predict/batch requests written to the log (0 = off, 1 = every request).
     payload_log_sample_rate: float = Field(0.0, ge=0.0, le=1.0)
