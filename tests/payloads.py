@@ -1,10 +1,9 @@
-"""Helpers of the payload log tests: baskets of a generated week as request bodies, and the parts a log wrote
-(read with nothing but gzip and json, independently of the code under test)."""
+"""Helpers of the payload log tests: the parts a log wrote (read with nothing but gzip and json, independently
+of the code under test), a log of real baskets written by the real writer, and a store that hangs."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import gzip
 import json
 import socket
@@ -12,26 +11,30 @@ import threading
 from pathlib import Path
 from typing import Any
 
-_CODES = ("PROD_CODE_10", "PROD_CODE_20", "PROD_CODE_30", "PROD_CODE_40")
+import msgspec
 
 
-def week_baskets(path: Path, limit: int | None = None, price_factor: float = 1.0) -> list[dict[str, Any]]:
-    """The baskets of a generated week file as /predict bodies (list form, unit price = spend / quantity,
-    times `price_factor`), with the customer code, in file order."""
-    baskets: dict[str, dict[str, Any]] = {}
-    with gzip.open(path, "rt", newline="") as f:
-        for row in csv.DictReader(f):
-            basket = baskets.get(row["BASKET_ID"])
-            if basket is None:
-                if limit is not None and len(baskets) == limit:
-                    break
-                basket = baskets[row["BASKET_ID"]] = {"basket_items": [], "customer_id": row["CUST_CODE"] or None}
-            quantity = float(row["QUANTITY"])
-            line = {"product_id": row["PROD_CODE"], "quantity": quantity,
-                    "price": float(row["SPEND"]) / quantity * price_factor}
-            line.update({name.lower(): row[name] for name in _CODES if row.get(name)})
-            basket["basket_items"].append(line)
-    return list(baskets.values())
+def write_log(root: Path, model: Path, bodies: list[dict[str, Any]], first_hour: float, hours: int) -> str:
+    """`bodies` scored by the model and logged by the real PayloadLog into `root`, spread evenly over `hours`
+    hours from `first_hour` (a Unix time): the model version."""
+    from retail_prediction.contract import Basket
+    from retail_prediction.serving.metrics import Metrics
+    from retail_prediction.serving.payload_log import Entry, PayloadLog
+    from retail_prediction.serving.service import PredictionService
+    from retail_prediction.serving.settings import Settings
+
+    service, loaded = PredictionService.for_file(model)
+    baskets = [msgspec.convert(body, Basket) for body in bodies]
+    answers = service.score(loaded, baskets)
+    log = PayloadLog(Settings(payload_log_sample_rate=1.0, payload_log_uri=str(root),
+                              payload_log_queue_records=len(bodies), payload_log_queue_lines=10**7), Metrics())
+    version = loaded.predictor.version
+    for i, (basket, answer) in enumerate(zip(baskets, answers, strict=True)):
+        at = first_hour + 3600 * (i * hours // len(bodies)) + i % 3000
+        log.enqueue(Entry(at, f"r{i}", "/predict", version, [basket], [answer], 0.002))
+    log.start()
+    log.stop()
+    return version
 
 
 def part_files(root: Path) -> list[Path]:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from payloads import Blackhole, week_baskets
+from payloads import Blackhole
+from retail_prediction.data.requests import sample_baskets
 from retail_prediction.serving import payload_log
 from s3server import S3Server
 
@@ -36,7 +37,7 @@ def test_a_server_process_logs_sampled_requests_to_s3(start_api: Callable[..., A
                     payload_log_uri=f"s3://models/{prefix}", payload_log_customer_id="hash",
                     payload_log_hash_key=KEY, log_format="json")
     api.wait_ready()
-    bodies = week_baskets(weeks.later[0], limit=6)
+    bodies = [{**body, "customer_id": f"CUST{i:06d}"} for i, body in enumerate(sample_baskets(weeks.later[0], 6))]
     single = api.http.post("/predict", json=bodies[0], headers={"X-Request-ID": "one-basket"}).json()
     batch = api.http.post("/predict/batch", json={"baskets": bodies[1:]}).json()
     info = api.http.get("/model/info").json()["payload_log"]
@@ -71,7 +72,7 @@ def test_a_hanging_store_fails_no_request(make_client: Callable[..., TestClient]
     hole = Blackhole()
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", hole.endpoint)
     monkeypatch.setattr(payload_log, "S3_TIMEOUTS", {"connect_timeout": 5, "read_timeout": 60, "max_attempts": 1})
-    bodies = week_baskets(weeks.later[0], limit=50)
+    bodies = sample_baskets(weeks.later[0], 50)
     try:
         client = make_client(model_uri=str(model_path), payload_log_sample_rate=1.0,
                              payload_log_uri="s3://models/payload-hang", payload_log_part_bytes=1024,
