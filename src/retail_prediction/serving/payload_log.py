@@ -205,9 +205,9 @@ class PayloadLog:
         self._warn = _RateLimitedWarning()
         self._encoder = msgspec.json.Encoder()
         self._hasher: hmac.HMAC | None = None
-        self._written, self._dropped, self._failed = (metrics.payload_records.labels(o)
+        self._written, self._dropped, self._failed = (metrics.payload_log.records.labels(o)
                                                       for o in ("written", "dropped", "failed"))
-        metrics.payload_queued.set_function(lambda: self._queued)
+        metrics.payload_log.queued.set_function(lambda: self._queued)
 
     # ---- the request path
 
@@ -357,7 +357,7 @@ class PayloadLog:
                 self._sink.write(part.key, part.data)
             except Exception as exc:  # StoreError with its reason; anything else is a surprise, same handling
                 reason = exc.reason if isinstance(exc, StoreError) else "error"
-                self.metrics.payload_sink_failures.labels(reason).inc()
+                self.metrics.payload_log.sink_failures.labels(reason).inc()
                 self._warn(f"payload log: cannot write a part, will retry: {exc}", reason=reason)
                 if final:
                     for lost in self._pending:
@@ -369,5 +369,5 @@ class PayloadLog:
                 return
             self._pending.popleft()
             self._written.inc(part.records)
-            self.metrics.payload_last_write.set(time.time())
+            self.metrics.payload_log.last_write.set(time.time())
             self._retry_delay = RETRY_INITIAL_SECONDS
