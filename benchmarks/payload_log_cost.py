@@ -57,7 +57,7 @@ def main() -> None:
         part = _Part("dt=x/hour=00", time.time())
 
         def write_one() -> None:
-            for line in writer._encode(entry):
+            for line in writer._encode(entry, writer._clock(entry.at)[0]):
                 part.add(line)
 
         ns = best_ns(write_one, 20_000)

@@ -202,6 +202,7 @@ class PayloadLog:
         self._pending: deque[_Pending] = deque()
         self._retry_at, self._retry_delay = 0.0, RETRY_INITIAL_SECONDS
         self._seq = 0
+        self._second: tuple[int, str, str] = (-1, "", "")  # the last whole second formatted (see _clock)
         self._warn = _RateLimitedWarning()
         self._encoder = msgspec.json.Encoder()
         self._hasher: hmac.HMAC | None = None
@@ -289,15 +290,23 @@ class PayloadLog:
             self._queued = self._queued_lines = 0
         return entries
 
+    def _clock(self, at: float) -> tuple[str, str]:
+        """(ISO time with microseconds, `dt=…/hour=…`) of a Unix time; formatted once per whole second."""
+        whole = int(at)
+        if self._second[0] != whole:
+            moment = datetime.fromtimestamp(whole, UTC)
+            self._second = (whole, moment.strftime("%Y-%m-%dT%H:%M:%S"), moment.strftime("dt=%Y-%m-%d/hour=%H"))
+        return f"{self._second[1]}.{int((at - whole) * 1e6):06d}Z", self._second[2]
+
     def _drain(self) -> None:
         for entry in self._take():
             try:
-                lines = self._encode(entry)
+                at, hour = self._clock(entry.at)
+                lines = self._encode(entry, at)
             except Exception as exc:
                 self._failed.inc(len(entry.baskets))
                 self._warn(f"payload log: a record could not be encoded: {exc!r}", reason="encode_error")
                 continue
-            hour = datetime.fromtimestamp(entry.at, UTC).strftime("dt=%Y-%m-%d/hour=%H")
             for line in lines:
                 if self._part is not None and self._part.hour != hour:
                     self._finish_part()
@@ -307,9 +316,8 @@ class PayloadLog:
                 if self._part.raw_bytes >= self.settings.payload_log_part_bytes:
                     self._finish_part()
 
-    def _encode(self, entry: Entry) -> list[bytes]:
+    def _encode(self, entry: Entry, at: str) -> list[bytes]:
         """One JSON line per basket: time, request id, route, model version, basket, answer, latency."""
-        at = datetime.fromtimestamp(entry.at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
         latency = round(entry.latency_s * 1000, 3) if entry.latency_s is not None else None
         batch = len(entry.baskets) > 1 or entry.route.endswith("/batch")
         out = []
