@@ -316,3 +316,13 @@ def test_a_hanging_store_holds_the_writer_not_the_caller(logs: Logs, s3_use_iden
         assert counted["written"] == 0 and sum(counted.values()) == i + 200
     finally:
         hole.close()
+
+
+def test_warnings_are_rate_limited_per_reason(caplog: pytest.LogCaptureFixture) -> None:
+    warn = payload_log._RateLimitedWarning()
+    with caplog.at_level("WARNING", logger="retail_prediction.payload_log"):
+        for _ in range(5):
+            warn("cannot write", reason="unreachable")
+        warn("refused", reason="access_denied")
+    assert [(r.message, r.reason) for r in caplog.records] == [("cannot write", "unreachable"),
+                                                              ("refused", "access_denied")]

@@ -141,18 +141,21 @@ def describe(settings: Settings) -> dict[str, Any]:
 
 
 class _RateLimitedWarning:
-    def __init__(self) -> None:
-        self.last, self.suppressed = -WARN_EVERY_SECONDS, 0
+    """At most one warning per `reason` every WARN_EVERY_SECONDS; the next one says how many were held back."""
 
-    def __call__(self, message: str, **extra: Any) -> None:
+    def __init__(self) -> None:
+        self.last: dict[str, tuple[float, int]] = {}  # reason -> (when last said, held back since)
+
+    def __call__(self, message: str, *, reason: str) -> None:
         now = time.monotonic()
-        if now - self.last < WARN_EVERY_SECONDS:
-            self.suppressed += 1
+        said, held = self.last.get(reason, (-WARN_EVERY_SECONDS, 0))
+        if now - said < WARN_EVERY_SECONDS:
+            self.last[reason] = (said, held + 1)
             return
-        if self.suppressed:
-            message = f"{message} ({self.suppressed} more since the last warning)"
-        self.last, self.suppressed = now, 0
-        log.warning(message, extra=extra)
+        if held:
+            message = f"{message} ({held} more since the last warning)"
+        self.last[reason] = (now, 0)
+        log.warning(message, extra={"reason": reason})
 
 
 class _Part:
