@@ -155,3 +155,18 @@ def test_without_matplotlib_the_command_says_what_to_install(trained_model: Path
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "pip install 'retail-prediction[monitor]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_store_error_is_named(trained_model: Path, tmp_path: Path, s3_use_identity: Callable[..., None],
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from retail_prediction.artifact.store import reset_s3_client
+
+    s3_use_identity()
+    reset_s3_client()
+    try:
+        code = main(["monitor", "--log", "s3://no-such-bucket/payloads/", "--model", str(trained_model),
+                     "--out", str(tmp_path / "out")])
+    finally:
+        reset_s3_client()
+    assert code == 2
+    assert "error: cannot list s3://no-such-bucket/payloads/: no such bucket" in capsys.readouterr().err
