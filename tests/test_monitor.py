@@ -170,3 +170,15 @@ def test_a_store_error_is_named(trained_model: Path, tmp_path: Path, s3_use_iden
         reset_s3_client()
     assert code == 2
     assert "error: cannot list s3://no-such-bucket/payloads/: no such bucket" in capsys.readouterr().err
+
+
+def test_records_are_featurized_in_bounded_chunks() -> None:
+    from retail_prediction.contract import Basket, BasketLine
+    from retail_prediction.monitoring import report
+    from retail_prediction.monitoring.payloads import Record
+
+    big = Record("2026-01-01T00:00:00Z", Basket([BasketLine("P", 1, 1)] * (report.CHUNK_LINES // 2)))
+    small = Record("2026-01-01T00:00:00Z", Basket([BasketLine("P", 1, 1)]))
+    sizes = [len(c) for c in report._chunks([("h", big)] * 5)]
+    assert sizes == [2, 2, 1]  # by lines
+    assert [len(c) for c in report._chunks([("h", small)] * (report.CHUNK + 1))] == [report.CHUNK, 1]

@@ -23,7 +23,7 @@ from ..serving.drift import bin_counts, psi
 from ..serving.predictor import Predictor, load_predictor
 from .payloads import ReadStats, Record, read_records
 
-CHUNK = 2048  # baskets featurized together
+CHUNK, CHUNK_LINES = 2048, 100_000  # baskets featurized together, at most (and at most this many lines)
 STABLE, MAJOR = 0.1, 0.25  # PSI below STABLE: stable; up to MAJOR: moderate shift; above: major shift
 
 
@@ -88,12 +88,16 @@ class Accumulator:
 
 
 def _chunks(records: Iterable[tuple[str, Record]]) -> Iterator[list[tuple[str, Record]]]:
+    """Records in chunks of CHUNK baskets or CHUNK_LINES lines, whichever comes first (a log of huge
+    baskets stays within memory too)."""
     chunk: list[tuple[str, Record]] = []
+    lines = 0
     for item in records:
         chunk.append(item)
-        if len(chunk) == CHUNK:
+        lines += len(item[1].basket.basket_items)
+        if len(chunk) == CHUNK or lines >= CHUNK_LINES:
             yield chunk
-            chunk = []
+            chunk, lines = [], 0
     if chunk:
         yield chunk
 
