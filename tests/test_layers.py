@@ -24,6 +24,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "training": ("contract", "cpus", "data", "features", "artifact", "serving"),
     "serving": ("contract", "features", "artifact"),
     "api": ("contract", "serving", "artifact"),
+    # offline reports on what serving logged, featurized by serving's own Predictor (matplotlib only here)
+    "monitoring": ("contract", "serving", "artifact"),
 }
 
 

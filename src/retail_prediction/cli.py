@@ -1,4 +1,4 @@
-"""`retail-prediction` command line: generate | train | evaluate | predict | publish | inspect | serve."""
+"""`retail-prediction` command line: generate | train | evaluate | predict | publish | inspect | monitor | serve."""
 
 from __future__ import annotations
 
@@ -100,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
                        parents=[limits])
     i.add_argument("model", type=Path)
 
+    mo = sub.add_parser("monitor", help="drift report of a payload log: PSI per hour, histograms live vs "
+                        "training, class mix over time (Markdown, HTML, PNG)", parents=[limits])
+    mo.add_argument("--log", required=True, help="the payload log: a directory or s3://bucket/prefix")
+    mo.add_argument("--model", type=Path, required=True, help="the model to featurize with and compare against")
+    mo.add_argument("--out", type=Path, required=True, help="folder for report.md, report.html, PNGs")
+    mo.add_argument("--min-baskets", type=_positive, default=50,
+                    help="hours with fewer baskets are marked as noisy (default: %(default)s)")
+
     s = sub.add_parser("serve", help="run the prediction API (settings from the environment)")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
@@ -162,6 +170,23 @@ def _inspect(args: argparse.Namespace) -> None:
     print(json.dumps({"sha256": predictor.sha256, "manifest": predictor.manifest, "metadata": meta}, indent=2))
 
 
+def _monitor(args: argparse.Namespace) -> None:
+    try:
+        import matplotlib  # noqa: F401  (the serving image has none: say what to install)
+    except ImportError:
+        raise FileNotFoundError("monitor draws with matplotlib, not installed here: "
+                                "pip install 'retail-prediction[monitor]'") from None
+    from .monitoring.report import monitor
+
+    summary = monitor(args.log, args.model, args.out, limits=_limits(args), min_baskets=args.min_baskets,
+                      progress=_say)
+    overall = summary["overall"]
+    print(json.dumps({"report": str(args.out / "report.html"), "baskets": overall["baskets"],
+                      "hours": len(summary["hours"]), "psi": overall.get("psi"),
+                      "prediction_psi": overall.get("prediction_psi"),
+                      "malformed_lines": summary["read"]["malformed_lines"]}, indent=2))
+
+
 def _serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
@@ -169,7 +194,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"generate": _generate, "train": _train, "evaluate": _evaluate, "predict": _predict,
-            "publish": _publish, "inspect": _inspect, "serve": _serve}
+            "publish": _publish, "inspect": _inspect, "monitor": _monitor, "serve": _serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,6 +42,8 @@ EXAMPLE = {
     "__AWS_REGION__": "ap-southeast-1",
     "__OIDC_PROVIDER__": "oidc.eks.ap-southeast-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE",
     "__GITHUB_REPOSITORY__": "example-org/retail-prediction",
+    "__LOG_BUCKET__": "retail-logs-example",
+    "__LOG_PREFIX__": "retail-prediction/payloads",
 }
 
 # Findings parliament reports by design on these files, each with its reason. Anything else fails.
@@ -52,6 +54,8 @@ ACCEPTED_FINDINGS = {
     "github-actions-trust-policy.json": {"MALFORMED", "UNKNOWN_FEDERATION_SOURCE"},
     # `docker login` to ECR needs ecr:GetAuthorizationToken, which only exists on Resource "*".
     "github-actions-ecr-push-policy.json": {"CREDENTIALS_EXPOSURE"},
+    # Attached to the API's role only when PAYLOAD_LOG_URI is an S3 prefix (docs/operations.md).
+    "payload-log-write-policy.json": set(),
 }
 
 
@@ -81,6 +85,14 @@ def test_parliament(path: Path) -> None:
     findings = [(f.issue, str(f.detail)) for f in result.findings]
     unexpected = [f for f in findings if f[0] not in ACCEPTED_FINDINGS.get(path.name, set())]
     assert not unexpected, f"parliament findings in {path.name}: {unexpected}"
+
+
+def test_payload_log_policy_only_adds_parts_under_its_prefix() -> None:
+    """The writer puts new parts and does nothing else: no read back, no list, no delete, no other prefix."""
+    (statement,) = policy("payload-log-write-policy.json")["Statement"]
+    assert statement["Effect"] == "Allow" and statement["Action"] == "s3:PutObject"
+    assert statement["Resource"] == f"arn:aws:s3:::{EXAMPLE['__LOG_BUCKET__']}/{EXAMPLE['__LOG_PREFIX__']}/*"
+    assert not {"Condition", "NotAction", "NotResource"} & set(statement)
 
 
 def test_model_read_policy_is_least_privilege() -> None:

@@ -56,6 +56,7 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         request_id = request_id_from(scope)
         scope["request_id"] = request_id
+        scope["request_started"] = started  # the payload log's latency
         status = 500  # what the client sees if the app dies before answering
 
         async def send_with_id(message: Message) -> None:

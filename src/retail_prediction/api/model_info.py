@@ -7,6 +7,7 @@ from typing import Any
 
 from ..contract import HIERARCHY_FIELDS, label_name
 from ..serving.model_manager import LoadedModel, LoadStatus
+from ..serving.payload_log import describe as describe_payload_log
 from ..serving.settings import Settings
 from .schemas import CONTEXT_FIELDS
 
@@ -77,5 +78,6 @@ def model_info(model: LoadedModel, status: LoadStatus, settings: Settings,
         },
         "drift": _drift(model),
         "shadow": shadow,  # the shadow model and how it compares, when SHADOW_MODEL_* is set
+        "payload_log": describe_payload_log(settings),
         "build": {"commit": settings.git_commit, "branch": settings.git_branch, "date": settings.build_date},
     }

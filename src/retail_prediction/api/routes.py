@@ -59,6 +59,7 @@ def register(app: FastAPI, service: PredictionService, types: RequestTypes, sett
     """Declare the endpoints on `app`'s router."""
     api = Declare(app)
     max_body = settings.max_body_bytes
+    payload_log = service.payload_log  # samples a share of the requests (PAYLOAD_LOG_SAMPLE_RATE)
 
     @api.post("/predict", response_model=PredictResponse, responses=_ERRORS, tags=["predict"],
               openapi_extra=_request_body("PredictRequest"))
@@ -71,6 +72,7 @@ def register(app: FastAPI, service: PredictionService, types: RequestTypes, sett
                                        "basket": msgspec.to_builtins(basket)})
         answer = await service.predict(model, basket)
         request.scope["model_version"] = version = model.predictor.version
+        payload_log.offer(request.scope, version, (basket,), (answer,))
         return json_response({**answer, "customer_id": basket.customer_id, "model_version": version,
                               "request_id": request.scope["request_id"]})
 
@@ -81,6 +83,7 @@ def register(app: FastAPI, service: PredictionService, types: RequestTypes, sett
         model = service.model()
         batch = decode_batch(await read_body(request, max_body), types)
         answers = await service.predict_batch(model, batch.baskets)
+        payload_log.offer(request.scope, model.predictor.version, batch.baskets, answers)
         predictions = [{**answer, "customer_id": basket.customer_id}
                        for answer, basket in zip(answers, batch.baskets, strict=True)]
         request.scope["model_version"] = version = model.predictor.version

@@ -425,6 +425,26 @@ def publish(
     return {"uri": uri, "etag": _etag_after_upload(client, bucket, key, uri), "sha256": digest, "bytes": size}
 
 
+def put_bytes(bucket: str, key: str, data: bytes, *, client: Any, content_type: str) -> None:
+    """Write one object whole (the payload log's parts), failures as StoreError like every call here."""
+    with _translated(f"s3://{bucket}/{key}", "write"):
+        client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+
+
+def list_keys(bucket: str, prefix: str, *, client: Any = None) -> Iterator[str]:
+    """The keys under s3://bucket/prefix in key order (the payload log's parts), StoreError on failure."""
+    client = client or s3_client()
+    with _translated(f"s3://{bucket}/{prefix}", "list"):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            yield from (entry["Key"] for entry in page.get("Contents", []))
+
+
+def open_object(bucket: str, key: str, *, client: Any = None) -> Any:
+    """One object's body as a stream to read in chunks and close, StoreError on failure."""
+    with _translated(f"s3://{bucket}/{key}", "read"):
+        return (client or s3_client()).get_object(Bucket=bucket, Key=key)["Body"]
+
+
 def _validate(path: Path, digest: str) -> None:
     try:
         read_artifact(path, expected_sha256=digest)

@@ -81,6 +81,23 @@ class ShadowSeries:
         self.queued = gauge("shadow_queue_baskets", "Baskets waiting for the shadow model")
 
 
+class PayloadLogSeries:
+    """The sampled payload log: every sampled record ends written, dropped (the queue was full) or failed (its
+    part could not be written); the outcomes exist from the start, so a rate can be alerted on at once."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        counter, gauge = (partial(kind, registry=registry, namespace=NAMESPACE) for kind in (Counter, Gauge))
+        self.records = counter("payload_log_records", "Sampled request records by outcome: written, dropped "
+                               "(queue full), failed (the sink)", ["outcome"])
+        for outcome in ("written", "dropped", "failed"):
+            self.records.labels(outcome)
+        self.queued = gauge("payload_log_queued_records", "Sampled records waiting for the writer")
+        self.sink_failures = counter("payload_log_sink_failures", "Failed writes of a payload log part, by reason",
+                                     ["reason"])
+        self.last_write = gauge("payload_log_last_write_timestamp_seconds", "When a payload log part was last "
+                                "written")
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -102,6 +119,8 @@ class Metrics:
         self.shadow: ShadowSeries | None = None  # set by `add_shadow` when a shadow model is configured
         self.cache_hits = counter("prediction_cache_hits", "Prediction cache hits")
         self.cache_misses = counter("prediction_cache_misses", "Prediction cache misses")
+        # The sampled payload log (serving/payload_log.py).
+        self.payload_log = PayloadLogSeries(self.registry)
 
     def add_shadow(self) -> ShadowSeries:
         """The shadow model's series (created once, only when a shadow model is configured)."""

@@ -25,6 +25,7 @@ from .batcher import MicroBatcher
 from .cache import BasketKey, PredictionCache, basket_key
 from .metrics import Metrics
 from .model_manager import LoadedModel, ModelManager
+from .payload_log import PayloadLog
 from .predictor import Predictor, Scores, load_predictor
 from .settings import Settings
 from .shadow import ShadowScorer
@@ -70,18 +71,23 @@ class PredictionService:
         self.metrics.watch_drift(lambda: model.drift if (model := self.manager.current) else None)
         self.cache = PredictionCache(settings.cache_size)
         self.batcher = MicroBatcher(self.score, max_lines=INLINE_MAX_LINES)
+        # A sampled share of the requests and their answers, for the drift report (off by default).
+        self.payload_log = PayloadLog(settings, self.metrics)
         self.draining = False  # set once the server begins its graceful shutdown
 
     def start(self) -> None:
-        """Start loading (and polling) the model, and the shadow model if one is configured."""
+        """Start loading (and polling) the model, the shadow model if one is configured, and the payload log's
+        writer if sampling is on."""
         self.manager.start()
         if self.shadow is not None:
             self.shadow.start()
+        self.payload_log.start()
 
     def stop(self) -> None:
         self.manager.stop()
         if self.shadow is not None:
             self.shadow.stop()
+        self.payload_log.stop()  # after the drain: the last requests' records are written
 
     def begin_drain(self) -> None:
         """From now on the service is not ready (load balancers stop sending before the process goes)."""

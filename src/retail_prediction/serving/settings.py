@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ..artifact.members import (
@@ -98,6 +98,25 @@ class Settings(BaseSettings):
     # reference profile (0 = off). 2,000 baskets keep the PSI's sampling noise near 0.005.
     drift_window_baskets: int = Field(2000, ge=0, le=1_000_000)
 
+    # ---- the sampled payload log (serving/payload_log.py; docs/operations.md): off unless the rate is > 0
+    # The share of /predict and /predict/batch requests written to the log (0 = off, 1 = every request).
+    payload_log_sample_rate: float = Field(0.0, ge=0.0, le=1.0)
+    # Where parts go: a local directory or s3://bucket/prefix (needed when the rate is > 0).
+    payload_log_uri: str | None = None
+    # What a record keeps of the customer id: nothing (default), a keyed hash (HMAC-SHA256, so the same
+    # customer can be followed over time without the id being recoverable), or the id itself.
+    payload_log_customer_id: Literal["drop", "hash", "keep"] = "drop"
+    # The HMAC key for `hash`, given directly or as a file (a mounted Kubernetes secret); never logged.
+    payload_log_hash_key: SecretStr | None = None
+    payload_log_hash_key_file: Path | None = None
+    # Records (baskets) and their basket lines waiting for the writer: beyond either, records are dropped
+    # and counted; they bound the log's memory whatever the sink does.
+    payload_log_queue_records: int = Field(10_000, ge=1, le=1_000_000)
+    payload_log_queue_lines: int = Field(200_000, ge=1, le=10_000_000)
+    # A part is closed and written when it is this old, or holds this many bytes of JSON before gzip.
+    payload_log_flush_seconds: float = Field(60.0, gt=0, le=3600)
+    payload_log_part_bytes: int = Field(8_388_608, ge=1024, le=268_435_456)
+
     # ---- build metadata of the image, shown by /model/info
     git_commit: str | None = None
     git_branch: str | None = None
@@ -112,11 +131,21 @@ class Settings(BaseSettings):
 
     @field_validator("model_uri", "model_bucket", "model_key", "model_sha256", "shadow_model_uri",
                      "shadow_model_bucket", "shadow_model_key", "shadow_model_sha256", "git_commit", "git_branch",
-                     "build_date", mode="before")
+                     "build_date", "payload_log_uri", "payload_log_hash_key", "payload_log_hash_key_file",
+                     mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # Deployment templates often render an unset variable as "": treat it as not given.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _payload_log_complete(self) -> Settings:
+        if self.payload_log_sample_rate > 0 and not self.payload_log_uri:
+            raise ValueError("PAYLOAD_LOG_SAMPLE_RATE > 0 needs PAYLOAD_LOG_URI (a directory or s3://bucket/prefix)")
+        if self.payload_log_customer_id == "hash" and not (self.payload_log_hash_key or
+                                                           self.payload_log_hash_key_file):
+            raise ValueError("PAYLOAD_LOG_CUSTOMER_ID=hash needs PAYLOAD_LOG_HASH_KEY or PAYLOAD_LOG_HASH_KEY_FILE")
+        return self
 
     def artifact_limits(self) -> ArtifactLimits:
         return ArtifactLimits(self.model_max_member_bytes, self.model_max_total_bytes, self.model_max_json_bytes)
