@@ -34,8 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from retail_prediction.data import lgsr
-from retail_prediction.data.reading import read_transactions, resolve_files, table_to_baskets
+from retail_prediction.data.requests import sample_baskets
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/lgsr"
 WRK_SCRIPT = """
@@ -64,24 +63,7 @@ HEALTH_SCRIPT = WRK_SCRIPT.replace(_POST, 'wrk.format("GET", nil)')
 # Real baskets
 
 
-def sample_baskets(data: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` random baskets of the last data file as /predict bodies (list form with hierarchy codes)."""
-    baskets = table_to_baskets(read_transactions(resolve_files(data)[-1]))
-    lines = baskets.lines
-    order = np.argsort(lines.basket, kind="stable")
-    starts = np.searchsorted(lines.basket[order], np.arange(lines.n_baskets + 1))
-    chosen = np.random.default_rng(seed).choice(lines.n_baskets, size=min(n, lines.n_baskets), replace=False)
-    return [{"basket_items": [_line(lines, int(i)) for i in order[starts[b]:starts[b + 1]]]} for b in chosen]
-
-
-def _line(lines: Any, i: int) -> dict[str, Any]:
-    quantity = float(lines.quantity[i])
-    item = {"product_id": str(lines.product.values[lines.product.index[i]]), "quantity": quantity,
-            "price": round(float(lines.spend[i]) / quantity, 4)}
-    for name, codes in zip(lgsr.HIERARCHY, lines.hierarchy, strict=True):
-        if codes is not None and codes.index[i] >= 0:
-            item[name.lower()] = str(codes.values[codes.index[i]])
-    return item
+# sample_baskets lives in the package (tests replay the same bodies as live traffic).
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from retail_prediction.serving import predictor
 def score(self, baskets):
     row = np.full((len(baskets), len(self.feature_names)), 0.25, dtype=np.float32)
     zeros = np.zeros(len(baskets), dtype=np.int64)
-    return predictor.Scores(self.predict_features(row), zeros, zeros)
+    return predictor.Scores(self.predict_features(row), zeros, zeros, row)
 
 predictor.Predictor.score = score
 serve.main()

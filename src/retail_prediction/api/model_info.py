@@ -22,6 +22,21 @@ def _validation(metadata: dict[str, Any]) -> dict[str, Any] | None:
     return next((c for c in metadata.get("candidates", []) if c.get("name") == chosen), None)
 
 
+def _drift(model: LoadedModel) -> dict[str, Any] | None:
+    """The drift window's PSI figures and what they are measured against; None when the model has no
+    reference profile (archives from before drift monitoring) or DRIFT_WINDOW_BASKETS is 0."""
+    window = model.drift
+    if window is None:
+        return None
+    snap, reference = window.snapshot(), window.profile
+    return {"window_baskets": snap.baskets, "window_size": window.size,
+            "input_psi": {k: round(v, 4) for k, v in snap.input.items()},
+            "prediction_psi": round(snap.prediction, 4),
+            "reference": {"weeks": reference.weeks, "baskets": reference.baskets,
+                          "class_shares": dict(zip(reference.classes, reference.class_shares, strict=True))},
+            "reading": "PSI < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift"}
+
+
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at else None
 
@@ -59,5 +74,6 @@ def model_info(model: LoadedModel, status: LoadStatus, settings: Settings) -> di
             "refused_version": status.refused_version,
             "last_reload": status.last_reload or None,
         },
+        "drift": _drift(model),
         "build": {"commit": settings.git_commit, "branch": settings.git_branch, "date": settings.build_date},
     }

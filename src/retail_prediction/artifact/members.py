@@ -9,7 +9,9 @@ Unknown extra fields are allowed (newer writers may add some); the types of the 
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,29 @@ class Metadata(msgspec.Struct):
     example_products: list[ExampleProduct] = msgspec.field(default_factory=list)
 
 
+class FeatureProfile(msgspec.Struct):
+    """One basket feature's reference distribution: `column` of the feature matrix, interior bin edges
+    (bin = searchsorted(edges, x, side="right")) and the reference share of each of the len(edges)+1 bins."""
+
+    column: str
+    edges: Annotated[list[float], msgspec.Meta(max_length=64)]
+    shares: Annotated[list[float], msgspec.Meta(min_length=1, max_length=65)]
+
+
+class Profile(msgspec.Struct):
+    """profile.json: what the model saw on weeks it was not trained on, for drift monitoring (optional)."""
+
+    version: int
+    baskets: int
+    weeks: list[int]
+    features: Annotated[dict[str, FeatureProfile], msgspec.Meta(max_length=16)]
+    classes: list[str]
+    class_shares: list[float]
+
+
+PROFILE_VERSION = 1
+
+
 # --------------------------------------------------------------------------------------------------
 # Parsing
 
@@ -174,3 +199,36 @@ def check_npz(path: Path, name: str, data: bytes, limits: ArtifactLimits) -> Non
     if total > limits.max_member_bytes:
         raise ArtifactError(f"{path}: member {name!r} holds {total} bytes of arrays, over the "
                             f"{limits.max_member_bytes}-byte limit", "too_large")
+
+
+def profile(path: Path, files: dict[str, bytes], classes: tuple[str, ...]) -> Profile | None:
+    """profile.json checked (edges ascending, one share per bin, shares summing to 1, the model's classes),
+    or None when the archive has none (models trained before drift monitoring)."""
+    name = "profile.json"
+    if name not in files:
+        return None
+    found = check_schema(path, name, parse_json(path, name, files[name]), Profile)
+    problems = [f"feature {key!r}: {problem}" for key, feature in found.features.items()
+                if (problem := _distribution_problem(feature.edges, feature.shares))]
+    if found.version != PROFILE_VERSION:
+        problems.append(f"version {found.version} (this code reads {PROFILE_VERSION})")
+    if tuple(found.classes) != classes:
+        problems.append(f"classes {found.classes} are not the model's {list(classes)}")
+    elif problem := _distribution_problem(None, found.class_shares, len(classes)):
+        problems.append(f"class_shares: {problem}")
+    if problems:
+        raise ArtifactError(f"{path}: member {name!r}: {'; '.join(problems)}", "bad_json")
+    return found
+
+
+def _distribution_problem(edges: list[float] | None, shares: list[float], bins: int | None = None) -> str | None:
+    expected = len(edges) + 1 if edges is not None else bins
+    if len(shares) != expected:
+        return f"{len(shares)} shares for {expected} bins"
+    if edges is not None and not all(math.isfinite(e) for e in edges):
+        return "edges must be finite numbers"
+    if edges is not None and any(b <= a for a, b in itertools.pairwise(edges)):
+        return "edges must be strictly ascending"
+    if not all(math.isfinite(s) and s >= 0 for s in shares) or abs(sum(shares) - 1) > 1e-6:
+        return "shares must be non-negative and sum to 1"
+    return None

@@ -6,7 +6,7 @@ deployment runs one worker per pod, so no multiprocess aggregation is needed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -18,7 +18,11 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from .drift import DriftWindow
 
 # Latency buckets around the 10 ms target, with resolution below 1 ms where /predict lives.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -63,6 +67,10 @@ class Metrics:
         self.cache_hits = counter("prediction_cache_hits", "Prediction cache hits")
         self.cache_misses = counter("prediction_cache_misses", "Prediction cache misses")
 
+    def watch_drift(self, window: Callable[[], DriftWindow | None]) -> None:
+        """Export the drift gauges of `window()` (the serving model's window) at every scrape."""
+        self.registry.register(_DriftCollector(window))
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         # Label lookups take a lock and build a key each time: keep the children per request kind.
         key = (route, method, status)
@@ -97,3 +105,35 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _DriftCollector(Collector):
+    """retail_prediction_*drift* gauges, computed at scrape time; absent while the model has no profile."""
+
+    def __init__(self, window: Callable[[], DriftWindow | None]) -> None:
+        self.window = window
+
+    def describe(self) -> list[Metric]:
+        return []  # computed at scrape time: nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        window = self.window()
+        if window is None:
+            return
+        snap = window.snapshot()
+        size = GaugeMetricFamily(f"{NAMESPACE}_drift_window_baskets",
+                                 "Baskets in the drift window (the latest DRIFT_WINDOW_BASKETS scored)")
+        size.add_metric([], snap.baskets)
+        yield size
+        inputs = GaugeMetricFamily(f"{NAMESPACE}_input_drift_psi",
+                                   "Population stability index of a basket feature in the drift window against "
+                                   "the model's reference (< 0.1 stable, 0.1-0.25 moderate, > 0.25 major)",
+                                   labels=["feature"])
+        for feature, value in snap.input.items():
+            inputs.add_metric([feature], value)
+        yield inputs
+        prediction = GaugeMetricFamily(f"{NAMESPACE}_prediction_drift_psi",
+                                       "Population stability index of the predicted class mix in the drift window "
+                                       "against the model's reference mix")
+        prediction.add_metric([], snap.prediction)
+        yield prediction

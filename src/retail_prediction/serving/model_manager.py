@@ -25,6 +25,7 @@ from typing import Any
 
 from ..artifact.archive import ArtifactError
 from ..artifact.store import ModelSource, StoreError, fetch, probe_version
+from .drift import DriftWindow
 from .metrics import Metrics
 from .predictor import Predictor, load_predictor
 from .settings import Settings
@@ -41,6 +42,7 @@ class LoadedModel:
     source_version: str
     loaded_at: datetime
     load_seconds: float
+    drift: DriftWindow | None = None  # live traffic against the model's reference profile
 
 
 @dataclass
@@ -106,7 +108,7 @@ class ModelManager:
 
     def hold(self, predictor: Predictor, source_uri: str, load_seconds: float) -> LoadedModel:
         """Serve `predictor`, loaded by the caller (batch scoring of files): no source is polled."""
-        model = LoadedModel(predictor, source_uri, predictor.sha256, _now(), load_seconds)
+        model = LoadedModel(predictor, source_uri, predictor.sha256, _now(), load_seconds, self._drift(predictor))
         self._swap(model, "initial")
         return model
 
@@ -210,7 +212,11 @@ class ModelManager:
         except Exception as exc:  # whatever nobody foresaw (MemoryError included) is a refusal too
             raise LoadFailed("load_error", f"cannot load model from {self.source.uri}: "
                                            f"{type(exc).__name__}: {exc}", fetched.version) from exc
-        return LoadedModel(predictor, self.source.uri, fetched.version, _now(), time.perf_counter() - started)
+        return LoadedModel(predictor, self.source.uri, fetched.version, _now(), time.perf_counter() - started,
+                           self._drift(predictor))
+
+    def _drift(self, predictor: Predictor) -> DriftWindow | None:
+        return DriftWindow.for_model(predictor.profile, predictor.feature_names, self.settings.drift_window_baskets)
 
     def _load_failed(self, kind: str, exc: LoadFailed, retry_in: float | None) -> None:
         self.metrics.model_loads.labels(kind, "failure").inc()

@@ -24,20 +24,23 @@ REQUIRED_FILES = ("model.onnx", "tables.npz", "feature_spec.json", "metadata.jso
 
 @dataclass(frozen=True)
 class Scores:
-    """Per basket: class probabilities (columns in `Predictor.classes` order) and how many of its lines
-    hold a product, or a category / hierarchy code, the model does not know."""
+    """Per basket: class probabilities (columns in `Predictor.classes` order), how many of its lines
+    hold a product, or a category / hierarchy code, the model does not know, and its feature row (what the
+    drift window bins)."""
 
     proba: np.ndarray
     unknown_products: np.ndarray
     unknown_categories: np.ndarray
+    features: np.ndarray
 
 
 class Predictor:
     """Featurize + ONNX Runtime. `predict_proba` may be called from many threads at once."""
 
     def __init__(self, session: ort.InferenceSession, tables: FeatureTables, metadata: Mapping[str, Any],
-                 manifest: Mapping[str, Any], sha256: str):
+                 manifest: Mapping[str, Any], sha256: str, profile: members.Profile | None = None):
         self.session = session
+        self.profile = profile  # the reference for drift monitoring; None in archives from before it
         self.tables = tables
         self.metadata = dict(metadata)
         self.manifest = dict(manifest)
@@ -67,8 +70,9 @@ class Predictor:
         if unserved:
             raise ArtifactError(f"{path}: the model uses hierarchy levels a request cannot carry: "
                                 f"{', '.join(sorted(unserved))}", "bad_model")
+        profile = members.profile(path, files, tables.classes)
         return cls(_session(path, files["model.onnx"], intra_op_threads), tables, metadata, artifact.manifest,
-                   artifact.sha256)
+                   artifact.sha256, profile)
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> Predictor:
@@ -107,9 +111,10 @@ class Predictor:
         """Probabilities and unknown-code counts of client baskets (as `encode_clients` takes them)."""
         if not baskets:
             empty = np.zeros(0, dtype=np.int64)
-            return Scores(np.zeros((0, len(self.classes))), empty, empty)
+            return Scores(np.zeros((0, len(self.classes))), empty, empty,
+                          np.zeros((0, self.tables.n_features), dtype=np.float32))
         features, unknown = client_features(baskets, self.tables)
-        return Scores(self.predict_features(features), unknown[:, 0], unknown[:, 1])
+        return Scores(self.predict_features(features), unknown[:, 0], unknown[:, 1], features)
 
     def predict_batch(self, lines: Lines, *, threads: int = 2, block: int = 1 << 15) -> np.ndarray:
         """`predict_proba` for many baskets (grouped by basket, as loaded from files), a block of baskets per task.

@@ -45,15 +45,17 @@ class ModelNotReady(Exception):
         self.state, self.reason = state, reason
 
 
-def answers(predictor: Predictor, scores: Scores) -> list[Answer]:
-    """Scores -> one answer per basket: label, its name, every class's probability, unknown codes."""
+def answers(predictor: Predictor, scores: Scores, best: np.ndarray | None = None) -> list[Answer]:
+    """Scores (and each basket's best class, if already known) -> one answer per basket: label, its name,
+    every class's probability, unknown codes."""
     classes = predictor.classes
+    best = scores.proba.argmax(axis=1) if best is None else best
     names = [label_name(c) for c in classes]
     return [{
         "label": classes[best], "label_name": names[best], "probabilities": dict(zip(classes, row, strict=True)),
         "unknown_products": n_products, "unknown_categories": n_categories,
     } for row, best, n_products, n_categories in zip(
-        scores.proba.tolist(), scores.proba.argmax(axis=1).tolist(), scores.unknown_products.tolist(),
+        scores.proba.tolist(), best.tolist(), scores.unknown_products.tolist(),
         scores.unknown_categories.tolist(), strict=True)]  # fmt: skip
 
 
@@ -62,6 +64,7 @@ class PredictionService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.manager = ModelManager(settings, self.metrics)
+        self.metrics.watch_drift(lambda: model.drift if (model := self.manager.current) else None)
         self.cache = PredictionCache(settings.cache_size)
         self.batcher = MicroBatcher(self.score, max_lines=INLINE_MAX_LINES)
         self.draining = False  # set once the server begins its graceful shutdown
@@ -115,13 +118,12 @@ class PredictionService:
     def score(self, model: LoadedModel, baskets: Sequence[Basket]) -> list[Answer]:
         """The scoring step every call ends in: cached baskets from the LRU, the rest in one featurization and
         one ONNX run, counted in the metrics."""
-        predictor = model.predictor
         if self.cache.enabled:
-            result, hits = self._score_cached(predictor, baskets)
+            result, hits = self._score_cached(model, baskets)
             self.metrics.cache_hits.inc(hits)
             self.metrics.cache_misses.inc(len(baskets) - hits)
         else:
-            result = answers(predictor, predictor.score([b.basket_items for b in baskets]))
+            result = self._score(model, [b.basket_items for b in baskets])
         self.metrics.scored_together.observe(len(baskets))
         self.metrics.count_predictions([answer["label"] for answer in result])
         return result
@@ -134,12 +136,22 @@ class PredictionService:
         self.metrics.add_predictions(dict(zip(model.predictor.classes, counts.tolist(), strict=True)))
         return proba
 
-    def _score_cached(self, predictor: Predictor, baskets: Sequence[Basket]) -> tuple[list[Answer], int]:
-        keys: list[BasketKey] = [basket_key(predictor.sha256, b.basket_items) for b in baskets]
+    @staticmethod
+    def _score(model: LoadedModel, baskets: list[Any]) -> list[Answer]:
+        """One featurization and ONNX run; the baskets join the drift window."""
+        scores = model.predictor.score(baskets)
+        best = scores.proba.argmax(axis=1)
+        if model.drift is not None:
+            model.drift.observe(scores.features, best)
+        return answers(model.predictor, scores, best)
+
+    def _score_cached(self, model: LoadedModel, baskets: Sequence[Basket]) -> tuple[list[Answer], int]:
+        """Answers from the cache where it has them; the rest scored (only those join the drift window)."""
+        keys: list[BasketKey] = [basket_key(model.predictor.sha256, b.basket_items) for b in baskets]
         found: list[Answer | None] = [self.cache.get(k) for k in keys]
         missing = [i for i, a in enumerate(found) if a is None]
         if missing:
-            scored = answers(predictor, predictor.score([baskets[i].basket_items for i in missing]))
+            scored = self._score(model, [baskets[i].basket_items for i in missing])
             for i, answer in zip(missing, scored, strict=True):
                 self.cache.put(keys[i], answer)
                 found[i] = answer

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     # the thread pool. A tuning knob, kept so docs/benchmarks.md can be reproduced.
     predict_execution: Literal["batched", "inline", "threadpool"] = "batched"
 
+    # ---- monitoring: the drift gauges compare the latest this-many scored baskets with the model's
+    # reference profile (0 = off). 2,000 baskets keep the PSI's sampling noise near 0.005.
+    drift_window_baskets: int = Field(2000, ge=0, le=1_000_000)
+
     # ---- build metadata of the image, shown by /model/info
     git_commit: str | None = None
     git_branch: str | None = None

@@ -33,6 +33,7 @@ from ..features.tables import FeatureTables, basket_features
 from ..serving.predictor import probability_output
 from .candidates import Candidate, candidates
 from .evaluation import classification_metrics, confusion_png, markdown_report
+from .profile import reference_profile
 
 TRAIN_COLUMNS = (lgsr.SHOP_WEEK, lgsr.QUANTITY, lgsr.SPEND, lgsr.PROD_CODE, *lgsr.HIERARCHY,
                  lgsr.BASKET_ID, lgsr.LABEL)
@@ -102,15 +103,19 @@ def _train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConf
     del table
     pa.default_memory_pool().release_unused()  # Arrow's allocator would keep the table's pages otherwise
     classes = tuple(np.unique(everything.label).tolist())
-    comparison, val_detail = _compare(everything.select(everything.week <= cut),
-                                      everything.select(everything.week > cut), classes, config, say)
+    held_out = everything.select(everything.week > cut)
+    comparison, val_detail, reference = _compare(everything.select(everything.week <= cut), held_out, classes,
+                                                   config, say)
     chosen = max((c for c in comparison if c["exportable"]), key=lambda c: c["macro_f1"])["name"]
+    features, names, predicted = reference
+    profile = reference_profile(features, names, predicted[chosen], classes, np.unique(held_out.week).tolist())
     say(f"chosen: {chosen} (validation macro-F1 {comparison_by(comparison, chosen)['macro_f1']:.4f})")
 
     tables, onnx_bytes, parity, size = _refit(everything, classes, chosen, config, say)
     meta = _metadata(everything, summary, weeks, cut, classes, chosen, size, comparison, parity, tables,
                      config)
     files = _artifact_files(onnx_bytes, tables, meta, val_detail[chosen], comparison)
+    files["profile.json"] = json.dumps(profile, indent=1).encode()
     sha = pack_artifact(out, files, metadata={"model_version": meta["model_version"]})
     say(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {sha[:12]}…)")
     return TrainResult(out, sha, chosen, val_detail[chosen], meta)
@@ -150,14 +155,18 @@ def _learn(baskets: Baskets, classes: Sequence[str], config: TrainConfig,
 
 
 def _compare(train_part: Baskets, valid_part: Baskets, classes: Sequence[str], config: TrainConfig,
-             say: Progress) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+             say: Progress) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]],
+                                     tuple[np.ndarray, list[str], dict[str, np.ndarray]]]:
+    """Fit every candidate on the earlier weeks and score it on the held-out ones: the comparison rows, each
+    candidate's validation metrics, and (for the drift profile) the held-out feature rows, their column names
+    and each candidate's predicted class indexes."""
     tables, X, y = _learn(train_part, classes, config, say)
     Xv = basket_features(valid_part.lines, tables)
     yv = _labels(valid_part, classes)
     unseen = Xv[:, tables.feature_names().index("unseen_product_share")] > 0
     say(f"features: {X.shape[0]:,} training (of {train_part.lines.n_baskets:,}) and {Xv.shape[0]:,} validation "
         f"baskets x {X.shape[1]}")
-    comparison, detail = [], {}
+    comparison, detail, predicted = [], {}, {}
     for cand in candidates(config.seed, config.threads):
         start = time.monotonic()
         say(f"fitting {cand.name} …")
@@ -166,13 +175,14 @@ def _compare(train_part: Baskets, valid_part: Baskets, classes: Sequence[str], c
         metrics = classification_metrics(yv, proba, classes)
         metrics["unseen_products"] = classification_metrics(yv[unseen], proba[unseen], classes)
         detail[cand.name] = metrics
+        predicted[cand.name] = proba.argmax(axis=1)
         comparison.append({"name": cand.name, "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
                            "log_loss": metrics["log_loss"], "exportable": cand.name != "majority",
                            "unseen_accuracy": metrics["unseen_products"]["accuracy"],
                            "fit_seconds": round(time.monotonic() - start, 2), **_learned_size(cand)})
         say(f"{cand.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
             f"({time.monotonic() - start:.1f}s{_size_note(cand)})")
-    return comparison, detail
+    return comparison, detail, (Xv, tables.feature_names(), predicted)
 
 
 def _learned_size(model: Candidate) -> dict[str, int]:
