@@ -108,13 +108,15 @@ def build() -> dict[str, Any]:
         .with_panel(series(
             "Input drift (PSI) per feature",
             "Population stability index of each input feature over each pod's recent baskets against the "
-            "model's training profile: < 0.1 stable, 0.1-0.25 moderate, > 0.25 major (alert after 30 min).",
-            "none", query(f"avg by (feature) (retail_prediction_input_drift_psi{{{SEL}}})", "{{feature}}"),
+            "model's training profile (pods with 200 baskets or more): < 0.1 stable, 0.1-0.25 moderate, "
+            "> 0.25 major (alert after 30 min).",
+            "none", query(f"avg by (feature) (job_feature:retail_prediction_input_drift_psi:avg{{{SEL}}})",
+                          "{{feature}}"),
             width=12, steps=PSI_STEPS))
         .with_panel(series(
             "Prediction drift (PSI)",
             "Population stability index of the predicted classes against the training profile.", "none",
-            query(f"avg(retail_prediction_prediction_drift_psi{{{SEL}}})", "predicted class"),
+            query(f"avg(job:retail_prediction_prediction_drift_psi:avg{{{SEL}}})", "predicted class"),
             query(f"min(retail_prediction_drift_window_baskets{{{SEL}}})", "baskets in the window (min)", "B"),
             width=12, steps=PSI_STEPS))
         .with_row(db.Row("Model and source"))

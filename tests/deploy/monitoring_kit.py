@@ -1,14 +1,11 @@
 """What the monitoring tests share: the kit's files, its rules (one source: the PrometheusRule manifest), the
-metric names its queries use, and the baskets of a generated week as /predict bodies."""
+metric names its queries use, and shifted /predict bodies."""
 
 from __future__ import annotations
 
 import copy
-import csv
-import gzip
 import importlib.util
 import re
-from collections import defaultdict
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -98,21 +95,6 @@ def github_anchor(heading: str) -> str:
 
 def runbook_anchors() -> set[str]:
     return {github_anchor(line.lstrip("#")) for line in OPERATIONS.read_text().splitlines() if line.startswith("#")}
-
-
-def week_baskets(path: Path, limit: int) -> list[dict[str, Any]]:
-    """Up to `limit` baskets of a generated week, as /predict bodies (unit price = spend / quantity)."""
-    lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    with gzip.open(path, "rt", newline="") as handle:
-        for row in csv.DictReader(handle):
-            quantity = float(row["QUANTITY"])
-            item: dict[str, Any] = {"product_id": row["PROD_CODE"], "quantity": quantity,
-                                    "price": round(float(row["SPEND"]) / quantity, 4)}
-            for level in ("10", "20", "30", "40"):
-                if row[f"PROD_CODE_{level}"]:
-                    item[f"prod_code_{level}"] = row[f"PROD_CODE_{level}"]
-            lines[row["BASKET_ID"]].append(item)
-    return [{"basket_items": items} for items in list(lines.values())[:limit]]
 
 
 def scaled_prices(body: dict[str, Any], factor: float) -> dict[str, Any]:

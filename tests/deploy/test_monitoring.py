@@ -39,6 +39,7 @@ from .monitoring_kit import (
     dashboard_queries,
     fill_variables,
     metric_names,
+    rule_groups,
     rules,
     runbook_anchors,
     write_rules,
@@ -141,9 +142,11 @@ def test_promtool_unit_tests(rules_dir: Path) -> None:
 def test_promtool_unit_tests_catch_a_wrong_threshold(rules_dir: Path) -> None:
     """The unit tests bind the thresholds: the drift alert at 0.5 instead of 0.25 fails them."""
     promtool = need_tool("promtool")
-    path = rules_dir / "rules.yaml"
-    path.write_text(path.read_text().replace("retail_prediction_input_drift_psi) > 0.25",
-                                             "retail_prediction_input_drift_psi) > 0.5"))
+    spec = rule_groups()
+    [drift] = [r for g in spec["groups"] for r in g["rules"] if r.get("alert") == "RetailPredictionInputDrift"]
+    assert drift["expr"].endswith("> 0.25")
+    drift["expr"] = drift["expr"].replace("> 0.25", "> 0.5")
+    (rules_dir / "rules.yaml").write_text(yaml.safe_dump(spec))
     proc = subprocess.run([promtool, "test", "rules", str(rules_dir / PROMTOOL_TESTS.name)], capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode != 0 and "RetailPredictionInputDrift" in proc.stdout + proc.stderr
@@ -211,14 +214,17 @@ def test_dashboard_covers_the_issue_panels() -> None:
     used = set().union(*(metric_names(expr) for _, expr in dashboard_queries(dashboard_module().build())))
     recorded = json.dumps(dashboard_module().build()["panels"])
     for metric in ("retail_prediction_model_info", "retail_prediction_model_loads_total",
-                   "retail_prediction_input_drift_psi", "retail_prediction_prediction_drift_psi",
-                   "retail_prediction_source_check_failures_total", "retail_prediction_payload_log_records_total"):
+                   "retail_prediction_drift_window_baskets", "retail_prediction_source_check_failures_total",
+                   "retail_prediction_payload_log_records_total"):
         assert metric in used, metric
     for rule in ("job_route_status:retail_prediction_http_requests:rate5m",   # traffic
                  "job:retail_prediction_predict_error_ratio:ratio_rate5m",    # errors
                  "job_route_le:retail_prediction_http_request_duration_seconds_bucket:rate5m",  # latency
-                 "job_label:retail_prediction_predictions:rate5m"):           # predictions by class
+                 "job_label:retail_prediction_predictions:rate5m",            # predictions by class
+                 "job_feature:retail_prediction_input_drift_psi:avg", "job:retail_prediction_prediction_drift_psi:avg"):
         assert rule in recorded, rule
+    records = {r["record"] for r in rules() if "record" in r}
+    assert {name for name in re.findall(r"\w+:[\w:]+", recorded) if not name.startswith("query")} <= records
     psi = [p for p in dashboard_module().build()["panels"] if "PSI" in p["title"]]
     for panel in psi:
         steps = [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
