@@ -40,11 +40,11 @@ def _openapi(app: FastAPI, types: RequestTypes) -> Callable[[], dict[str, Any]]:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: PredictionService = app.state.service
-    service.manager.start()
+    service.start()
     try:
         yield
     finally:
-        service.manager.stop()
+        service.stop()
         logs.flush_access_lines()
 
 

@@ -41,7 +41,8 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at else None
 
 
-def model_info(model: LoadedModel, status: LoadStatus, settings: Settings) -> dict[str, Any]:
+def model_info(model: LoadedModel, status: LoadStatus, settings: Settings,
+               shadow: dict[str, Any] | None = None) -> dict[str, Any]:
     p = model.predictor
     meta = p.metadata
     return {
@@ -75,5 +76,6 @@ def model_info(model: LoadedModel, status: LoadStatus, settings: Settings) -> di
             "last_reload": status.last_reload or None,
         },
         "drift": _drift(model),
+        "shadow": shadow,  # the shadow model and how it compares, when SHADOW_MODEL_* is set
         "build": {"commit": settings.git_commit, "branch": settings.git_branch, "date": settings.build_date},
     }

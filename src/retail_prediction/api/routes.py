@@ -105,7 +105,8 @@ def register(app: FastAPI, service: PredictionService, types: RequestTypes, sett
     @api.get("/model/info", responses={503: _ERRORS[503]}, tags=["model"])
     async def info(request: Request) -> Response:
         """The serving model: version, source, SHA-256, training weeks, metrics, classes, features, build."""
-        return json_response(model_info(service.model(), service.manager.status, settings))
+        shadow = service.shadow.info() if service.shadow else None
+        return json_response(model_info(service.model(), service.manager.status, settings, shadow))
 
     @api.get("/metrics", tags=["probes"], response_class=Response)
     async def metrics(request: Request) -> Response:

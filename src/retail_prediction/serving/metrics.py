@@ -36,36 +36,78 @@ NAMESPACE = "retail_prediction"
 disable_created_metrics()
 
 
+class ModelSeries:
+    """A model's load and source-health series: the serving model's as retail_prediction_model_* and
+    retail_prediction_source_*, a shadow model's (`prefix="shadow_"`) as retail_prediction_shadow_*."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str = "") -> None:
+        counter, gauge = (partial(kind, registry=registry, namespace=NAMESPACE) for kind in (Counter, Gauge))
+        what = "shadow model" if prefix else "model"
+        self.model_loads = counter(f"{prefix}model_loads", f"{what.capitalize()} loads: kind=initial|reload, "
+                                   "result=success|failure", ["kind", "result"])
+        self.model_info = gauge(f"{prefix}model_info", f"The loaded {what} (value 1)", ["version", "sha256"])
+        self.model_ready = gauge(f"{prefix}model_ready", f"1 when a verified, warmed-up {what} is loaded")
+        self.model_loaded_at = gauge(f"{prefix}model_loaded_timestamp_seconds", f"When the {what} was loaded")
+        self.source_check_failures = counter(f"{prefix}source_check_failures",
+                                             f"Failed checks (probe or download) of the {what}'s source", ["reason"])
+        self.source_last_success = gauge(f"{prefix}source_last_success_timestamp_seconds",
+                                         f"When the {what}'s source last answered a check")
+        self.model_fetches = counter(f"{prefix}model_fetches", f"Archives fetched (downloaded or opened) for the "
+                                     f"{what}")
+        self.model_refusals = counter(f"{prefix}model_refusals", f"Archives refused at load ({what}), by reason",
+                                      ["reason"])
+
+    def set_model(self, version: str, sha256: str, loaded_at: float) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version, sha256).set(1)
+        self.model_ready.set(1)
+        self.model_loaded_at.set(loaded_at)
+
+
+class ShadowSeries:
+    """What the shadow model did with the sampled baskets, beside its own load series."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        counter, gauge = (partial(kind, registry=registry, namespace=NAMESPACE) for kind in (Counter, Gauge))
+        self.model = ModelSeries(registry, "shadow_")
+        self.scored = counter("shadow_scored_baskets", "Baskets the shadow model scored after the answer")
+        self.dropped = counter("shadow_dropped_baskets", "Sampled baskets the shadow did not score, by reason "
+                               "(queue_full: over SHADOW_QUEUE_BASKETS; not_ready: no shadow model loaded; "
+                               "error: the shadow failed on them)", ["reason"])
+        self.agreement = gauge("shadow_agreement_ratio", "Share of shadow-scored baskets where the shadow's "
+                               "class equals the answered one (since the shadow model was loaded)")
+        self.compared = counter("shadow_predictions", "Shadow-scored baskets by answered (primary) and shadow "
+                                "class", ["primary", "shadow"])
+        self.queued = gauge("shadow_queue_baskets", "Baskets waiting for the shadow model")
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._predicted: dict[str, Any] = {}
         # Every series in this registry, named retail_prediction_*.
-        counter, gauge, histogram = (partial(kind, registry=self.registry, namespace=NAMESPACE)
-                                     for kind in (Counter, Gauge, Histogram))
+        counter, histogram = (partial(kind, registry=self.registry, namespace=NAMESPACE)
+                              for kind in (Counter, Histogram))
         self.requests = counter("http_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"])
         self.latency = histogram("http_request_duration_seconds", "Request latency by route", ["route"],
                                  buckets=_LATENCY_BUCKETS)
         self.predictions = counter("predictions", "Baskets classified, by predicted class", ["label"])
-        self.model_loads = counter("model_loads", "Model loads: kind=initial|reload, result=success|failure",
-                                   ["kind", "result"])
-        self.model_info = gauge("model_info", "The loaded model (value 1)", ["version", "sha256"])
-        self.model_ready = gauge("model_ready", "1 when a verified, warmed-up model serves")
-        self.model_loaded_at = gauge("model_loaded_timestamp_seconds", "When the serving model was loaded")
+        # The serving model's lifecycle and source health (load-time only, never per request).
+        self.model = ModelSeries(self.registry)
         # How many baskets each model call scored: shows whether micro-batching is coalescing requests.
         self.scored_together = histogram("scoring_batch_baskets", "Baskets scored per model call",
                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
-        # Health of the model source and of the archives it serves (load-time only, never per request).
-        self.source_check_failures = counter("source_check_failures",
-                                             "Failed checks (probe or download) of the model source", ["reason"])
-        self.source_last_success = gauge("source_last_success_timestamp_seconds",
-                                         "When the model source last answered a check")
-        self.model_fetches = counter("model_fetches", "Archives fetched (downloaded or opened) for loading")
-        self.model_refusals = counter("model_refusals", "Archives refused at load, by reason", ["reason"])
+        self.shadow: ShadowSeries | None = None  # set by `add_shadow` when a shadow model is configured
         self.cache_hits = counter("prediction_cache_hits", "Prediction cache hits")
         self.cache_misses = counter("prediction_cache_misses", "Prediction cache misses")
+
+    def add_shadow(self) -> ShadowSeries:
+        """The shadow model's series (created once, only when a shadow model is configured)."""
+        if self.shadow is None:
+            self.shadow = ShadowSeries(self.registry)
+        return self.shadow
 
     def watch_drift(self, window: Callable[[], DriftWindow | None]) -> None:
         """Export the drift gauges of `window()` (the serving model's window) at every scrape."""
@@ -96,12 +138,6 @@ class Metrics:
             if child is None:
                 child = self._predicted[label] = self.predictions.labels(label)
             child.inc(n)
-
-    def set_model(self, version: str, sha256: str, loaded_at: float) -> None:
-        self.model_info.clear()
-        self.model_info.labels(version, sha256).set(1)
-        self.model_ready.set(1)
-        self.model_loaded_at.set(loaded_at)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from ..artifact.archive import ArtifactError
 from ..artifact.store import ModelSource, StoreError, fetch, probe_version
 from .drift import DriftWindow
-from .metrics import Metrics
+from .metrics import ModelSeries
 from .predictor import Predictor, load_predictor
 from .settings import Settings
 
@@ -91,9 +92,15 @@ class LoadFailed(Exception):
 
 
 class ModelManager:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    """Keeps one model loaded from one source: the serving model (`role="model"`, the source the settings
+    name) or a shadow model (`role="shadow"`, its own source, series and no drift window)."""
+
+    def __init__(self, settings: Settings, metrics: ModelSeries, *, role: str = "model",
+                 source: Callable[[], ModelSource] | None = None, sha256: str | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.role = role
+        self.sha256 = settings.model_sha256 if role == "model" else sha256
         self.status = LoadStatus()
         self.current: LoadedModel | None = None
         self.limits = settings.artifact_limits()
@@ -101,10 +108,10 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         try:
-            self.source: ModelSource | None = settings.model_source()
+            self.source: ModelSource | None = (source or settings.model_source)()
         except ValueError as exc:
             self.source = None
-            self._fail("bad_config", f"model source misconfigured: {exc}")
+            self._fail("bad_config", f"{role} source misconfigured: {exc}")
 
     def hold(self, predictor: Predictor, source_uri: str, load_seconds: float) -> LoadedModel:
         """Serve `predictor`, loaded by the caller (batch scoring of files): no source is polled."""
@@ -117,7 +124,7 @@ class ModelManager:
     def start(self) -> None:
         if self.source is None or self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, name="model-manager", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"{self.role}-manager", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -177,7 +184,7 @@ class ModelManager:
             if self.current is None:  # not serving yet: /ready must tell why
                 self._fail(exc.reason, str(exc), retry_in)
             else:
-                log.warning(f"model update check failed: {exc}",
+                log.warning(f"{self.role} update check failed: {exc}",
                             extra={"reason": exc.reason, "source": self.source.uri})
             return None
         self._source_checked(None)
@@ -206,7 +213,7 @@ class ModelManager:
             raise LoadFailed(exc.reason, str(exc), probed_version) from exc
         self.metrics.model_fetches.inc()
         try:
-            predictor = load_predictor(fetched.path, limits=self.limits, expected_sha256=self.settings.model_sha256)
+            predictor = load_predictor(fetched.path, limits=self.limits, expected_sha256=self.sha256)
         except ArtifactError as exc:
             raise LoadFailed(exc.reason, f"artifact refused: {exc}", fetched.version) from exc
         except Exception as exc:  # whatever nobody foresaw (MemoryError included) is a refusal too
@@ -216,7 +223,8 @@ class ModelManager:
                            self._drift(predictor))
 
     def _drift(self, predictor: Predictor) -> DriftWindow | None:
-        return DriftWindow.for_model(predictor.profile, predictor.feature_names, self.settings.drift_window_baskets)
+        size = self.settings.drift_window_baskets if self.role == "model" else 0  # drift is the live model's
+        return DriftWindow.for_model(predictor.profile, predictor.feature_names, size)
 
     def _load_failed(self, kind: str, exc: LoadFailed, retry_in: float | None) -> None:
         self.metrics.model_loads.labels(kind, "failure").inc()
@@ -228,7 +236,7 @@ class ModelManager:
             return
         self.status.last_reload = {"result": "failure", "at": _now().isoformat(), "reason": exc.reason,
                                    "message": str(exc), "version": exc.version}
-        log.error(f"model reload failed, keeping the serving model: {exc}",
+        log.error(f"{self.role} reload failed, keeping the loaded one: {exc}",
                   extra={"reason": exc.reason, "source": self.current.source_uri, "source_version": exc.version,
                          "model_version": self.current.predictor.version})
 
@@ -248,14 +256,14 @@ class ModelManager:
         gc.unfreeze()  # let the model being replaced be collected
         self.current = model  # one reference assignment: atomic for every reader
         _freeze_long_lived()
-        log.info(f"model {p.version} loaded from {model.source_uri} in {model.load_seconds:.2f}s ({kind})",
+        log.info(f"{self.role} {p.version} loaded from {model.source_uri} in {model.load_seconds:.2f}s ({kind})",
                  extra={"model_version": p.version, "sha256": p.sha256, "source": model.source_uri,
                         "source_version": model.source_version})
 
     def _fail(self, reason: str, message: str, retry_in: float | None = None, version: str | None = None) -> None:
         self.status.state, self.status.reason, self.status.message = "failed", reason, message
         retry = f"; retrying in {retry_in:g}s" if retry_in is not None and math.isfinite(retry_in) else ""
-        log.error(f"model load failed ({reason}): {message}{retry}",
+        log.error(f"{self.role} load failed ({reason}): {message}{retry}",
                   extra={"reason": reason, "attempt": self.status.attempts, "retry_in_s": retry_in,
                          "source": self.source.uri if getattr(self, "source", None) else None,
                          "source_version": version})

@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .model_manager import LoadedModel, ModelManager
 from .predictor import Predictor, Scores, load_predictor
 from .settings import Settings
+from .shadow import ShadowScorer
 
 Answer = dict[str, Any]
 
@@ -63,11 +64,24 @@ class PredictionService:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.manager = ModelManager(settings, self.metrics)
+        self.manager = ModelManager(settings, self.metrics.model)
+        # A second model scoring a sample of live baskets after the answer (SHADOW_MODEL_*), or None.
+        self.shadow = ShadowScorer(settings, self.metrics.add_shadow()) if settings.shadow_configured else None
         self.metrics.watch_drift(lambda: model.drift if (model := self.manager.current) else None)
         self.cache = PredictionCache(settings.cache_size)
         self.batcher = MicroBatcher(self.score, max_lines=INLINE_MAX_LINES)
         self.draining = False  # set once the server begins its graceful shutdown
+
+    def start(self) -> None:
+        """Start loading (and polling) the model, and the shadow model if one is configured."""
+        self.manager.start()
+        if self.shadow is not None:
+            self.shadow.start()
+
+    def stop(self) -> None:
+        self.manager.stop()
+        if self.shadow is not None:
+            self.shadow.stop()
 
     def begin_drain(self) -> None:
         """From now on the service is not ready (load balancers stop sending before the process goes)."""
@@ -125,7 +139,10 @@ class PredictionService:
         else:
             result = self._score(model, [b.basket_items for b in baskets])
         self.metrics.scored_together.observe(len(baskets))
-        self.metrics.count_predictions([answer["label"] for answer in result])
+        labels = [answer["label"] for answer in result]
+        self.metrics.count_predictions(labels)
+        if self.shadow is not None:
+            self.shadow.offer(baskets, labels)
         return result
 
     def score_lines(self, model: LoadedModel, lines: Lines) -> np.ndarray:

@@ -78,6 +78,19 @@ class Settings(BaseSettings):
     # the thread pool. A tuning knob, kept so docs/benchmarks.md can be reproduced.
     predict_execution: Literal["batched", "inline", "threadpool"] = "batched"
 
+    # ---- shadow model: a candidate scored on a sample of live baskets after the answer, never answering
+    shadow_model_uri: str | None = None
+    shadow_model_bucket: str | None = None
+    shadow_model_key: str | None = None
+    shadow_model_sha256: str | None = None
+    # Share of scoring calls (requests) whose baskets the shadow also scores.
+    shadow_sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    # Baskets waiting for the shadow; beyond it a sample is dropped (counted), never waited for.
+    shadow_queue_baskets: int = Field(2000, ge=1, le=1_000_000)
+    # The shadow's worker sleeps so that it scores at most this share of the time: its CPU stays bounded
+    # whatever the traffic (what it cannot score is dropped and counted).
+    shadow_max_cpu_share: float = Field(0.2, gt=0.0, le=1.0)
+
     # ---- monitoring: the drift gauges compare the latest this-many scored baskets with the model's
     # reference profile (0 = off). 2,000 baskets keep the PSI's sampling noise near 0.005.
     drift_window_baskets: int = Field(2000, ge=0, le=1_000_000)
@@ -94,7 +107,8 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("model_uri", "model_bucket", "model_key", "model_sha256", "git_commit", "git_branch",
+    @field_validator("model_uri", "model_bucket", "model_key", "model_sha256", "shadow_model_uri",
+                     "shadow_model_bucket", "shadow_model_key", "shadow_model_sha256", "git_commit", "git_branch",
                      "build_date", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -106,12 +120,29 @@ class Settings(BaseSettings):
 
     def model_source(self) -> ModelSource:
         """Where to load the model from; ValueError when the variables contradict each other."""
-        if self.model_uri and (self.model_bucket or self.model_key):
-            raise ValueError("set either MODEL_URI or MODEL_BUCKET + MODEL_KEY, not both")
-        if self.model_uri:
-            return ModelSource.parse(self.model_uri)
-        if self.model_bucket or self.model_key:
-            if not (self.model_bucket and self.model_key):
-                raise ValueError("MODEL_BUCKET and MODEL_KEY must be set together")
-            return ModelSource.from_bucket_key(self.model_bucket, self.model_key)
-        return ModelSource.parse(str(DEFAULT_LOCAL_MODEL.resolve()))
+        source = _source("MODEL", self.model_uri, self.model_bucket, self.model_key)
+        return source or ModelSource.parse(str(DEFAULT_LOCAL_MODEL.resolve()))
+
+    @property
+    def shadow_configured(self) -> bool:
+        return bool(self.shadow_model_uri or self.shadow_model_bucket or self.shadow_model_key)
+
+    def shadow_source(self) -> ModelSource:
+        """Where to load the shadow model from (only called when `shadow_configured`)."""
+        source = _source("SHADOW_MODEL", self.shadow_model_uri, self.shadow_model_bucket, self.shadow_model_key)
+        if source is None:
+            raise ValueError("no shadow model source")
+        return source
+
+
+def _source(prefix: str, uri: str | None, bucket: str | None, key: str | None) -> ModelSource | None:
+    """PREFIX_URI, or PREFIX_BUCKET + PREFIX_KEY; None when none is set; ValueError when they contradict."""
+    if uri and (bucket or key):
+        raise ValueError(f"set either {prefix}_URI or {prefix}_BUCKET + {prefix}_KEY, not both")
+    if uri:
+        return ModelSource.parse(uri)
+    if bucket or key:
+        if not (bucket and key):
+            raise ValueError(f"{prefix}_BUCKET and {prefix}_KEY must be set together")
+        return ModelSource.from_bucket_key(bucket, key)
+    return None
