@@ -195,25 +195,25 @@ def test_normal_then_shifted_traffic_raises_input_drift(stack: Stack, weeks: Any
         assert api.http.post("/predict", json=body).status_code == 200
         if i % 20 == 0:
             assert api.http.post("/predict", json={"basket_items": []}).status_code == 422
-    wait_until(lambda: prom.value(window) == DRIFT_WINDOW, 30, "a full drift window in Prometheus")
+    wait_until(lambda: prom.value(window) == DRIFT_WINDOW, 60, "a full drift window in Prometheus")
     normal = {r["metric"]["feature"]: float(r["value"][1])
               for r in prom.query(f'retail_prediction_input_drift_psi{{job="{HEALTHY}"}}')}
     assert set(normal) == {"lines", "spend", "mean_unit_price", "unknown_share"}
     assert max(normal.values()) < 0.25, f"normal traffic reads as drift: {normal}"
     ratio = f'job:retail_prediction_predict_error_ratio:ratio_rate5m{{job="{HEALTHY}"}}'
-    wait_until(lambda: prom.value(ratio) is not None, 30, "the error ratio recorded")
+    wait_until(lambda: prom.value(ratio) is not None, 60, "the error ratio recorded")
     assert prom.value(ratio) == 0.0, "4xx are the client's errors, not the service's"
     assert not prom.alerts("RetailPredictionInputDrift", job=HEALTHY)
 
     # The same kind of baskets, prices x10: a window of them moves spend far from the training profile.
     for body in baskets[:DRIFT_WINDOW]:
         assert api.http.post("/predict", json=scaled_prices(body, 10)).status_code == 200
-    wait_until(lambda: (prom.value(spend) or 0) > 0.25, 30, "spend's PSI above 0.25 in Prometheus")
+    wait_until(lambda: (prom.value(spend) or 0) > 0.25, 60, "spend PSI above 0.25 in Prometheus")
     shifted = prom.value(spend)
     assert shifted is not None and shifted > normal["spend"]
     wait_until(lambda: any(a["state"] == "firing" for a in prom.alerts("RetailPredictionInputDrift",
                                                                           job=HEALTHY, feature="spend")),
-               30, "RetailPredictionInputDrift firing for spend")  # fmt: skip
+               60, "RetailPredictionInputDrift firing for spend")  # fmt: skip
     [alert] = prom.alerts("RetailPredictionInputDrift", job=HEALTHY, feature="spend")
     assert alert["labels"]["severity"] == "warning" and float(alert["value"]) > 0.25
     print(f"spend PSI: normal {normal['spend']:.3f}, shifted {shifted:.3f}; normal window {normal}")
@@ -230,7 +230,7 @@ def test_adapter_query_reads_the_pod_request_rate(stack: Stack) -> None:
         api.http.post("/predict", json=EXAMPLE_REQUEST)
         api.http.get("/health")  # not a prediction route: not counted
 
-    _while_sending(send, lambda: (prom.value(query) or 0) > 0, 30, "a request rate for the pod")
+    _while_sending(send, lambda: (prom.value(query) or 0) > 0, 60, "a request rate for the pod")
     [sample] = prom.query(query)
     assert sample["metric"] == {"pod": f"{HEALTHY}-0"}
 
