@@ -178,9 +178,9 @@ def test_broken_service_fires_error_ready_load_and_source_alerts(stack: Stack) -
     stack.broken_model.unlink()
     wait_until(firing("RetailPredictionSourceCheckFailures", reason="not_found"), 60,
                "RetailPredictionSourceCheckFailures firing for the missing file")
-    # the healthy service serves: none of these alerts is about it
+    # the healthy service serves: none of these alerts is about it, and it is up
     for alert in ("RetailPredictionHighErrorRatio", "RetailPredictionNoReadyModel",
-                  "RetailPredictionModelLoadFailures", "RetailPredictionSourceCheckFailures"):
+                  "RetailPredictionModelLoadFailures", "RetailPredictionSourceCheckFailures", "RetailPredictionDown"):
         assert not prom.alerts(alert, job=HEALTHY), alert
 
 
