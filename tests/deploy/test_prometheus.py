@@ -16,6 +16,7 @@ monitoring_kit.rule_groups; promtool checks the real durations). Then, through P
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -200,8 +201,20 @@ def test_normal_then_shifted_traffic_raises_input_drift(stack: Stack, weeks: Any
               for r in prom.query(f'retail_prediction_input_drift_psi{{job="{HEALTHY}"}}')}
     assert set(normal) == {"lines", "spend", "mean_unit_price", "unknown_share"}
     assert max(normal.values()) < 0.25, f"normal traffic reads as drift: {normal}"
+    # The ratio needs the request counter to rise between two scrapes (traffic over 0 s reads 0/0): keep
+    # normal traffic and client errors flowing until Prometheus has a number.
     ratio = f'job:retail_prediction_predict_error_ratio:ratio_rate5m{{job="{HEALTHY}"}}'
-    wait_until(lambda: prom.value(ratio) is not None, 60, "the error ratio recorded")
+    more = iter(baskets * 20)
+
+    def send() -> None:
+        assert api.http.post("/predict", json=next(more)).status_code == 200
+        assert api.http.post("/predict", json={"basket_items": []}).status_code == 422
+
+    def recorded() -> bool:
+        value = prom.value(ratio)
+        return value is not None and not math.isnan(value)
+
+    _while_sending(send, recorded, 60, "an error ratio recorded for the healthy service")
     assert prom.value(ratio) == 0.0, "4xx are the client's errors, not the service's"
     assert not prom.alerts("RetailPredictionInputDrift", job=HEALTHY)
 
