@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..serving.service import PredictionService
 from ..serving.settings import Settings
-from . import docs, errors, logs, routes
+from . import auth, docs, errors, logs, routes
 from .middleware import RequestContextMiddleware
 from .routing import LeanApp
 from .schemas import Limits, RequestTypes, json_schemas, request_types
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.register(app)
     app.mount("/static", StaticFiles(directory=str(resources.files(__package__).joinpath("static"))), name="static")
     app.openapi = _openapi(app, types)  # type: ignore[method-assign]
+    auth.install(app, settings)  # innermost: the middlewares below see its refusals and the caller
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type", "X-Request-ID"], expose_headers=["X-Request-ID"])
