@@ -77,6 +77,7 @@ class JwtVerifier:
         self._keys: dict[tuple[str, str], jwt.PyJWK] = {}  # (kid, alg) -> key, made from the JWK on first use
         self._fetched_at = float("-inf")  # last successful fetch (monotonic)
         self._tried_at = float("-inf")  # last attempt
+        self._kid_refresh_at = float("-inf")  # last fetch for an unknown kid
         self._lock: asyncio.Lock | None = None
         self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()  # sha256(token) -> (sub, exp)
         self._cache_size = settings.auth_token_cache_size
@@ -119,14 +120,18 @@ class JwtVerifier:
                 self._verified.popitem(last=False)
 
     async def _key(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        now = time.monotonic()
-        if now - self._fetched_at > self._refresh_after and now - self._tried_at > self._min_refresh:
-            await self._refresh()  # stale: fetch again (the keys in hand stay if that fails)
-        jwk = self._find(kid)
-        # With no keys at all (the issuer was down) try again sooner: requests are failing until it answers.
+        # Fetches are at most once per AUTH_JWKS_MIN_REFRESH_SECONDS; with no keys at all (the issuer has been
+        # down) every 2 s at most, since every request fails until it answers.
         gap = self._min_refresh if self._jwks else min(self._min_refresh, 2.0)
-        if jwk is None and time.monotonic() - self._tried_at > gap:
-            await self._refresh()  # an unknown kid: perhaps a new key; at most once per min-refresh period
+        now = time.monotonic()
+        fetched = False
+        if now - self._fetched_at > self._refresh_after and now - self._tried_at > gap:
+            await self._refresh()  # stale: fetch again (the keys in hand stay if that fails)
+            fetched = True
+        jwk = self._find(kid)
+        if jwk is None and not fetched and now - self._kid_refresh_at > gap:
+            self._kid_refresh_at = now  # an unknown kid may be a new key: fetch, within the same limit
+            await self._refresh()
             jwk = self._find(kid)
         if jwk is None:
             if not self._jwks:
