@@ -48,6 +48,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         logs.flush_access_lines()
 
 
+def _internal_app(service: PredictionService) -> FastAPI:
+    """The app of METRICS_PORT: `/metrics` and `/model/info` (declared by `routes.register`), the same
+    service, error body and access lines; no lifespan of its own (the main app's starts the service)."""
+    internal = LeanApp(title="Retail Prediction API (internal)", version=__version__, openapi_url=None,
+                       docs_url=None, redoc_url=None, telemetry={"tracing": False, "metrics": False, "logs": False})
+    internal.state.service = service
+    errors.install(internal)
+    internal.add_middleware(RequestContextMiddleware, metrics=service.metrics, model_version=service.model_version)
+    return internal
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logs.configure(settings.log_level, settings.log_format)
@@ -61,7 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.service = service
     errors.install(app)
-    routes.register(app, service, types, settings)
+    # With METRICS_PORT the operations routes live on an app of their own, served on that port (serve.py).
+    app.state.internal_app = internal = _internal_app(service) if settings.metrics_port else None
+    routes.register(app, service, types, settings, internal)
     docs.register(app)
     app.mount("/static", StaticFiles(directory=str(resources.files(__package__).joinpath("static"))), name="static")
     app.openapi = _openapi(app, types)  # type: ignore[method-assign]
