@@ -81,6 +81,32 @@ def test_probes_page_and_documentation_stay_open(keyed: TestClient) -> None:
     assert keyed.head("/ready").status_code == 200
 
 
+def test_the_reference_offers_the_bearer_scheme(keyed: TestClient) -> None:
+    schema = keyed.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": schema["components"]["securitySchemes"]["bearer"][
+            "description"]}
+    assert schema["paths"]["/predict"]["post"]["security"] == [{"bearer": []}]
+    assert "401" in schema["paths"]["/predict"]["post"]["responses"]
+    assert "security" not in schema["paths"]["/health"]["get"]
+
+
+def test_caller_labels_are_bounded() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    metrics = AuthMetrics(registry, max_callers=3)
+    for n in range(1000):
+        metrics.count_caller(f"svc-{n % 500}")
+    text = generate_latest(registry).decode()
+    series = [line for line in text.splitlines() if line.startswith("retail_prediction_caller_requests_total{")]
+    assert sorted(series) == ['retail_prediction_caller_requests_total{caller="other"} 994.0',
+                              'retail_prediction_caller_requests_total{caller="svc-0"} 2.0',
+                              'retail_prediction_caller_requests_total{caller="svc-1"} 2.0',
+                              'retail_prediction_caller_requests_total{caller="svc-2"} 2.0']
+    assert len(metrics._callers) <= 12, "the lookup table is bounded too"
+
+
 def test_refusals_and_callers_are_counted(keyed: TestClient) -> None:
     keyed.post("/predict", json=EXAMPLE_REQUEST)
     keyed.post("/predict", json=EXAMPLE_REQUEST, headers=bearer("wrong-key-but-long-enough"))

@@ -23,14 +23,17 @@ from .routing import LeanApp
 from .schemas import Limits, RequestTypes, json_schemas, request_types
 
 
-def _openapi(app: FastAPI, types: RequestTypes) -> Callable[[], dict[str, Any]]:
-    """OpenAPI plus the request bodies' schemas, which FastAPI does not see (the routes decode them)."""
+def _openapi(app: FastAPI, types: RequestTypes, secured: bool) -> Callable[[], dict[str, Any]]:
+    """OpenAPI plus the request bodies' schemas, which FastAPI does not see (the routes decode them), and the
+    bearer scheme on the closed paths when authentication is on."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
             schema.setdefault("components", {}).setdefault("schemas", {}).update(json_schemas(types))
+            if secured:
+                auth.document(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -77,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routes.register(app, service, types, settings, internal)
     docs.register(app)
     app.mount("/static", StaticFiles(directory=str(resources.files(__package__).joinpath("static"))), name="static")
-    app.openapi = _openapi(app, types)  # type: ignore[method-assign]
+    app.openapi = _openapi(app, types, settings.auth_mode != "off")  # type: ignore[method-assign]
     auth.install(app, settings)  # innermost: the middlewares below see its refusals and the caller
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

@@ -16,7 +16,7 @@ name, the token's subject) goes to the access line (`scope["caller"]`) and, boun
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 from starlette.responses import Response
@@ -34,6 +34,24 @@ OPEN_PREFIXES = ("/static/", "/docs/assets/")
 MAX_TOKEN_BYTES = 8192
 REALM = "retail-prediction"
 _AUTHORIZATION = b"authorization"
+
+
+def is_open(path: str) -> bool:
+    """Whether `path` is served without credentials (probes, page, API reference, static files)."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def document(schema: dict[str, Any]) -> None:
+    """Declare the bearer scheme in an OpenAPI schema and require it on every closed path (Swagger UI then
+    offers "Authorize" and sends the header)."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["bearer"] = {"type": "http", "scheme": "bearer",
+                         "description": "A key of AUTH_KEYS_FILE (AUTH_MODE=keys) or a JWT of the issuer (jwt)"}
+    for path, operations in schema.get("paths", {}).items():
+        if not is_open(path):
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+                operation.setdefault("responses", {})["401"] = {"description": "Missing or wrong credential"}
 
 
 class Authenticator(Protocol):
@@ -82,9 +100,8 @@ def bearer(scope: Scope) -> str | None:
     """The bearer credential of the request, '' when the header is there but not a bearer one, or None."""
     for name, value in scope["headers"]:
         if name == _AUTHORIZATION:
-            scheme, _, credential = value.partition(b" ")
-            credential = credential.strip()
-            if scheme.lower() != b"bearer" or not credential or len(credential) > MAX_TOKEN_BYTES:
+            credential = value[7:].strip()
+            if value[:7].lower() != b"bearer " or not credential or len(credential) > MAX_TOKEN_BYTES:
                 return ""
             try:
                 return credential.decode("ascii")
@@ -110,7 +127,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        if is_open(path):
             problem = self.auth.not_ready() if path == "/ready" else None
             if problem is None:
                 await self.app(scope, receive, send)
