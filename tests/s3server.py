@@ -107,6 +107,8 @@ class OidcIssuer:
         self.key = new_signing_key()
         self.keys: dict[str, rsa.RSAPrivateKey] = {self.KID: self.key}  # published in the JWKS, by kid
         self.requests: Counter[str] = Counter()  # GETs served, by path
+        self.gate = threading.Event()  # cleared: every GET waits (a slow issuer) until it is set again
+        self.gate.set()
         self._http: ThreadingHTTPServer | None = None
 
     def add_key(self, kid: str) -> rsa.RSAPrivateKey:
@@ -127,6 +129,7 @@ class OidcIssuer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 issuer.requests[self.path] += 1
+                issuer.gate.wait(60)
                 body = issuer._documents().get(self.path)
                 data = json.dumps(body).encode()
                 self.send_response(200 if body else 404)

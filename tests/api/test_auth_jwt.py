@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -164,3 +165,28 @@ def test_a_server_process_names_the_subject(start_api: Callable[..., ApiProcess]
     wait_until(lambda: line() is not None, 5, "the access line")
     assert line()["caller"] == "system:serviceaccount:pricing:batch"  # type: ignore[index]
     assert token not in api.log()
+
+
+def test_a_slow_issuer_holds_only_the_requests_that_need_it(start_api: Callable[..., ApiProcess],
+                                                          model_path: Path, oidc: OidcIssuer) -> None:
+    """The JWKS is fetched in a worker thread: while the issuer has not answered, probes and requests with
+    nothing to verify are answered (a real server process; the issuer is held, not timed)."""
+    api = start_api(MODEL_URI=str(model_path), AUTH_MODE="jwt", AUTH_JWT_ISSUER=oidc.url,
+                    AUTH_JWT_AUDIENCE="retail-api", AUTH_JWKS_TIMEOUT_SECONDS="30")
+    api.wait_ready()
+    oidc.gate.clear()
+    token = oidc.token("patient")
+    answers: list[int] = []
+    waiting = threading.Thread(target=lambda: answers.append(api.http.post(
+        "/predict", json=EXAMPLE_REQUEST, headers={"Authorization": f"Bearer {token}"}).status_code))
+    waiting.start()
+    try:
+        wait_until(lambda: oidc.requests["/.well-known/openid-configuration"] == 1, 10, "the discovery request")
+        assert api.http.get("/health").status_code == 200
+        assert api.http.get("/ready").status_code == 200
+        assert api.http.post("/predict", json=EXAMPLE_REQUEST).status_code == 401  # no token: nothing to fetch
+        assert answers == [], "the token's request waits for the issuer"
+    finally:
+        oidc.gate.set()
+        waiting.join()
+    assert answers == [200]
