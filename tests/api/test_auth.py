@@ -74,6 +74,14 @@ def test_right_key_passes_wrong_or_missing_is_refused(keyed: TestClient) -> None
     assert keyed.get("/no-such-thing", headers=bearer(ALICE)).status_code == 404
 
 
+def test_websockets_are_refused(keyed: TestClient) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect) as refused, keyed.websocket_connect("/predict"):
+        pass
+    assert refused.value.code == 1008
+
+
 def test_probes_page_and_documentation_stay_open(keyed: TestClient) -> None:
     for path in ("/health", "/ready", "/", "/docs", "/redoc", "/openapi.json", "/static/favicon.svg",
                  "/docs/assets/swagger-ui.css"):

@@ -124,7 +124,10 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":  # none is served: refused rather than left open to a future one
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)  # lifespan
             return
         path = scope["path"]
         if is_open(path):
