@@ -136,6 +136,8 @@ def serve(settings: Settings | None = None, *, host: str | None = None, port: in
     settings = settings or Settings()
     overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
     settings = settings.model_copy(update=overrides)
+    if settings.metrics_port and (settings.metrics_port == settings.port or settings.workers > 1):
+        sys.exit("METRICS_PORT must differ from the port, with one worker")
     options = uvicorn_options(settings)
     if settings.workers == 1:
         app = create_app(settings)

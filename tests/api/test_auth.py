@@ -199,6 +199,7 @@ def test_a_missing_file_fails_closed_until_it_appears(make_client: Callable[...,
     wait_until(lambda: client.get("/ready").json()["error"]["code"] == "auth_not_ready", 30, "the reason")
     ready = client.get("/ready")
     assert ready.status_code == 503 and str(path) in ready.json()["error"]["message"]
+    assert ready.headers["retry-after"] == "5"
     refused = client.post("/predict", json=EXAMPLE_REQUEST, headers=bearer(ALICE))
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "auth_unavailable"
     assert client.get("/health").status_code == 200

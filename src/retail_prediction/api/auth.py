@@ -141,11 +141,11 @@ class AuthMiddleware:
             if response is None:
                 await self.app(scope, receive, send)
                 return
-            lean_route = getattr(self.router, "lean_route", None)
-            if lean_route is not None:  # the access line and the metrics name the route that was refused
-                route = lean_route(scope["method"], path)
-                if route is not None:
-                    scope["route"] = route
+        lean_route = getattr(self.router, "lean_route", None)
+        if lean_route is not None:  # the access line and the metrics name the route that was refused
+            route = lean_route(scope["method"], path)
+            if route is not None:
+                scope["route"] = route
         await response(scope, receive, send)
 
     async def _check(self, scope: Scope) -> Response | None:
