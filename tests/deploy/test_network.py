@@ -31,9 +31,18 @@ def policies(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
 
 
-def _api_port(docs: list[dict[str, Any]]) -> int:
-    ports = {p["name"]: p["containerPort"] for p in api_container(docs)["ports"]}
-    return int(ports["http"])
+def _ports(docs: list[dict[str, Any]]) -> dict[str, int]:
+    return {p["name"]: int(p["containerPort"]) for p in api_container(docs)["ports"]}
+
+
+def _scrape_port(docs: list[dict[str, Any]]) -> int:
+    """Where the scraper must reach: METRICS_PORT when set (then a container port `metrics`), else the API's."""
+    config = one(docs, "ConfigMap")["data"]
+    ports = _ports(docs)
+    if int(config.get("METRICS_PORT", 0)):
+        assert ports["metrics"] == int(config["METRICS_PORT"]), "METRICS_PORT is the container port `metrics`"
+        return ports["metrics"]
+    return ports["http"]
 
 
 def test_default_deny_both_ways(rendered) -> None:
@@ -51,16 +60,21 @@ def test_ingress_only_from_clients_scraper_and_the_vpc(rendered) -> None:
     pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert all(pod_labels.get(k) == v for k, v in API_LABELS.items()), "the policy selects the API's pods"
     assert spec["policyTypes"] == ["Ingress"]
-    port = _api_port(docs)
+    api_port, scrape_port = _ports(docs)["http"], _scrape_port(docs)
     peers = []
     for rule in spec["ingress"]:
-        assert rule["ports"] == [{"protocol": "TCP", "port": port}], "the API's port only"
+        scraper_rule = any(p.get("namespaceSelector", {}).get("matchLabels") == SCRAPER_NAMESPACE_LABEL
+                           for p in rule["from"])
+        port = scrape_port if scraper_rule else api_port
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}], "one port per rule: the API's or the scrape port"
         peers.extend(rule["from"])
     clients = [p for p in peers if p.get("namespaceSelector", {}).get("matchLabels") == CLIENT_LABEL]
     assert clients and all(p["podSelector"]["matchLabels"] == CLIENT_LABEL for p in clients), \
         "a client needs the label on its namespace and on its pods"
     scraper = [p for p in peers if p.get("namespaceSelector", {}).get("matchLabels") == SCRAPER_NAMESPACE_LABEL]
     assert len(scraper) == 1 and scraper[0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    if overlay == "overlays/ingress-alb":
+        assert scrape_port != api_port, "behind the ALB, /metrics and /model/info are off the API's port"
     blocks = [p["ipBlock"]["cidr"] for p in peers if "ipBlock" in p]
     for peer in peers:
         assert "namespaceSelector" in peer or "ipBlock" in peer, f"no peer may mean 'every namespace': {peer}"
@@ -119,6 +133,14 @@ def test_alb_ingress_is_internal_https_only() -> None:
     deregistration = dict(kv.split("=") for kv in notes[ALB + "target-group-attributes"].split(","))
     grace = one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert int(deregistration["deregistration_delay.timeout_seconds"]) < grace
+
+
+def test_metrics_port_is_served_and_exposed_to_the_scraper_only() -> None:
+    docs = kustomize("overlays/ingress-alb")
+    service_ports = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
+    assert service_ports["metrics"]["targetPort"] == "metrics"
+    ingress = one(docs, "Ingress")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"]
+    assert ingress == {"name": "http"}, "the ALB reaches the API's port, never the metrics port"
 
 
 def test_alb_waf_annotation_is_documented_not_set() -> None:
