@@ -46,6 +46,12 @@ _REASONS: list[tuple[type[Exception], str]] = [
 ]  # fmt: skip
 
 
+def _secure(url: str) -> bool:
+    """https, or plain http to this machine only."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
+
+
 def _get_json(url: str, timeout: float) -> dict[str, Any]:
     """GET `url` as a JSON object (at most MAX_DOCUMENT_BYTES), in the calling thread."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler())
@@ -82,7 +88,7 @@ class JwtVerifier:
         self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()  # sha256(token) -> (sub, exp)
         self._cache_size = settings.auth_token_cache_size
         for url in (self.issuer, self._jwks_uri):
-            if url and not url.startswith("https://") and urlsplit(url).hostname not in _LOOPBACK:
+            if url and not _secure(url):
                 raise ValueError(f"the token issuer's keys must come over https: {url}")
 
     async def caller(self, token: str) -> str:
@@ -177,8 +183,8 @@ class JwtVerifier:
             if discovery.get("issuer") != self.issuer:
                 raise ValueError(f"the discovery document names issuer {discovery.get('issuer')!r}")
             uri = discovery.get("jwks_uri")
-            if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
-                raise ValueError("the discovery document has no jwks_uri")
+            if not isinstance(uri, str) or not _secure(uri):
+                raise ValueError(f"the discovery document's jwks_uri is not an https address: {uri!r}")
             self._jwks_uri = uri
         document = _get_json(self._jwks_uri, self._timeout)
         keys = document.get("keys")
