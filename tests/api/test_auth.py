@@ -74,6 +74,23 @@ def test_right_key_passes_wrong_or_missing_is_refused(keyed: TestClient) -> None
     assert keyed.get("/no-such-thing", headers=bearer(ALICE)).status_code == 404
 
 
+def test_cors_preflight_needs_no_key_and_a_refusal_is_readable(make_client: Callable[..., TestClient],
+                                                               model_path: Path, keys_file: Path) -> None:
+    """CORS sits outside authentication: a browser's preflight (which never carries credentials) is answered,
+    and a 401 carries the CORS headers, so the page's script can read why it was refused."""
+    client = make_client(model_uri=str(model_path), auth_mode="keys", auth_keys_file=str(keys_file),
+                         cors_origins="https://shop.example.com")
+    origin = {"Origin": "https://shop.example.com"}
+    preflight = client.options("/predict", headers={**origin, "Access-Control-Request-Method": "POST",
+                                                    "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status_code == 200
+    refused = client.post("/predict", json=EXAMPLE_REQUEST, headers=origin)
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "https://shop.example.com"
+    allowed = client.post("/predict", json=EXAMPLE_REQUEST, headers={**origin, **bearer(ALICE)})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == origin["Origin"]
+
+
 def test_websockets_are_refused(keyed: TestClient) -> None:
     from starlette.websockets import WebSocketDisconnect
 

@@ -83,7 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = _openapi(app, types, settings.auth_mode != "off")  # type: ignore[method-assign]
     auth.install(app, settings)  # innermost: the middlewares below see its refusals and the caller
     if settings.cors_origins:
+        allowed = ["Content-Type", "X-Request-ID"] + (["Authorization"] if settings.auth_mode != "off" else [])
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Content-Type", "X-Request-ID"], expose_headers=["X-Request-ID"])
+                           allow_headers=allowed, expose_headers=["X-Request-ID"])
     app.add_middleware(RequestContextMiddleware, metrics=service.metrics, model_version=service.model_version)
     return app
