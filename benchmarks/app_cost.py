@@ -39,15 +39,16 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def scope(method: str, path: str, body: bytes) -> dict[str, Any]:
+def scope(method: str, path: str, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
     headers = [(b"host", b"bench"), (b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
+               (b"content-length", str(len(body)).encode()), *(extra or [])]
     return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
             "headers": headers, "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000), "state": {}}
 
 
-async def call(app: Any, method: str, path: str, body: bytes = b"") -> None:
+async def call(app: Any, method: str, path: str, body: bytes = b"",
+               extra: list[tuple[bytes, bytes]] | None = None) -> None:
     delivered = False
 
     async def receive() -> dict[str, Any]:
@@ -64,7 +65,7 @@ async def call(app: Any, method: str, path: str, body: bytes = b"") -> None:
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    await app(scope(method, path, body), receive, send)
+    await app(scope(method, path, body, extra), receive, send)
     if status != 200:
         raise RuntimeError(f"{method} {path}: status {status}")
 

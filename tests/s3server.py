@@ -28,6 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -104,20 +105,31 @@ class OidcIssuer:
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = new_signing_key()
+        self.keys: dict[str, rsa.RSAPrivateKey] = {self.KID: self.key}  # published in the JWKS, by kid
+        self.requests: Counter[str] = Counter()  # GETs served, by path
+        self.gate = threading.Event()  # cleared: every GET waits (a slow issuer) until it is set again
+        self.gate.set()
         self._http: ThreadingHTTPServer | None = None
+
+    def add_key(self, kid: str) -> rsa.RSAPrivateKey:
+        """Publish one more signing key (a rotation), returned for `token(..., key=, kid=)`."""
+        self.keys[kid] = key = new_signing_key()
+        return key
 
     def _documents(self) -> dict[str, Any]:
         discovery = {"issuer": self.url, "jwks_uri": f"{self.url}/keys",
                      "id_token_signing_alg_values_supported": ["RS256"]}  # fmt: skip
-        jwk = {**RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True), "kid": self.KID, "use": "sig",
-               "alg": "RS256"}
-        return {"/.well-known/openid-configuration": discovery, "/keys": {"keys": [jwk]}}
+        jwks = [{**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": kid, "use": "sig", "alg": "RS256"}
+                for kid, key in self.keys.items()]
+        return {"/.well-known/openid-configuration": discovery, "/keys": {"keys": jwks}}
 
     def start(self) -> None:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                issuer.requests[self.path] += 1
+                issuer.gate.wait(60)
                 body = issuer._documents().get(self.path)
                 data = json.dumps(body).encode()
                 self.send_response(200 if body else 404)
@@ -139,12 +151,13 @@ class OidcIssuer:
             self._http = None
 
     def token(self, subject: str, *, audience: str | None = None, ttl: int = 600,
-              key: rsa.RSAPrivateKey | None = None) -> str:  # fmt: skip
-        """A signed JWT for ``subject``; pass another ``key`` to forge one the issuer did not sign."""
+              key: rsa.RSAPrivateKey | None = None, kid: str | None = None, issuer: str | None = None) -> str:
+        """A signed JWT for ``subject``; pass another ``key`` to forge one the issuer did not sign, ``kid``
+        to name another key, ``issuer`` to claim another issuer."""
         now = int(time.time())
-        claims = {"iss": self.url, "sub": subject, "aud": audience or self.audience,
+        claims = {"iss": issuer or self.url, "sub": subject, "aud": audience or self.audience,
                   "iat": now, "nbf": now, "exp": now + ttl}  # fmt: skip
-        return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": self.KID})
+        return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": kid or self.KID})
 
 
 # --------------------------------------------------------------------------------------------------

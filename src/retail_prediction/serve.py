@@ -9,13 +9,16 @@ listening socket is closed (new connections are refused), requests in flight fin
 GRACEFUL_SHUTDOWN_SECONDS, inside Kubernetes' default 30 s grace period) and their responses carry
 `Connection: close`, an idle keep-alive connection answers one more request with `Connection: close` or is
 closed after `http_limits.DRAIN_IDLE_SECONDS`; then the app's shutdown runs (it stops the model poller)
-and the process exits 0. (uvicorn itself re-raises the signal after its shutdown, which ends the process
+and the process exits 0. With METRICS_PORT, `/metrics` and `/model/info` are served on that port by a second
+uvicorn server in the same process and event loop (`_run_with_internal_port`), and are 404 on PORT; it
+stops after the main server's drain. (uvicorn itself re-raises the signal after its shutdown, which ends the process
 with 143: `_Server` does not.) With WORKERS > 1 uvicorn's supervisor runs the workers: the limits and
 `Connection: close` hold there too, the `/ready` 503 during the drain does not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -29,6 +32,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from uvicorn._compat import asyncio_run
 
 from .api import create_app
 from .api.http_limits import HttpLimits, LimitedHttpToolsProtocol
@@ -86,6 +90,33 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+class _InternalServer(uvicorn.Server):
+    """The server of METRICS_PORT, beside the main one in the same event loop: it leaves the signals to the
+    main server, which stops it once its own drain is over."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _run_with_internal_port(server: _Server, internal_app: Any, options: dict[str, Any]) -> None:
+    """Run `server` and, on `options["port"]`, `internal_app` (same HTTP limits, no lifespan) until the main
+    server stops. The internal port is bound first: if it is taken, the process exits before serving."""
+    config = uvicorn.Config(internal_app, **{**options, "lifespan": "off"})
+    sock = config.bind_socket()
+    internal = _InternalServer(config)
+
+    async def both() -> None:
+        task = asyncio.create_task(internal.serve(sockets=[sock]))
+        try:
+            await server.serve()
+        finally:
+            internal.should_exit = True
+            await task
+
+    asyncio_run(both(), loop_factory=server.config.get_loop_factory())
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """uvicorn.Config's keyword arguments for these settings (the app aside)."""
     limits = HttpLimits(max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout_seconds,
@@ -105,11 +136,16 @@ def serve(settings: Settings | None = None, *, host: str | None = None, port: in
     settings = settings or Settings()
     overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
     settings = settings.model_copy(update=overrides)
+    if settings.metrics_port and (settings.metrics_port == settings.port or settings.workers > 1):
+        sys.exit("METRICS_PORT must differ from the port, with one worker")
     options = uvicorn_options(settings)
     if settings.workers == 1:
         app = create_app(settings)
         server = _Server(uvicorn.Config(app, **options), on_exit=app.state.service.begin_drain)
-        server.run()
+        if app.state.internal_app is None:
+            server.run()
+        else:
+            _run_with_internal_port(server, app.state.internal_app, {**options, "port": settings.metrics_port})
         if not server.started:
             sys.exit(STARTUP_FAILURE)
         return

@@ -160,3 +160,29 @@ def test_page_at_phone_width(browser: Any, start_api: Callable[..., ApiProcess],
     # note of them the only console errors.
     assert seen["failed"] == [f"422 {api.url}/predict"] * 2 and seen["outside"] == []
     assert [e for e in seen["errors"] if "status of 422" not in e] == []
+
+
+def test_page_asks_for_a_key_when_authentication_is_on(browser: Any, start_api: Callable[..., ApiProcess],
+                                                       model_path: Path, tmp_path: Path) -> None:
+    key = "page-user-key-0123456789abcdef"
+    keys = tmp_path / "keys"
+    keys.write_text(f"page-user:{key}\n")
+    api = start_api(model_uri=str(model_path), auth_mode="keys", auth_keys_file=str(keys))
+    api.wait_ready()
+    page, seen = _offline_page(browser, api)
+    page.goto(api.url + "/")
+    sync_api.expect(page.locator("#status")).to_have_text("Enter an API key to use the model")
+    sync_api.expect(page.locator("#auth")).to_be_visible()
+    page.fill("#api-key", "not-the-key-0123456789")
+    page.press("#api-key", "Enter")
+    sync_api.expect(page.locator("#status")).to_have_text("Enter an API key to use the model")
+    page.fill("#api-key", key)
+    page.click("#use-key")
+    sync_api.expect(page.locator("#status")).to_have_attribute("data-state", "ready")
+    assert page.locator("#example option").count() > 1
+    with page.expect_response(lambda r: r.url.endswith("/predict")) as answer:
+        page.click("#predict")
+    assert answer.value.status == 200
+    sync_api.expect(page.locator("#result")).to_be_visible()
+    assert seen["outside"] == [] and seen["failed"] == [f"401 {api.url}/model/info"] * 2
+    assert key not in api.log()

@@ -34,7 +34,7 @@ yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ["base", "overlays/dev", "overlays/prod"]
+OVERLAYS = ["base", "overlays/dev", "overlays/prod", "overlays/ingress-alb"]
 NAMESPACE = "retail-prediction"
 # kubernetes-validate schemas: the newest, and the oldest Kubernetes minor EKS still supports.
 K8S_VERSIONS = ["1.32.0", None]
@@ -102,8 +102,11 @@ def test_every_object_validates_strict(rendered) -> None:
     kv = pytest.importorskip("kubernetes_validate")
     overlay, docs = rendered
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service",
-                            "HorizontalPodAutoscaler", "PodDisruptionBudget"]), overlay  # fmt: skip
+    expected = ["Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler",
+                "PodDisruptionBudget", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy"]
+    if overlay == "overlays/ingress-alb":
+        expected.append("Ingress")
+    assert kinds == sorted(expected), overlay
     for version in K8S_VERSIONS:
         for doc in docs:
             kv.validate(doc, version or kv.latest_version(), strict=True)

@@ -80,8 +80,11 @@ class RequestContextMiddleware:
         quiet = route in _QUIET_ROUTES and (status < 500 or route == "/ready")
         level = logging.DEBUG if quiet else logging.INFO
         if access_log.isEnabledFor(level):
-            write_access_line(level, {
+            fields = {
                 "request_id": request_id, "method": scope["method"], "route": route, "path": scope["path"],
                 "status": status, "latency_ms": round(seconds * 1000, 3),
                 "model_version": scope.get("model_version") or self.model_version(),
-            })  # fmt: skip
+            }  # fmt: skip
+            if "caller" in scope:  # set by api/auth.py when authentication is on
+                fields["caller"] = scope["caller"]
+            write_access_line(level, fields)

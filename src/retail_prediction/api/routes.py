@@ -55,9 +55,12 @@ def _static_text(name: str) -> str:
     return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
 
 
-def register(app: FastAPI, service: PredictionService, types: RequestTypes, settings: Settings) -> None:
-    """Declare the endpoints on `app`'s router."""
+def register(app: FastAPI, service: PredictionService, types: RequestTypes, settings: Settings,
+             internal: FastAPI | None = None) -> None:
+    """Declare the endpoints on `app`'s router; `/model/info` and `/metrics` on `internal`'s when given
+    (METRICS_PORT: the app of the internal port)."""
     api = Declare(app)
+    ops = Declare(internal or app)
     max_body = settings.max_body_bytes
     payload_log = service.payload_log  # samples a share of the requests (PAYLOAD_LOG_SAMPLE_RATE)
 
@@ -104,13 +107,13 @@ def register(app: FastAPI, service: PredictionService, types: RequestTypes, sett
             raise ApiError(503, "shutting_down", "the server is shutting down", headers={"Retry-After": "5"})
         return json_response({"status": "ready", "model_version": service.model().predictor.version})
 
-    @api.get("/model/info", responses={503: _ERRORS[503]}, tags=["model"])
+    @ops.get("/model/info", responses={503: _ERRORS[503]}, tags=["model"])
     async def info(request: Request) -> Response:
         """The serving model: version, source, SHA-256, training weeks, metrics, classes, features, build."""
         shadow = service.shadow.info() if service.shadow else None
         return json_response(model_info(service.model(), service.manager.status, settings, shadow))
 
-    @api.get("/metrics", tags=["probes"], response_class=Response)
+    @ops.get("/metrics", tags=["probes"], response_class=Response)
     async def metrics(request: Request) -> Response:
         """Prometheus metrics."""
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)

@@ -88,6 +88,10 @@ class LeanRouter(APIRouter):
                            for method in route.methods}
         return self._index
 
+    def lean_route(self, method: str, path: str) -> LeanRoute | None:
+        """The lean route that answers (method, path), if any."""
+        return self._lean_routes().get((method, path))
+
     def add_route(self, path: str, endpoint: Callable[..., Any], methods: Any = None, name: str | None = None,
                   include_in_schema: bool = True) -> None:
         self.routes.append(NamedRoute(path, endpoint, methods=methods, name=name,

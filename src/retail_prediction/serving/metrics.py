@@ -192,3 +192,41 @@ class _DriftCollector(Collector):
                                        "against the model's reference mix")
         prediction.add_metric([], snap.prediction)
         yield prediction
+
+
+class AuthMetrics:
+    """The authentication's series (AUTH_MODE keys or jwt), in an app's registry: who called, who was refused
+    and why, the keys file and the JWKS. Made only when authentication is on."""
+
+    OTHER = "other"  # the caller label of every caller past the first `max_callers`
+
+    def __init__(self, registry: CollectorRegistry, max_callers: int) -> None:
+        counter, gauge = (partial(kind, registry=registry, namespace=NAMESPACE) for kind in (Counter, Gauge))
+        self.caller_requests = counter("caller_requests", "Authenticated requests by caller (key name or token "
+                                       "subject; past the first AUTH_CALLER_LABELS callers: other)", ["caller"])
+        self.failures = counter("auth_failures", "Requests refused by authentication, by reason", ["reason"])
+        self.key_file_errors = counter("auth_key_file_errors", "Keys files refused (the previous keys stay)")
+        self.keys_loaded = gauge("auth_keys", "Keys accepted now (AUTH_MODE=keys)")
+        self.jwks_fetches = counter("auth_jwks_fetches", "JWKS fetches from the issuer, by result", ["result"])
+        self._max_callers = max_callers
+        self._callers: dict[str, Any] = {}
+        self._named = 0
+        self._failures: dict[str, Any] = {}
+
+    def count_caller(self, caller: str) -> None:
+        child = self._callers.get(caller)
+        if child is None:
+            if self._named < self._max_callers:
+                self._named += 1
+                child = self._callers[caller] = self.caller_requests.labels(caller)
+            else:
+                child = self.caller_requests.labels(self.OTHER)
+                if len(self._callers) < 4 * self._max_callers:  # remembered, within a bound of its own
+                    self._callers[caller] = child
+        child.inc()
+
+    def count_failure(self, reason: str) -> None:
+        child = self._failures.get(reason)
+        if child is None:
+            child = self._failures[reason] = self.failures.labels(reason)
+        child.inc()

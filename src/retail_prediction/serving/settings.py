@@ -19,6 +19,9 @@ from ..artifact.store import ModelSource
 # What the README's run command trains to; the model used when no source is configured.
 DEFAULT_LOCAL_MODEL = Path("models/model.tar.gz")
 
+# JWT signature algorithms AUTH_JWT_ALGORITHMS may name: public-key ones only (never "none" or HS*).
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
@@ -117,6 +120,27 @@ class Settings(BaseSettings):
     payload_log_flush_seconds: float = Field(60.0, gt=0, le=3600)
     payload_log_part_bytes: int = Field(8_388_608, ge=1024, le=268_435_456)
 
+    # ---- who may call (docs/api.md, "Authentication"): off (anyone who reaches the port), keys or jwt
+    auth_mode: Literal["off", "keys", "jwt"] = "off"
+    # keys: a file of `name:key` lines (a mounted Secret), re-read when it changes
+    auth_keys_file: Path | None = None
+    # jwt: tokens of this issuer for this audience, signed with one of these algorithms, checked against the
+    # issuer's JWKS (from its OIDC discovery document, or AUTH_JWKS_URI)
+    auth_jwt_issuer: str | None = None
+    auth_jwt_audience: str | None = None
+    auth_jwt_algorithms: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["RS256", "ES256"])
+    auth_jwks_uri: str | None = None
+    auth_jwks_timeout_seconds: float = Field(3.0, gt=0, le=30)
+    # The JWKS is fetched again after this long; a token with an unknown kid fetches it at most this often.
+    auth_jwks_refresh_seconds: float = Field(300.0, gt=0)
+    auth_jwks_min_refresh_seconds: float = Field(30.0, ge=0)
+    # Verified tokens remembered (until they expire), so a repeated token is not verified again.
+    auth_token_cache_size: int = Field(4096, ge=0, le=1_000_000)
+    # Distinct callers that get their own `caller` metric label; the rest are counted as "other".
+    auth_caller_labels: int = Field(50, ge=1, le=1000)
+    # /metrics and /model/info on this port only (0: on PORT with the rest); see serve.py
+    metrics_port: int = Field(0, ge=0, le=65535)
+
     # ---- build metadata of the image, shown by /model/info
     git_commit: str | None = None
     git_branch: str | None = None
@@ -129,9 +153,35 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("auth_jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        if isinstance(value, list):
+            refused = [name for name in value if str(name) not in ASYMMETRIC_ALGORITHMS]
+            if refused:  # "none" and the HMAC algorithms never: a JWKS holds public keys
+                raise ValueError(f"AUTH_JWT_ALGORITHMS: {refused} not allowed; choose from {ASYMMETRIC_ALGORITHMS}")
+            if not value:
+                raise ValueError("AUTH_JWT_ALGORITHMS: at least one algorithm")
+        return value
+
+    @model_validator(mode="after")
+    def _auth_complete(self) -> Settings:
+        if self.auth_mode == "keys" and self.auth_keys_file is None:
+            raise ValueError("AUTH_MODE=keys needs AUTH_KEYS_FILE")
+        if self.auth_mode == "jwt" and not (self.auth_jwt_issuer and self.auth_jwt_audience):
+            raise ValueError("AUTH_MODE=jwt needs AUTH_JWT_ISSUER and AUTH_JWT_AUDIENCE")
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError("METRICS_PORT must differ from PORT (0: serve /metrics on PORT)")
+        if self.metrics_port and self.workers > 1:
+            raise ValueError("METRICS_PORT needs WORKERS=1 (one process serves both ports)")
+        return self
+
     @field_validator("model_uri", "model_bucket", "model_key", "model_sha256", "shadow_model_uri",
                      "shadow_model_bucket", "shadow_model_key", "shadow_model_sha256", "git_commit", "git_branch",
                      "build_date", "payload_log_uri", "payload_log_hash_key", "payload_log_hash_key_file",
+                     "auth_keys_file", "auth_jwt_issuer", "auth_jwt_audience", "auth_jwks_uri",
                      mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

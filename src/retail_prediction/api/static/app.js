@@ -103,6 +103,17 @@ function drawChart(probabilities) {
 
 const names = {};
 
+// With AUTH_MODE on, the API's calls carry the key typed into the page (never stored).
+function authHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function askForKey() {
+  $("auth").hidden = false;
+  $("api-key").focus();
+}
+
 async function predict() {
   showError("");
   clearResult();
@@ -112,10 +123,11 @@ async function predict() {
   const started = performance.now();
   try {
     const res = await fetch("/predict", {
-      method: "POST", headers: { "Content-Type": "application/json" },
+      method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify({ basket_items: lines }),
     });
     const body = await res.json().catch(() => ({}));
+    if (res.status === 401) askForKey();
     if (!res.ok) { showError(plainError(body.error || {}, res.status)); return; }
     names[body.label] = body.label_name;
     $("result-label").textContent = body.label;
@@ -156,8 +168,16 @@ function showInfo(info) {
 
 async function loadInfo(attempt = 0) {
   try {
-    const res = await fetch("/model/info");
+    const res = await fetch("/model/info", { headers: authHeaders() });
     const body = await res.json();
+    if (res.status === 401 || res.status === 404) {
+      // AUTH_MODE on without the right key, or METRICS_PORT (the info is on the internal port): no retry.
+      if (res.status === 401) askForKey();
+      $("status").textContent = res.status === 401 ? "Enter an API key to use the model"
+        : "Model info is not served on this port";
+      $("status").dataset.state = "error";
+      return;
+    }
     if (!res.ok) throw new Error(body.error ? body.error.message : `HTTP ${res.status}`);
     $("status").textContent = `Model ${body.model_version} ready`;
     $("status").dataset.state = "ready";
@@ -180,5 +200,7 @@ $("clear").addEventListener("click", () => {
   clearResult();
 });
 $("predict").addEventListener("click", predict);
+$("use-key").addEventListener("click", () => { $("example").replaceChildren($("example").options[0]); loadInfo(); });
+$("api-key").addEventListener("keydown", (e) => { if (e.key === "Enter") $("use-key").click(); });
 addLine({ product_id: "PRD0900097", quantity: 1, price: 1.5 });
 loadInfo();
