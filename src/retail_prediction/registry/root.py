@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
+from ..artifact.archive import sha256_file
 from ..artifact.store import ModelSource, StoreError, fetch, publish, s3_client, translated
 
 MAX_JSON_BYTES = 1024 * 1024  # a record is a few hundred bytes: anything bigger is not ours
@@ -225,10 +226,11 @@ class S3Root(Root):
                                    ContentType="application/json", **condition)
 
     def put_archive(self, rel: str, path: Path, sha256: str, *, create_only: bool = False) -> None:
-        published = publish(path, self.bucket, self.key(rel), client=self.client, validate=False,
-                            create_only=create_only)
-        if published["sha256"] != sha256:  # the file changed between verification and upload
-            raise StoreError("invalid", f"{path} changed while it was uploaded to {self.describe(rel)}")
+        with translated(str(path), "read"):
+            changed = sha256_file(path) != sha256
+        if changed:  # the file changed since it was verified: never upload what was not checked
+            raise StoreError("invalid", f"{path} changed since it was verified; not uploaded to {self.describe(rel)}")
+        publish(path, self.bucket, self.key(rel), client=self.client, validate=False, create_only=create_only)
 
     def fetch_archive(self, rel: str, dest_dir: Path) -> Path:
         source = ModelSource.from_bucket_key(self.bucket, self.key(rel))
