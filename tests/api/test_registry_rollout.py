@@ -95,6 +95,7 @@ def test_server_follows_current_across_promote_and_rollback_under_load(
         stop.set()
         for client in clients:
             client.join(timeout=30)
+    print(f"{where}: answers per client {[c.answers for c in clients]}")  # shown with -rP
     assert [f for c in clients for f in c.failures] == []
     assert [c.versions for c in clients] == [["v1", "v2", "v1"]] * CLIENTS
     metrics = api.http.get("/metrics").text

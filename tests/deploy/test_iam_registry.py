@@ -17,7 +17,6 @@ honours the header itself (a second create is ``PreconditionFailed``), which the
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pytest
 
 from archives import edit_json, replace_members
 
-from .test_iam import EXAMPLE, IAM_DIR, ROOT, render, seaweedfs_actions
+from .test_iam import EXAMPLE, IAM_DIR, allowed_of, render, s3server_module, seaweedfs_actions
 
 BUCKET, PREFIX = EXAMPLE["__MODEL_BUCKET__"], EXAMPLE["__MODEL_PREFIX__"]
 CREATE_ONLY = {"Null": {"s3:if-none-match": "false"}}
@@ -85,15 +84,7 @@ def test_serving_policy_rendered_for_the_registry_reads_current_only() -> None:
 
 @pytest.fixture(scope="module")
 def registry_s3(tmp_path_factory: pytest.TempPathFactory):
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        s3server = pytest.importorskip("s3server")
-    finally:
-        sys.path.pop(0)
-    try:
-        s3server.weed_binary()
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
+    s3server = s3server_module()
     promoter = promoter_actions(rendered("model-promote-policy.json"))
     serving = seaweedfs_actions(rendered("model-read-policy.json", f"{PREFIX}/current"))
 
@@ -140,20 +131,6 @@ def promoted(registry_s3, trained_model: Path, tmp_path_factory: pytest.TempPath
     return {"root": root, "rows": ops.list_versions(root, work), "archives": archives}
 
 
-def _denied(calls: dict[str, Any]) -> list[str]:
-    from botocore.exceptions import ClientError
-
-    allowed = []
-    for what, call in calls.items():
-        try:
-            call()
-        except ClientError as exc:
-            assert exc.response["Error"]["Code"] in {"AccessDenied", "Forbidden", "403"}, (what, exc)
-        else:
-            allowed.append(what)
-    return allowed
-
-
 def test_promoter_pushes_promotes_and_rolls_back(promoted: dict[str, Any]) -> None:
     assert [(r["version"], r["current"]) for r in promoted["rows"]] == [("v1", True), ("v2", False)]
     assert len(promoted["root"].list("history")) == 3
@@ -163,7 +140,7 @@ def test_promoter_writes_nothing_else(registry_s3, promoted: dict[str, Any]) -> 
     from botocore.exceptions import ClientError
 
     promoter = registry_s3.client(registry_s3.promoter, max_attempts=1)
-    allowed = _denied({
+    allowed = allowed_of({
         "write the prefix itself": lambda: promoter.put_object(Bucket=BUCKET, Key=f"{PREFIX}/model.tar.gz", Body=b"x"),
         "write another folder": lambda: promoter.put_object(Bucket=BUCKET, Key=f"{PREFIX}/x/y", Body=b"x"),
         "write a sibling prefix": lambda: promoter.put_object(Bucket=BUCKET, Key=f"{PREFIX}-shadow/model.tar.gz",
@@ -190,7 +167,7 @@ def test_serving_identity_reads_current_only(registry_s3, promoted: dict[str, An
     assert sorted(o["Key"] for o in listed["Contents"]) == [f"{PREFIX}/current/model.tar.gz",
                                                             f"{PREFIX}/current/promotion.json"]
     version_key = f"{PREFIX}/versions/v2/model.tar.gz"
-    allowed = _denied({
+    allowed = allowed_of({
         "read a version": lambda: serving.get_object(Bucket=BUCKET, Key=version_key),
         "read the history": lambda: serving.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/history/"),
         "list the registry": lambda: serving.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/"),

@@ -420,15 +420,13 @@ def publish(
     client: Any = None,
     validate: bool = True,
     create_only: bool = False,
-    metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Upload a model archive to ``s3://bucket/key`` with its SHA-256 in the object metadata.
 
     With ``validate`` (default) the archive is fully verified first, so a broken file is never
     published. With ``create_only`` the upload is one conditional PutObject (``If-None-Match: *``):
-    StoreError ``conflict`` if the key already exists, so a version is written once. ``metadata`` adds
-    user metadata. Returns ``{"uri", "etag", "sha256", "bytes"}``; ``etag`` is None if the identity
-    may write but not read back.
+    StoreError ``conflict`` if the key already exists, so a version is written once. Returns
+    ``{"uri", "etag", "sha256", "bytes"}``; ``etag`` is None if the identity may write but not read back.
     """
     path = Path(path)
     uri = ModelSource.from_bucket_key(bucket, key).uri
@@ -437,7 +435,7 @@ def publish(
     if validate:
         _validate(path, digest)
     client = client or s3_client()
-    extra = {"Metadata": {**(metadata or {}), "sha256": digest}, "ContentType": "application/gzip"}
+    extra = {"Metadata": {"sha256": digest}, "ContentType": "application/gzip"}
     with _translated(uri, "publish to"):
         if create_only:  # one PUT (not multipart): atomic, and the condition is checked by S3
             with path.open("rb") as body:
