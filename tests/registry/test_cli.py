@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Weeks
+from retail_prediction.artifact.archive import sha256_file
 from s3server import MODELS_BUCKET
 
 from .conftest import Models
@@ -62,3 +63,23 @@ def test_hostile_arguments_get_one_clear_line(tmp_path: Path, args: list[str], m
     values = {"root": str(tmp_path / "registry"), "missing": str(tmp_path / "missing.tar.gz")}
     done = run(None, *(a.format(**values) for a in args))
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_concurrent_push_processes(where: str, models: Models, tmp_path: Path,
+                                   request: pytest.FixtureRequest) -> None:
+    """Three `registry push` processes of one version at once: exactly one stores it, two are refused."""
+    if where == "s3":
+        env = request.getfixturevalue("s3_env")()
+        root = f"s3://{MODELS_BUCKET}/cli-{uuid.uuid4().hex[:8]}"
+    else:
+        env, root = None, str(tmp_path / "registry")
+    command = [sys.executable, "-m", "retail_prediction.cli", "registry", "push", str(models.v1), "--root", root]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]  # reads both pipes to the end, then waits
+    outcomes = [(p.returncode, err) for p, err in zip(procs, errors, strict=True)]
+    assert sorted(code for code, _ in outcomes) == [0, 2, 2], outcomes
+    assert all("version v1 already exists" in err and "Traceback" not in err for code, err in outcomes if code)
+    listed = json.loads(run(env, "list", "--root", root, "--json").stdout)
+    assert [(r["version"], r["sha256"]) for r in listed] == [("v1", sha256_file(models.v1))]
