@@ -209,3 +209,25 @@ def test_s3_create_only_is_enforced_by_the_server(make_s3_root: Callable[..., S3
     assert root.read_json("probe.json") == {"n": 1}
     root.write_json("probe.json", {"n": 3})  # a replacing write is allowed
     assert root.read_json("probe.json") == {"n": 3}
+
+
+def test_a_promote_that_lost_a_race_writes_nothing(root: Root, models: Models, tmp_path: Path) -> None:
+    """While v3 is being fetched and verified, another promote makes v2 current: v3's promote then refuses
+    instead of silently replacing what the other one promoted."""
+    v3 = reversion(models.v1, tmp_path / "v3.tar.gz", "v3")
+    for archive in (models.v1, models.v2, v3):
+        ops.push(root, archive)
+    ops.promote(root, "v1", tmp_path / "first")
+    fetch = root.fetch_archive
+
+    def fetch_while_another_promotes(rel: str, dest_dir: Path) -> Path:
+        if rel == ops.archive_key("v3"):
+            root.fetch_archive = fetch  # type: ignore[method-assign]
+            ops.promote(root, "v2", tmp_path / "other")  # the other promoter, in between
+        return fetch(rel, dest_dir)
+
+    root.fetch_archive = fetch_while_another_promotes  # type: ignore[method-assign]
+    with pytest.raises(ops.RegistryError, match="changed while version v3 was being checked"):
+        ops.promote(root, "v3", tmp_path / "mine")
+    assert current_sha(root, tmp_path) == sha256_file(models.v2)
+    assert [root.read_json(k)["version"] for k in root.list("history")] == ["v1", "v2"]

@@ -228,6 +228,9 @@ def promote(root: Root, version: str, workdir: Path, *, gate_data: Sequence[str 
         if not gate.passed:
             raise GateRefused(f"version {version} refused by the gate: {gate.reason}", gate)
     sha256 = str(state.records[version]["sha256"])
+    if _current_sha256(root, workdir / "recheck") != state.current_sha256:  # narrows, does not close, the race
+        raise RegistryError(f"{root.describe(CURRENT)} changed while version {version} was being checked (another "
+                            "promote or rollback?): nothing was written; look at `registry list` and run it again")
     root.put_archive(CURRENT, candidate, sha256)  # the one step the servers see; atomic
     at = _now()
     entry = {"kind": kind, "version": version, "previous": state.current, "sha256": sha256,
