@@ -26,6 +26,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "api": ("contract", "serving", "artifact"),
     # offline reports on what serving logged, featurized by serving's own Predictor (matplotlib only here)
     "monitoring": ("contract", "serving", "artifact"),
+    # the model registry: stores archives (artifact), verifies them as the server does (serving), gates them
+    # by scoring (training); only the CLI imports it (test_only_the_cli_imports_the_registry)
+    "registry": ("contract", "cpus", "data", "features", "artifact", "serving", "training"),
 }
 
 
@@ -91,3 +94,9 @@ def test_the_graph_is_read() -> None:
     assert "contract" in _imports("serving.predictor", MODULES["serving.predictor"])
     assert "features.tables" in _imports("features.fitting", MODULES["features.fitting"])
     assert "serving.service" in _imports("training.scoring", MODULES["training.scoring"])
+
+
+def test_only_the_cli_imports_the_registry() -> None:
+    importers = sorted(n for n in MODULES if not _in(n, ("registry",))
+                       and any(_in(m, ("registry",)) for m in _imports(n, MODULES[n])))
+    assert importers == ["cli"], f"the registry is the CLI's: imported by {importers}"

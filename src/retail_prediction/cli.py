@@ -1,4 +1,5 @@
-"""`retail-prediction` command line: generate | train | evaluate | predict | publish | inspect | monitor | serve."""
+"""`retail-prediction` command line: generate | train | evaluate | predict | publish | inspect | monitor | serve |
+registry."""
 
 from __future__ import annotations
 
@@ -112,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--workers", type=int)
+
+    from .registry.commands import add_parser as add_registry_parser
+
+    add_registry_parser(sub, limits)
     return p
 
 
@@ -193,8 +198,14 @@ def _serve(args: argparse.Namespace) -> None:
     serve(host=args.host, port=args.port, workers=args.workers)
 
 
+def _registry(args: argparse.Namespace) -> int:
+    from .registry.commands import run
+
+    return run(args, _limits(args) if hasattr(args, "max_member_bytes") else None)
+
+
 COMMANDS = {"generate": _generate, "train": _train, "evaluate": _evaluate, "predict": _predict,
-            "publish": _publish, "inspect": _inspect, "monitor": _monitor, "serve": _serve}
+            "publish": _publish, "inspect": _inspect, "monitor": _monitor, "serve": _serve, "registry": _registry}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -205,14 +216,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
     except (DataError, ArtifactError, StoreError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         _say(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
-    if args.command not in ("serve", "inspect", "publish"):
+    if status:  # a command that answers with its own exit code (registry: 2 refused, 3 gate)
+        return int(status)
+    if args.command not in ("serve", "inspect", "publish", "registry"):
         _say(f"done in {time.monotonic() - started:.1f}s")
     return 0
 

@@ -21,7 +21,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ REASONS = (
     "too_large",  # object over the download limit
     "invalid",  # bad S3 settings, or refusing to publish something that is not a model archive
     "io",  # local file system error, or an S3 error with no better code
+    "conflict",  # a create-only write found the object already there (If-None-Match: *)
 )
 
 CONNECT_TIMEOUT_S = 5.0
@@ -76,6 +77,9 @@ _CODE_REASONS: Mapping[str, str] = {
     "ExpiredToken": "bad_credentials",
     "InvalidToken": "bad_credentials",
     "TokenRefreshRequired": "bad_credentials",
+    "PreconditionFailed": "conflict",
+    "ConditionalRequestConflict": "conflict",
+    "412": "conflict",
 }
 
 
@@ -270,6 +274,11 @@ def _translated(uri: str, action: str) -> Iterator[None]:
         raise StoreError("io", f"cannot {action} {uri}: {exc.strerror or exc}") from exc
 
 
+def translated(uri: str, action: str) -> AbstractContextManager[None]:
+    """Public form of the translation, for code that calls the S3 client itself (the registry)."""
+    return _translated(uri, action)
+
+
 def _refine_head_error(client: Any, source: ModelSource, exc: StoreError) -> StoreError:
     """HEAD errors carry no body, so 403/404 cannot tell bad keys or a missing bucket apart.
 
@@ -404,13 +413,20 @@ def fetch(
 
 
 def publish(
-    path: Path, bucket: str, key: str, *, client: Any = None, validate: bool = True
+    path: Path,
+    bucket: str,
+    key: str,
+    *,
+    client: Any = None,
+    validate: bool = True,
+    create_only: bool = False,
 ) -> dict[str, Any]:
     """Upload a model archive to ``s3://bucket/key`` with its SHA-256 in the object metadata.
 
     With ``validate`` (default) the archive is fully verified first, so a broken file is never
-    published. Returns ``{"uri", "etag", "sha256", "bytes"}``; ``etag`` is None if the identity may
-    write but not read back.
+    published. With ``create_only`` the upload is one conditional PutObject (``If-None-Match: *``):
+    StoreError ``conflict`` if the key already exists, so a version is written once. Returns
+    ``{"uri", "etag", "sha256", "bytes"}``; ``etag`` is None if the identity may write but not read back.
     """
     path = Path(path)
     uri = ModelSource.from_bucket_key(bucket, key).uri
@@ -421,7 +437,11 @@ def publish(
     client = client or s3_client()
     extra = {"Metadata": {"sha256": digest}, "ContentType": "application/gzip"}
     with _translated(uri, "publish to"):
-        client.upload_file(str(path), bucket, key, ExtraArgs=extra)
+        if create_only:  # one PUT (not multipart): atomic, and the condition is checked by S3
+            with path.open("rb") as body:
+                client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
+        else:
+            client.upload_file(str(path), bucket, key, ExtraArgs=extra)
     return {"uri": uri, "etag": _etag_after_upload(client, bucket, key, uri), "sha256": digest, "bytes": size}
 
 
