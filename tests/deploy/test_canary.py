@@ -74,3 +74,13 @@ def test_selectors_split_the_pods_and_the_service_takes_both(docs: list[dict[str
     assert _matches(pdb, s_labels) and not _matches(pdb, c_labels)
     hpa = _get(docs, "HorizontalPodAutoscaler", "retail-api")["spec"]
     assert canary["spec"]["replicas"] == 1 < hpa["minReplicas"]
+
+
+def test_the_network_policies_cover_the_canary_pods_too(docs: list[dict[str, Any]]) -> None:
+    canary = _get(docs, "Deployment", "retail-api-canary")["spec"]["template"]["metadata"]["labels"]
+    stable = _get(docs, "Deployment", "retail-api")["spec"]["template"]["metadata"]["labels"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert {p["metadata"]["name"] for p in policies} >= {"retail-api-ingress", "retail-api-egress"}
+    for policy in policies:  # whatever lets the stable pods talk lets the canary pods talk the same way
+        selector = policy["spec"]["podSelector"].get("matchLabels", {})
+        assert _matches(selector, stable) == _matches(selector, canary), policy["metadata"]["name"]

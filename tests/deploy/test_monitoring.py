@@ -287,17 +287,9 @@ def test_rules_use_only_exposed_metrics(app_metrics: set[str]) -> None:
     assert used and not used - app_metrics, f"not in the app's /metrics: {sorted(used - app_metrics)}"
 
 
-# Series announced by a change of issue 15 that is not merged yet: their panel may wait for them, nothing else.
-# Once the app exports one, this test checks it like any other (and the entry can go).
-ANNOUNCED = {"retail_prediction_payload_log_records_total": "the payload log's records by outcome"}
-
-
 def test_dashboard_uses_only_exposed_metrics(app_metrics: set[str]) -> None:
     used = set().union(*(metric_names(expr) for _, expr in dashboard_queries(dashboard_module().build())))
-    missing = used - app_metrics
-    assert used and not missing - set(ANNOUNCED), f"not in the app's /metrics: {sorted(missing - set(ANNOUNCED))}"
-    if missing:
-        pytest.xfail(f"announced, not exported by the app yet: {sorted(missing)}")
+    assert used and not used - app_metrics, f"not in the app's /metrics: {sorted(used - app_metrics)}"
 
 
 def test_adapter_uses_only_exposed_metrics(app_metrics: set[str]) -> None:

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from ..artifact.store import REASONS as STORE_REASONS
 from .drift import DriftWindow
 
 # Latency buckets around the 10 ms target, with resolution below 1 ms where /predict lives.
@@ -56,6 +57,13 @@ class ModelSeries:
                                      f"{what}")
         self.model_refusals = counter(f"{prefix}model_refusals", f"Archives refused at load ({what}), by reason",
                                       ["reason"])
+        # Failure series exist from the start at 0: one born at 1 on the first failure is invisible to
+        # increase(), so a single failed reload or check would never alert.
+        for kind in ("initial", "reload"):
+            for result in ("success", "failure"):
+                self.model_loads.labels(kind, result)
+        for reason in STORE_REASONS:
+            self.source_check_failures.labels(reason)
 
     def set_model(self, version: str, sha256: str, loaded_at: float) -> None:
         self.model_info.clear()
