@@ -100,10 +100,14 @@ def test_websockets_are_refused(keyed: TestClient) -> None:
 
 
 def test_probes_page_and_documentation_stay_open(keyed: TestClient) -> None:
-    for path in ("/health", "/ready", "/", "/docs", "/redoc", "/openapi.json", "/static/favicon.svg",
-                 "/docs/assets/swagger-ui.css"):
+    for path in ("/health", "/ready", "/v2/health/live", "/v2/health/ready", "/", "/docs", "/redoc",
+                 "/openapi.json", "/static/favicon.svg", "/docs/assets/swagger-ui.css"):
         assert keyed.get(path).status_code == 200, path
     assert keyed.head("/ready").status_code == 200
+    # The inference protocol's other routes are prediction routes: closed like /predict.
+    for path in ("/v2", "/v2/models/retail-prediction", "/v2/models/retail-prediction/ready"):
+        assert keyed.get(path).status_code == 401, path
+    assert keyed.post("/v2/models/retail-prediction/infer", json={"inputs": []}).status_code == 401
 
 
 def test_the_reference_offers_the_bearer_scheme(keyed: TestClient) -> None:

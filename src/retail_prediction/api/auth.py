@@ -3,8 +3,9 @@
 stack at all: the request path is unchanged.
 
 Every path needs `Authorization: Bearer <key or token>` except the open ones: the probes (`/health`,
-`/ready`), the page (`/`), the API's documentation (`/docs`, `/redoc`, `/openapi.json`, their assets) and
-static files: they hold nothing a caller could misuse, and load balancers and kubelets carry no token.
+`/ready`, and the inference protocol's `/v2/health/live` and `/v2/health/ready`), the page (`/`), the
+API's documentation (`/docs`, `/redoc`, `/openapi.json`, their assets) and static files: they hold nothing
+a caller could misuse, and load balancers and kubelets carry no token.
 Anything else, present or future (`/predict`, `/predict/batch`, `/model/info`, `/metrics`, `/v2/...`, and
 unknown paths), is closed by default. A refusal is a 401 with `WWW-Authenticate: Bearer` (RFC 6750) and the
 uniform error body; no checkable credentials (no keys, the issuer down) a 503, and `/ready` answers 503
@@ -29,7 +30,10 @@ from .errors import error_response
 
 log = logging.getLogger("retail_prediction.auth")
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/", "/docs", "/redoc", "/openapi.json"})
+# The probes include the inference protocol's (KServe probes /v2/health/*; kubelets carry no token).
+OPEN_PATHS = frozenset({"/health", "/ready", "/v2/health/live", "/v2/health/ready", "/", "/docs", "/redoc",
+                        "/openapi.json"})
+READINESS = frozenset({"/ready", "/v2/health/ready"})
 OPEN_PREFIXES = ("/static/", "/docs/assets/")
 MAX_TOKEN_BYTES = 8192
 REALM = "retail-prediction"
@@ -131,7 +135,7 @@ class AuthMiddleware:
             return
         path = scope["path"]
         if is_open(path):
-            problem = self.auth.not_ready() if path == "/ready" else None
+            problem = self.auth.not_ready() if path in READINESS else None
             if problem is None:
                 await self.app(scope, receive, send)
                 return
