@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     shadow_queue_baskets: int = Field(2000, ge=1, le=1_000_000)
     # The shadow's worker sleeps so that it scores at most this share of the time: its CPU stays bounded
     # whatever the traffic (what it cannot score is dropped and counted).
-    shadow_max_cpu_share: float = Field(0.2, gt=0.0, le=1.0)
+    shadow_max_cpu_share: float = Field(0.1, gt=0.0, le=1.0)
 
     # ---- monitoring: the drift gauges compare the latest this-many scored baskets with the model's
     # reference profile (0 = off). 2,000 baskets keep the PSI's sampling noise near 0.005.

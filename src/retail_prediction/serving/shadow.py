@@ -25,7 +25,8 @@ from .settings import Settings
 log = logging.getLogger("retail_prediction.api.shadow")
 
 POLL_SECONDS = 0.05
-CHUNK_BASKETS = 1000  # baskets per shadow model call
+# Baskets per shadow model call: small, so that the GIL the call holds never stalls the answers for long.
+CHUNK_BASKETS = 64
 
 
 class ShadowScorer:
