@@ -261,9 +261,10 @@ class ModelManager:
                         "source_version": model.source_version})
 
     def _fail(self, reason: str, message: str, retry_in: float | None = None, version: str | None = None) -> None:
-        self.status.state, self.status.reason, self.status.message = "failed", reason, message
         retry = f"; retrying in {retry_in:g}s" if retry_in is not None and math.isfinite(retry_in) else ""
+        # The log line first: whoever sees the failed state (/ready, /model/info) also finds its line.
         log.error(f"{self.role} load failed ({reason}): {message}{retry}",
                   extra={"reason": reason, "attempt": self.status.attempts, "retry_in_s": retry_in,
                          "source": self.source.uri if getattr(self, "source", None) else None,
                          "source_version": version})
+        self.status.state, self.status.reason, self.status.message = "failed", reason, message
