@@ -80,6 +80,18 @@ def tampered_model(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -
 # In-process apps (real app object, real ASGI, no sockets): validation, errors, metrics
 
 
+def metric_samples(client: Any, contains: str) -> dict[str, float]:
+    """The /metrics samples whose name contains `contains`, as name[label value]... -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if contains in sample.name:
+                out[sample.name + "".join(f"[{v}]" for v in sample.labels.values())] = sample.value
+    return out
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

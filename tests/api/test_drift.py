@@ -9,21 +9,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from retail_prediction.artifact.archive import pack_artifact, read_artifact
 from retail_prediction.data.requests import sample_baskets
 
+from .conftest import metric_samples
+
 WINDOW = 600
-
-
-def _drift(client: TestClient) -> dict[str, float]:
-    out = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if "drift" in sample.name:
-                out[sample.name + "".join(f"[{v}]" for v in sample.labels.values())] = sample.value
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +31,10 @@ def _scaled(bodies: list[dict[str, Any]], factor: float) -> list[dict[str, Any]]
 def test_later_weeks_read_stable_and_ten_times_the_price_reads_major(
         make_client: Callable[..., TestClient], model_path: Path, later: list[dict[str, Any]]) -> None:
     client = make_client(model_uri=str(model_path), drift_window_baskets=WINDOW)
-    assert _drift(client)["retail_prediction_drift_window_baskets"] == 0
+    assert metric_samples(client, "drift")["retail_prediction_drift_window_baskets"] == 0
     for body in later:
         assert client.post("/predict", json=body).status_code == 200
-    normal = _drift(client)
+    normal = metric_samples(client, "drift")
     assert normal["retail_prediction_drift_window_baskets"] == WINDOW
     inputs = {k: v for k, v in normal.items() if k.startswith("retail_prediction_input_drift_psi")}
     assert set(inputs) == {f"retail_prediction_input_drift_psi[{f}]"
@@ -53,7 +45,7 @@ def test_later_weeks_read_stable_and_ten_times_the_price_reads_major(
     shifted = _scaled(later, 10.0)
     for start in range(0, len(shifted), 100):  # the batch route feeds the same window
         assert client.post("/predict/batch", json={"baskets": shifted[start:start + 100]}).status_code == 200
-    major = _drift(client)
+    major = metric_samples(client, "drift")
     assert major["retail_prediction_input_drift_psi[spend]"] > 0.25
     assert major["retail_prediction_input_drift_psi[mean_unit_price]"] > 0.25
     assert major["retail_prediction_input_drift_psi[lines]"] < 0.1  # same baskets, same sizes
@@ -72,5 +64,5 @@ def test_no_gauges_without_a_profile_or_with_the_window_off(
     for client in (make_client(model_uri=str(old)), make_client(model_uri=str(model_path), drift_window_baskets=0)):
         assert client.post("/predict", json={"basket_items": [{"product_id": "x", "quantity": 1, "price": 1}]}
                            ).status_code == 200
-        assert _drift(client) == {}
+        assert metric_samples(client, "drift") == {}
         assert client.get("/model/info").json()["drift"] is None

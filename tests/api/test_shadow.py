@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from retail_prediction.data.requests import sample_baskets
 from retail_prediction.serving.predictor import Predictor
 from retail_prediction.training.train import TrainConfig, train
 
-from .conftest import repack, wait_until
+from .conftest import metric_samples, repack, wait_until
 
 N = 300
 
@@ -34,17 +33,12 @@ def other_model(weeks: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
                  TrainConfig(validation_weeks=1, seed=1)).path
 
 
-def _series(client: TestClient, prefix: str = "retail_prediction_shadow") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for s in family.samples:
-            if s.name.startswith(prefix):
-                out[s.name + "".join(f"[{v}]" for v in s.labels.values())] = s.value
-    return out
+def _series(client: TestClient) -> dict[str, float]:
+    return metric_samples(client, "retail_prediction_shadow")
 
 
-def _offline_labels(model: Path, bodies: list[dict[str, Any]], client: TestClient) -> list[str]:
-    """What `model` says of the same baskets, through its own app (no shadow)."""
+def _offline_labels(bodies: list[dict[str, Any]], client: TestClient) -> list[str]:
+    """What the model `client` serves says of the baskets, through its own app (no shadow)."""
     return [client.post("/predict", json=b).json()["label"] for b in bodies]
 
 
@@ -62,7 +56,7 @@ def test_shadow_never_answers_and_its_comparison_is_exact(
         assert with_shadow["probabilities"] == without["probabilities"]
         assert with_shadow["model_version"] == without["model_version"]
         answered.append(with_shadow["label"])
-    shadow_says = _offline_labels(other_model, bodies, alone)
+    shadow_says = _offline_labels(bodies, alone)
     wait_until(lambda: _series(client).get("retail_prediction_shadow_scored_baskets_total") == N, 30,
                "the shadow to score every basket")
     series = _series(client)

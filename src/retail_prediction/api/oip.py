@@ -14,7 +14,6 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
@@ -27,6 +26,7 @@ from .body import read_body
 from .decoding import looks_mangled, plain
 from .errors import ApiError
 from .oip_tensors import EXTENSIONS, HEADER_LENGTH, InferRequest, bad, encode_outputs, numbers, parse_request, strings
+from .routes import json_response
 from .routing import Declare
 from .schemas import Limits
 
@@ -47,11 +47,7 @@ _CONTENT_ENCODING = b"content-encoding"
 
 
 def _error(status: int, message: str) -> Response:
-    return Response(orjson.dumps({"error": message}), status_code=status, media_type="application/json")
-
-
-def _json(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+    return json_response({"error": message}, status)
 
 
 def _protocol_errors(endpoint: Any) -> Any:
@@ -167,27 +163,27 @@ def register_oip(app: FastAPI, service: PredictionService, settings: Settings, l
     @_protocol_errors
     async def server_metadata(request: Request) -> Response:
         """Server metadata: name, version and the protocol extensions supported."""
-        return _json({"name": "retail-prediction", "version": __version__, "extensions": EXTENSIONS})
+        return json_response({"name": "retail-prediction", "version": __version__, "extensions": EXTENSIONS})
 
     @api.get("/v2/health/live", tags=TAGS)
     @_protocol_errors
     async def live(request: Request) -> Response:
         """Liveness, as /health."""
-        return _json({"live": True})
+        return json_response({"live": True})
 
     @api.get("/v2/health/ready", tags=TAGS, responses={503: ERRORS[503]})
     @_protocol_errors
     async def ready(request: Request) -> Response:
         """Readiness, as /ready: 503 until a model is loaded, and while the server shuts down."""
         up = service.manager.current is not None and not service.draining
-        return _json({"ready": up}, 200 if up else 503)
+        return json_response({"ready": up}, 200 if up else 503)
 
     async def metadata(request: Request) -> Response:
         """Model metadata: versions, inputs and outputs with datatypes and shapes, the class order."""
         model = model_for(request)
         classes = list(model.predictor.classes)
         line = [-1]
-        return _json({
+        return json_response({
             "name": name, "versions": [model.predictor.version], "platform": "onnxruntime_onnx",
             "inputs": [{"name": "basket_id", "datatype": "BYTES", "shape": line},
                        {"name": "product_id", "datatype": "BYTES", "shape": line},
@@ -206,8 +202,8 @@ def register_oip(app: FastAPI, service: PredictionService, settings: Settings, l
         try:
             model_for(request)
         except ModelNotReady:
-            return _json({"name": name, "ready": False}, 503)
-        return _json({"name": name, "ready": not service.draining}, 503 if service.draining else 200)
+            return json_response({"name": name, "ready": False}, 503)
+        return json_response({"name": name, "ready": not service.draining}, 503 if service.draining else 200)
 
     async def infer(request: Request) -> Response:
         """Classify the baskets of a long-form batch (JSON, or binary tensor data)."""

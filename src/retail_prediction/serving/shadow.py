@@ -13,7 +13,7 @@ import logging
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +43,7 @@ class ShadowScorer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._random = random.Random()
-        self._queue_full = metrics.dropped.labels("queue_full")
+        self._dropped = {reason: metrics.dropped.labels(reason) for reason in ("queue_full", "not_ready", "error")}
         # Per shadow version (reset when it changes): what /model/info shows.
         self.version: str | None = None
         self.scored = self.agreed = 0
@@ -64,8 +64,7 @@ class ShadowScorer:
                 full = False
                 self._queued += n
         if full:
-            self._queue_full.inc(n)
-            self.dropped["queue_full"] = self.dropped.get("queue_full", 0) + n
+            self._drop("queue_full", n)
             return
         self._queue.append((baskets, labels))
 
@@ -127,7 +126,7 @@ class ShadowScorer:
             return
         classes = predictor.classes
         shadow = [classes[i] for i in proba.argmax(axis=1).tolist()]
-        for (primary, shadowed), n in _counts(answered, shadow).items():
+        for (primary, shadowed), n in Counter(zip(answered, shadow, strict=True)).items():
             self.table[primary, shadowed] = self.table.get((primary, shadowed), 0) + n
             self.agreed += n if primary == shadowed else 0
             self.metrics.compared.labels(primary, shadowed).inc(n)
@@ -136,7 +135,7 @@ class ShadowScorer:
         self.metrics.agreement.set(self.agreed / self.scored)
 
     def _drop(self, reason: str, n: int) -> None:
-        self.metrics.dropped.labels(reason).inc(n)
+        self._dropped[reason].inc(n)
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     def info(self) -> dict[str, Any]:
@@ -155,9 +154,3 @@ class ShadowScorer:
                                    for (a, s), n in sorted(self.table.items())],
         }
 
-
-def _counts(answered: list[str], shadow: list[str]) -> dict[tuple[str, str], int]:
-    out: dict[tuple[str, str], int] = {}
-    for pair in zip(answered, shadow, strict=True):
-        out[pair] = out.get(pair, 0) + 1
-    return out
