@@ -156,6 +156,13 @@ def _bytes(*values: bytes) -> bytes:
     (_binary_body([("basket_id", "BYTES", struct.pack("<I", 1 << 30), 1)]), "split", "bytes declared"),
     (_binary_body([("basket_id", "BYTES", _bytes(b"\xff\xfe"), 1)]), "split", "not UTF-8 text"),
     (_binary_body([("price", "FP64", b"\x00" * 12, 2)]), "split", "12 bytes of binary data for 2 FP64"),
+    (b'{"inputs": [' + json.dumps(GOOD[:2])[1:-1].encode() + b', ' + json.dumps(GOOD[3]).encode()
+     + b', {"name": "quantity", "datatype": "INT64", "shape": [2], "data": [1, 1' + b"0" * 400 + b"]}]}",
+     None, "input 'quantity' element 1: must be a number at most 1000000"),
+    (_binary_body([("price", "FP64", struct.pack("<2d", 1.0, float("nan")), 2)]), "split",
+     "input 'price' element 1: must be a number greater than 0"),
+    ({"inputs": [_tensor("basket_id", ["a", ""]), *GOOD[1:]]}, None, "input 'basket_id' element 1: must not be"),
+    ({"inputs": [*GOOD, _tensor("category", ["x", "y" * 101])]}, None, "input 'category' element 1: must have at"),
 ], ids=lambda v: v if isinstance(v, str) and " " in v else "")
 def test_what_a_client_sends_wrong_is_a_400_naming_it(api: ApiProcess, payload: Any, headers: Any,
                                                        says: str) -> None:

@@ -10,10 +10,10 @@ baskets are checked with /predict/batch's limits and wording and scored by the s
 
 from __future__ import annotations
 
+from array import array
 from itertools import repeat
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
@@ -25,10 +25,21 @@ from ..serving.settings import Settings
 from .body import read_body
 from .decoding import looks_mangled, plain
 from .errors import ApiError
-from .oip_tensors import EXTENSIONS, HEADER_LENGTH, InferRequest, bad, encode_outputs, numbers, parse_request, strings
+from .oip_tensors import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    InferRequest,
+    bad,
+    encode_outputs,
+    known_columns,
+    numbers,
+    parse_request,
+    strings,
+)
 from .routes import json_response
 from .routing import Declare
 from .schemas import Limits
+from .wire import group_lines
 
 REQUIRED = ("basket_id", "product_id", "quantity", "price")
 TAGS = ["open inference protocol"]
@@ -43,6 +54,8 @@ _INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}}
 OPTIONAL = ("category", *HIERARCHY_FIELDS)
 OUTPUTS = ("basket_id", "label", "probabilities")
+# Each input the model takes, and whether it is text (BYTES) or a number.
+_INPUT_TEXT = {**dict.fromkeys(("basket_id", "product_id", *OPTIONAL), True), "quantity": False, "price": False}
 _CONTENT_ENCODING = b"content-encoding"
 
 
@@ -66,7 +79,24 @@ def _protocol_errors(endpoint: Any) -> Any:
 
 
 def baskets_from(request: InferRequest, raw: dict[str, memoryview], limits: Limits) -> tuple[list[str], list[Basket]]:
-    """The inputs as baskets (first-appearance order) and their ids, checked as /predict/batch checks them."""
+    """The inputs as baskets (first-appearance order) and their ids, checked as /predict/batch checks them:
+    in one compiled pass (`wire.group_lines`) when every input is well-formed, else by `_checked_baskets`,
+    which names what is wrong."""
+    columns = known_columns(request, raw, _INPUT_TEXT, REQUIRED)
+    grouped = None if columns is None else compiled_baskets(columns, limits)
+    return _checked_baskets(request, raw, limits) if grouped is None else grouped
+
+
+def compiled_baskets(columns: dict[str, list[Any]], limits: Limits) -> tuple[list[str], list[Basket]] | None:
+    """`wire.group_lines` on the inputs' columns: the baskets, or None if any element breaks a rule."""
+    return group_lines(columns["basket_id"], columns["product_id"], columns["quantity"], columns["price"],
+                       [columns.get(name) for name in OPTIONAL], BasketLine, Basket, looks_mangled,
+                       limits.max_string_length, limits.max_batch_size, limits.max_basket_lines, MAX_AMOUNT)
+
+
+def _checked_baskets(request: InferRequest, raw: dict[str, memoryview],
+                     limits: Limits) -> tuple[list[str], list[Basket]]:
+    """`baskets_from`, checking each rule in turn so that the first one broken is named."""
     inputs = {}
     for tensor in request.inputs:
         if tensor.name not in REQUIRED and tensor.name not in OPTIONAL:
@@ -226,7 +256,7 @@ def register_oip(app: FastAPI, service: PredictionService, settings: Settings, l
             "basket_id": ("BYTES", [len(ids)], ids),
             "label": ("BYTES", [len(ids)], [a["label"] for a in answers]),
             "probabilities": ("FP32", [len(ids), len(classes)],
-                              np.array([[a["probabilities"][c] for c in classes] for a in answers], dtype="<f4")),
+                              array("f", [a["probabilities"][c] for a in answers for c in classes])),
         }
         head: dict[str, Any] = {"model_name": name, "model_version": version}
         if parsed.id is not None:

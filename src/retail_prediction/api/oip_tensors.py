@@ -9,6 +9,8 @@ against the body's actual size before it is read, so a crafted header or size co
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from typing import Any
 
 import msgspec
@@ -21,6 +23,10 @@ HEADER_LENGTH = b"inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data"]
 
 # Datatypes a numeric input may come in, and their NumPy dtypes (little-endian, as the extension says).
+_BIG = 1 << 1000  # well within a double's range (~2**1024)
+# The struct formats memoryview reads each datatype with, on a little-endian host (FP16: NumPy only).
+_NATIVE = {"FP64": "d", "FP32": "f", "INT64": "q", "INT32": "i", "INT16": "h", "INT8": "b", "UINT64": "Q",
+           "UINT32": "I", "UINT16": "H", "UINT8": "B"} if sys.byteorder == "little" else {}
 NUMERIC = {"FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4", "INT16": "<i2",
            "INT8": "i1", "UINT64": "<u8", "UINT32": "<u4", "UINT16": "<u2", "UINT8": "u1"}
 
@@ -84,6 +90,48 @@ def parse_request(body: bytes, header_length: bytes | None) -> tuple[InferReques
     return request, raw
 
 
+def binary_numbers(data: memoryview, datatype: str, n: int) -> list[float] | None:
+    """`n` numbers of a numeric datatype in binary form (None if the size does not fit): read by memoryview
+    where the host's byte order is the protocol's (~0.4 µs for a basket; NumPy takes ~4 µs to start)."""
+    dtype = np.dtype(NUMERIC[datatype])
+    if len(data) != n * dtype.itemsize:
+        return None
+    native = _NATIVE.get(datatype)
+    if native is not None:
+        return data.cast(native).tolist()
+    return np.frombuffer(data, dtype=dtype).astype(np.float64).tolist()
+
+
+def known_columns(request: InferRequest, raw: dict[str, memoryview], text_inputs: dict[str, bool],
+                  required: tuple[str, ...]) -> dict[str, list[Any]] | None:
+    """Each input's elements (`text_inputs`: the inputs taken, and whether each is BYTES), or None if any input
+    is unusual in any way: unknown, repeated, of another datatype or shape, with data that does not fit. The
+    caller's checked path then says how."""
+    columns: dict[str, list[Any]] = {}
+    for tensor in request.inputs:
+        name, shape, datatype = tensor.name, tensor.shape, tensor.datatype
+        text = datatype == "BYTES"
+        if (name in columns or text_inputs.get(name) is not text or len(shape) != 1 or type(shape[0]) is not int
+                or (not text and datatype not in NUMERIC)):
+            return None
+        data = raw.get(name)
+        if data is None:
+            values = tensor.data
+            if type(values) is not list or len(values) != shape[0]:
+                return None
+        elif text:
+            try:
+                values = split_bytes(data, shape[0])
+            except WireError:
+                return None
+        else:
+            values = binary_numbers(data, datatype, shape[0])
+            if values is None:
+                return None
+        columns[name] = values
+    return columns if all(name in columns for name in required) else None
+
+
 def element_count(tensor: Tensor) -> int:
     shape = tensor.shape
     if len(shape) == 1 and type(shape[0]) is int and shape[0] >= 0:  # the usual [n]
@@ -114,21 +162,23 @@ def strings(tensor: Tensor, raw: memoryview | None, limit: int, *, allow_empty: 
 
 
 def numbers(tensor: Tensor, raw: memoryview | None) -> list[float]:
-    """A numeric input's elements as floats (plain Python floats: a basket's few lines cost less that way
-    than through NumPy; binary data goes through NumPy, which reads it in one step)."""
+    """A numeric input's elements as plain Python floats (a basket's few lines cost less that way than
+    through NumPy), checked for type and size; the amounts' range is the caller's check."""
     n = element_count(tensor)
-    dtype = NUMERIC.get(tensor.datatype)
-    if dtype is None:
+    if tensor.datatype not in NUMERIC:
         raise bad(f"input '{tensor.name}': datatype {tensor.datatype} must be one of {', '.join(NUMERIC)}")
     if raw is not None:
-        if len(raw) != n * np.dtype(dtype).itemsize:
+        values = binary_numbers(raw, tensor.datatype, n)
+        if values is None:
             raise bad(f"input '{tensor.name}': {len(raw)} bytes of binary data for {n} {tensor.datatype} elements")
-        return np.frombuffer(raw, dtype=dtype).astype(np.float64).tolist()
-    values = _json_list(tensor, n)
-    if not all(type(v) is float or type(v) is int for v in values):
-        bad_at = next(i for i, v in enumerate(values) if type(v) is not float and type(v) is not int)
-        raise bad(f"input '{tensor.name}' element {bad_at}: must be a number")
-    return [float(v) for v in values]
+    else:
+        values = _json_list(tensor, n)
+        if not all(type(v) is float or type(v) is int for v in values):
+            bad_at = next(i for i, v in enumerate(values) if type(v) is not float and type(v) is not int)
+            raise bad(f"input '{tensor.name}' element {bad_at}: must be a number")
+    # An integer beyond a double's range (JSON allows 400 digits) is left as it is, for the amount check to
+    # refuse: float() of it would raise.
+    return [float(v) if type(v) is float or -_BIG < v < _BIG else v for v in values]
 
 
 def _json_list(tensor: Tensor, n: int) -> list[Any]:
@@ -167,19 +217,29 @@ def bytes_binary(values: list[str]) -> bytes:
     return b"".join(parts)
 
 
+def little_endian(values: array) -> bytes:
+    """A numeric output's raw data, little-endian as the extension says."""
+    if sys.byteorder == "little":
+        return values.tobytes()
+    swapped = array(values.typecode, values)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
 def encode_outputs(outputs: list[tuple[str, str, list[int], Any]], binary: set[str],
                    head: dict[str, Any]) -> tuple[bytes, int | None]:
-    """The response body from (name, datatype, shape, values) outputs; those named in `binary` go as binary
-    data after the JSON. Returns the body and the JSON part's length when there is binary data."""
+    """The response body from (name, datatype, shape, values) outputs, values a list of str for BYTES and a
+    flat `array.array` (row-major) for numbers; those named in `binary` go as binary data after the JSON.
+    Returns the body and the JSON part's length when there is binary data."""
     described, blobs = [], []
     for name, datatype, shape, values in outputs:
         if name in binary:
-            blob = bytes_binary(values) if datatype == "BYTES" else np.ascontiguousarray(values).tobytes()
+            blob = bytes_binary(values) if datatype == "BYTES" else little_endian(values)
             blobs.append(blob)
             described.append({"name": name, "datatype": datatype, "shape": shape,
                               "parameters": {"binary_data_size": len(blob)}})
         else:
-            data = values if datatype == "BYTES" else np.asarray(values).ravel().tolist()
+            data = values if datatype == "BYTES" else values.tolist()
             described.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
     header = msgspec.json.encode({**head, "outputs": described})
     if not blobs:

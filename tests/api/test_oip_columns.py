@@ -1,0 +1,87 @@
+"""The OIP's compiled path from tensors to baskets (`wire.group_lines`) against its checked twin: the same
+baskets for every valid batch, and a refusal (None) for every broken rule, which the checked path names."""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retail_prediction.api import oip
+from retail_prediction.api.errors import ApiError
+from retail_prediction.api.oip_tensors import known_columns, parse_request
+from retail_prediction.api.schemas import Limits
+
+LIMITS = Limits(max_string_length=8, max_basket_lines=5, max_batch_size=4)
+ids = st.text("abc", min_size=1, max_size=2)
+codes = st.text("xyz9 ", max_size=3)
+line = st.tuples(ids, st.text("PQ12", min_size=1, max_size=4), st.floats(0.01, 1e6), st.integers(1, 1000),
+                 codes, codes)
+
+
+def _body(rows: list[tuple[Any, ...]], binary: bool) -> tuple[bytes, bytes | None]:
+    columns = {"basket_id": [r[0] for r in rows], "product_id": [r[1] for r in rows],
+               "price": [r[2] for r in rows], "quantity": [r[3] for r in rows],
+               "category": [r[4] for r in rows], "prod_code_10": [r[5] for r in rows]}
+    types = {"price": ("FP64", "d"), "quantity": ("INT64", "q")}
+    inputs, blobs = [], []
+    for name, values in columns.items():
+        datatype, fmt = types.get(name, ("BYTES", ""))
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [len(values)]}
+        if binary:
+            blob = (struct.pack(f"<{len(values)}{fmt}", *values) if fmt else
+                    b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in values))
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = values
+        inputs.append(tensor)
+    head = json.dumps({"inputs": inputs}).encode()
+    return head + b"".join(blobs), str(len(head)).encode() if binary else None
+
+
+def _columns(request: Any, raw: Any) -> dict[str, list[Any]]:
+    columns = known_columns(request, raw, oip._INPUT_TEXT, oip.REQUIRED)
+    assert columns is not None  # well-formed tensors: only their elements break rules here
+    return columns
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(line, min_size=1, max_size=24), binary=st.booleans())
+def test_the_compiled_path_answers_as_the_checked_one(rows: list[tuple[Any, ...]], binary: bool) -> None:
+    body, header = _body(rows, binary)
+    request, raw = parse_request(body, header)
+    fast = oip.compiled_baskets(_columns(request, raw), LIMITS)
+    try:
+        checked = oip._checked_baskets(request, raw, LIMITS)
+    except ApiError as exc:  # a limit, a mangled code: refused by both, named by the checked path
+        assert fast is None
+        with pytest.raises(ApiError, match=re.escape(exc.message)):
+            oip.baskets_from(request, raw, LIMITS)
+        return
+    assert fast is not None and fast == checked == oip.baskets_from(request, raw, LIMITS)
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda r: r.__setitem__(0, ("", *r[0][1:])), "input 'basket_id' element 0: must not be empty"),
+    (lambda r: r.__setitem__(1, (r[1][0], "P" * 9, *r[1][2:])), "at most 8 characters"),
+    (lambda r: r.__setitem__(1, (r[1][0], "1E+5", *r[1][2:])), "spreadsheet-mangled"),
+    (lambda r: r.__setitem__(0, (*r[0][:2], 0.0, *r[0][3:])), "input 'price' element 0: must be a number greater"),
+    (lambda r: r.__setitem__(0, (*r[0][:4], "w" * 9, r[0][5])), "input 'category' element 0"),
+    (lambda r: r.extend([("a", "P1", 1.0, 1, "", "")] * 5), "more than 5 lines"),
+    (lambda r: r.extend([(b, "P1", 1.0, 1, "", "") for b in "wxyz"]), "more than 4 baskets"),
+])
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_broken_rule_leaves_the_compiled_path_for_the_checked_one(change: Any, says: str, binary: bool) -> None:
+    rows: list[tuple[Any, ...]] = [("a", "P1", 1.5, 2, "x", "y"), ("b", "P2", 2.0, 1, "", "z")]
+    change(rows)
+    body, header = _body(rows, binary)
+    request, raw = parse_request(body, header)
+    assert oip.compiled_baskets(_columns(request, raw), LIMITS) is None
+    with pytest.raises(ApiError, match=re.escape(says)):
+        oip.baskets_from(request, raw, LIMITS)
