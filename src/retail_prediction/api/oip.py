@@ -238,11 +238,13 @@ def register_oip(app: FastAPI, service: PredictionService, settings: Settings, l
     async def infer(request: Request) -> Response:
         """Classify the baskets of a long-form batch (JSON, or binary tensor data)."""
         model = model_for(request)
+        header_length = None
         for header, value in request.scope["headers"]:
-            if header == _CONTENT_ENCODING and value.strip().lower() != b"identity":
+            if header == HEADER_LENGTH and header_length is None:
+                header_length = value
+            elif header == _CONTENT_ENCODING and value.strip().lower() != b"identity":
                 raise bad(f"Content-Encoding {value.decode('latin-1')[:20]!r} is not supported: send the body "
                           "uncompressed")
-        header_length = next((v for h, v in request.scope["headers"] if h == HEADER_LENGTH), None)
         parsed, raw = parse_request(await read_body(request, settings.max_body_bytes, require_json=False),
                                     header_length)
         names, binary = _binary_outputs(parsed)
