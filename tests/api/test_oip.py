@@ -155,6 +155,7 @@ def _bytes(*values: bytes) -> bytes:
     (_binary_body([("basket_id", "BYTES", _bytes(b"a") + b"\xff\xff", 1)]), "split", "bytes left after"),
     (_binary_body([("basket_id", "BYTES", struct.pack("<I", 1 << 30), 1)]), "split", "bytes declared"),
     (_binary_body([("basket_id", "BYTES", _bytes(b"\xff\xfe"), 1)]), "split", "not UTF-8 text"),
+    (_binary_body([("basket_id", "BYTES", _bytes(b"a"), 10**30)]), "split", "cannot hold 10000000000000000000"),
     (_binary_body([("price", "FP64", b"\x00" * 12, 2)]), "split", "12 bytes of binary data for 2 FP64"),
     (b'{"inputs": [' + json.dumps(GOOD[:2])[1:-1].encode() + b', ' + json.dumps(GOOD[3]).encode()
      + b', {"name": "quantity", "datatype": "INT64", "shape": [2], "data": [1, 1' + b"0" * 400 + b"]}]}",

@@ -120,6 +120,8 @@ def known_columns(request: InferRequest, raw: dict[str, memoryview], text_inputs
             if type(values) is not list or len(values) != shape[0]:
                 return None
         elif text:
+            if shape[0] * 4 > len(data):  # each element takes 4 bytes at least (and a C size must hold n)
+                return None
             try:
                 values = split_bytes(data, shape[0])
             except WireError:
@@ -197,6 +199,8 @@ def _json_list(tensor: Tensor, n: int) -> list[Any]:
 
 
 def _binary_strings(name: str, raw: memoryview, n: int) -> list[str]:
+    if n * 4 > len(raw):  # each element takes 4 bytes at least (and a C size must hold n)
+        raise bad(f"input '{name}': {len(raw)} bytes of binary data cannot hold {n} BYTES elements")
     try:
         return split_bytes(raw, n)
     except WireError as exc:
