@@ -1,14 +1,15 @@
 """The registry's two identities, proven on a real S3 server (SeaweedFS) as `test_iam.py` proves the read policy:
 
 * the promoter (CI or an operator) holds `deploy/iam/model-promote-policy.json` rendered with the registry's
-  prefix: it pushes, lists, promotes and rolls back, and writes nothing outside ``versions/``, ``current/`` and
-  ``history/`` of that prefix;
+  prefix: it pushes, lists, promotes and rolls back (holding the lock under ``locks/``), and writes nothing
+  outside ``versions/``, ``current/``, ``history/`` and ``locks/`` of that prefix;
 * the serving identity holds `model-read-policy.json` rendered with ``<registry prefix>/current`` as its prefix:
   it reads and lists ``current/`` and nothing else of the registry (no version, no history, no write).
 
 How faithful the translation is, beyond `test_iam.py`'s notes: ``s3:PutObject`` on ``B/P/*`` becomes SeaweedFS's
 ``Write:B/P/*``, which also allows DeleteObject on those keys (SeaweedFS has no separate delete action), so
-"no delete" is proven on the policy text (no ``s3:Delete*`` granted), not on the server. The policy's condition
+"no delete but the lock's" is proven on the policy text (``s3:DeleteObject`` on ``locks/*`` only), not on the
+server. The policy's condition
 that writes under ``versions/`` and ``history/`` carry ``If-None-Match`` (AWS enforces it: an overwrite without
 the header is denied) is not modelled by SeaweedFS; the registry always sends the header there, and SeaweedFS
 honours the header itself (a second create is ``PreconditionFailed``), which the tests below rely on.
@@ -45,10 +46,11 @@ def statements(doc: dict[str, Any]) -> list[tuple[str, list[str], dict[str, Any]
 
 
 def promoter_actions(doc: dict[str, Any]) -> list[str]:
-    """`seaweedfs_actions` plus ``s3:PutObject`` -> ``Write`` (see the module docstring for what it loses)."""
+    """`seaweedfs_actions` plus ``s3:PutObject`` and ``s3:DeleteObject`` -> ``Write`` (see the module docstring
+    for what it loses)."""
     writes, others = [], []
     for st in doc["Statement"]:
-        (writes if st["Action"] == "s3:PutObject" else others).append(st)
+        (writes if st["Action"] in ("s3:PutObject", "s3:DeleteObject") else others).append(st)
     out = seaweedfs_actions({"Statement": others})
     for st in writes:
         if st.get("Condition") not in (None, CREATE_ONLY) or {"NotAction", "NotResource"} & set(st):
@@ -65,10 +67,12 @@ def promoter_actions(doc: dict[str, Any]) -> list[str]:
 def test_promote_policy_is_least_privilege() -> None:
     grants = statements(rendered("model-promote-policy.json"))
     arn = f"arn:aws:s3:::{BUCKET}/{PREFIX}"
-    assert {a for a, _, _ in grants} == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}, "no delete, no ACLs"
+    assert {a for a, _, _ in grants} == {"s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:DeleteObject"}
     puts = {(r, json.dumps(c)) for a, rs, c in grants if a == "s3:PutObject" for r in rs}
     assert puts == {(f"{arn}/versions/*", json.dumps(CREATE_ONLY)), (f"{arn}/history/*", json.dumps(CREATE_ONLY)),
-                    (f"{arn}/current/*", "null")}
+                    (f"{arn}/locks/*", json.dumps(CREATE_ONLY)), (f"{arn}/current/*", "null")}
+    # Deletes: the promotion lock only (never a version, the history or the served model).
+    assert [(r, c) for a, r, c in grants if a == "s3:DeleteObject"] == [([f"{arn}/locks/*"], None)]
     assert [(r, c) for a, r, c in grants if a == "s3:GetObject"] == [([f"{arn}/*"], None)]
     assert [(r, c) for a, r, c in grants if a == "s3:ListBucket"] == [
         ([f"arn:aws:s3:::{BUCKET}"], {"StringLike": {"s3:prefix": [f"{PREFIX}/*"]}})]
@@ -79,7 +83,8 @@ def test_serving_policy_rendered_for_the_registry_reads_current_only() -> None:
         f"Read:{BUCKET}/{PREFIX}/current/*", f"List:{BUCKET}/{PREFIX}/current/*"]
     assert promoter_actions(rendered("model-promote-policy.json")) == [
         f"Read:{BUCKET}/{PREFIX}/*", f"List:{BUCKET}/{PREFIX}/*", f"Write:{BUCKET}/{PREFIX}/versions/*",
-        f"Write:{BUCKET}/{PREFIX}/history/*", f"Write:{BUCKET}/{PREFIX}/current/*"]
+        f"Write:{BUCKET}/{PREFIX}/history/*", f"Write:{BUCKET}/{PREFIX}/locks/*", f"Write:{BUCKET}/{PREFIX}/current/*",
+        f"Write:{BUCKET}/{PREFIX}/locks/*"]
 
 
 @pytest.fixture(scope="module")

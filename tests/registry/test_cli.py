@@ -14,7 +14,7 @@ import pytest
 
 from conftest import Weeks
 from retail_prediction.artifact.archive import sha256_file
-from s3server import MODELS_BUCKET
+from s3server import MODELS_BUCKET, S3Server
 
 from .conftest import Models
 
@@ -24,8 +24,8 @@ def run(env: dict[str, str] | None, *args: str | Path) -> subprocess.CompletedPr
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_registry_commands_on_s3(s3_env: Callable[..., dict[str, str]], models: Models, worse_model: Path,
-                                 weeks: Weeks, tmp_path: Path) -> None:
+def test_registry_commands_on_s3(s3_env: Callable[..., dict[str, str]], s3_server: S3Server, models: Models,
+                                 worse_model: Path, weeks: Weeks, tmp_path: Path) -> None:
     env, root = s3_env(), f"s3://{MODELS_BUCKET}/cli-{uuid.uuid4().hex[:8]}"
     for archive in (models.v1, worse_model):
         pushed = run(env, "push", archive, "--root", root, "--by", "ci")
@@ -51,6 +51,15 @@ def test_registry_commands_on_s3(s3_env: Callable[..., dict[str, str]], models: 
 
     nothing = run(env, "rollback", "--root", root)
     assert nothing.returncode == 2 and "nothing to roll back to" in nothing.stderr and "Traceback" not in nothing.stderr
+
+    run(env, "push", models.v2, "--root", root)
+    s3_server.client().put_object(Bucket=MODELS_BUCKET, Key=f"{root.split('/', 3)[3]}/locks/current.json",
+                              Body=b'{"kind": "promote", "version": "v9", "by": "bob", "host": "h", "at": "t"}')
+    held = run(env, "promote", "v2", "--root", root)
+    assert held.returncode == 2 and "another promote (v9, by bob on h, since t) holds" in held.stderr
+    unlocked = run(env, "unlock", "--root", root)
+    assert unlocked.returncode == 0 and '"by": "bob"' in unlocked.stderr
+    assert run(env, "promote", "v2", "--root", root).returncode == 0
 
 
 @pytest.mark.parametrize(("args", "message"), [

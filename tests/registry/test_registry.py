@@ -211,23 +211,65 @@ def test_s3_create_only_is_enforced_by_the_server(make_s3_root: Callable[..., S3
     assert root.read_json("probe.json") == {"n": 3}
 
 
+def test_one_promote_at_a_time(root: Root, models: Models, tmp_path: Path) -> None:
+    """While v3 is being fetched and verified, another promote (or rollback) is refused, naming the one that
+    holds the registry, and writes nothing; v3's promote then completes and the lock is gone."""
+    v3 = reversion(models.v1, tmp_path / "v3.tar.gz", "v3")
+    for archive in (models.v1, models.v2, v3):
+        ops.push(root, archive)
+    ops.promote(root, "v1", tmp_path / "first")
+    fetch = root.fetch_archive
+    refused: list[str] = []
+
+    def fetch_while_another_promotes(rel: str, dest_dir: Path) -> Path:
+        if rel == ops.archive_key("v3"):
+            for other in (lambda: ops.promote(root, "v2", tmp_path / "other", by="bob"),
+                          lambda: ops.rollback(root, tmp_path / "other", by="bob")):
+                with pytest.raises(ops.RegistryError) as held:
+                    other()
+                refused.append(str(held.value))
+        return fetch(rel, dest_dir)
+
+    root.fetch_archive = fetch_while_another_promotes  # type: ignore[method-assign]
+    ops.promote(root, "v3", tmp_path / "mine", by="alice")
+    assert len(refused) == 2 and all("another promote (v3, by alice" in m and "registry unlock" in m for m in refused)
+    assert current_sha(root, tmp_path) == sha256_file(v3)
+    assert [root.read_json(k)["version"] for k in root.list("history")] == ["v1", "v3"]
+    assert not root.exists(ops.LOCK)
+
+
+def test_a_lock_is_released_on_failure_and_a_dead_ones_is_removed(root: Root, models: Models,
+                                                                   tmp_path: Path) -> None:
+    ops.push(root, models.v1)
+    with pytest.raises(ops.RegistryError, match="no version v9"):
+        ops.promote(root, "v9", tmp_path)
+    assert not root.exists(ops.LOCK)
+    root.write_json(ops.LOCK, {"kind": "promote", "version": "v1", "by": "ci", "host": "pod-1", "at": "2026-12-01"})
+    with pytest.raises(ops.RegistryError, match=r"another promote \(v1, by ci on pod-1, since 2026-12-01\)"):
+        ops.promote(root, "v1", tmp_path)
+    assert ops.unlock(root) == {"kind": "promote", "version": "v1", "by": "ci", "host": "pod-1", "at": "2026-12-01"}
+    assert ops.unlock(root) is None
+    ops.promote(root, "v1", tmp_path)
+    assert not root.exists(ops.LOCK)
+
+
 def test_a_promote_that_lost_a_race_writes_nothing(root: Root, models: Models, tmp_path: Path) -> None:
-    """While v3 is being fetched and verified, another promote makes v2 current: v3's promote then refuses
-    instead of silently replacing what the other one promoted."""
+    """A writer that ignores the lock replaces current/ while v3 is being checked: v3's promote then refuses
+    instead of silently replacing what the other one wrote."""
     v3 = reversion(models.v1, tmp_path / "v3.tar.gz", "v3")
     for archive in (models.v1, models.v2, v3):
         ops.push(root, archive)
     ops.promote(root, "v1", tmp_path / "first")
     fetch = root.fetch_archive
 
-    def fetch_while_another_promotes(rel: str, dest_dir: Path) -> Path:
+    def fetch_while_another_writes(rel: str, dest_dir: Path) -> Path:
         if rel == ops.archive_key("v3"):
-            root.fetch_archive = fetch  # type: ignore[method-assign]
-            ops.promote(root, "v2", tmp_path / "other")  # the other promoter, in between
+            root.put_archive(ops.CURRENT, models.v2, sha256_file(models.v2))
         return fetch(rel, dest_dir)
 
-    root.fetch_archive = fetch_while_another_promotes  # type: ignore[method-assign]
+    root.fetch_archive = fetch_while_another_writes  # type: ignore[method-assign]
     with pytest.raises(ops.RegistryError, match="changed while version v3 was being checked"):
         ops.promote(root, "v3", tmp_path / "mine")
     assert current_sha(root, tmp_path) == sha256_file(models.v2)
-    assert [root.read_json(k)["version"] for k in root.list("history")] == ["v1", "v2"]
+    assert [root.read_json(k)["version"] for k in root.list("history")] == ["v1"]
+    assert not root.exists(ops.LOCK)

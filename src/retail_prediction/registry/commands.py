@@ -1,4 +1,4 @@
-"""`retail-prediction registry push|list|promote|rollback`: arguments, and what each prints.
+"""`retail-prediction registry push|list|promote|rollback|unlock`: arguments, and what each prints.
 
 The parser is built without importing the registry's operations (they load ONNX Runtime), so ``--help``
 stays fast. Exit codes: 0 done, 2 refused or failed (the message names the root, version or file),
@@ -29,7 +29,7 @@ def _max_drop(text: str) -> float:
 
 
 def add_parser(sub: Any, limits: argparse.ArgumentParser) -> None:
-    """Add ``registry`` and its four commands to the CLI's subparsers."""
+    """Add ``registry`` and its commands to the CLI's subparsers."""
     root = argparse.ArgumentParser(add_help=False)
     root.add_argument("--root", default=os.environ.get(ROOT_ENV), required=not os.environ.get(ROOT_ENV),
                       help=f"a folder or s3://bucket/prefix (default: ${ROOT_ENV})")
@@ -50,6 +50,8 @@ def add_parser(sub: Any, limits: argparse.ArgumentParser) -> None:
     pr.add_argument("--max-drop", type=_max_drop, default=0.002,
                     help="refuse if accuracy or macro-F1 falls more than this below current's (default: 0.002)")
     rsub.add_parser("rollback", parents=[root, by, limits], help="re-promote the version before the current one")
+    rsub.add_parser("unlock", parents=[root],
+                    help="remove the lock of a promote or rollback that died (only one runs at a time)")
 
 
 def _say(message: str) -> None:
@@ -103,6 +105,10 @@ def run(args: argparse.Namespace, limits: Any) -> int:
                 entry = ops.promote(root, args.version, workdir, gate_data=args.gate_data, max_drop=args.max_drop,
                                     by=args.by, limits=limits)
                 _report(entry, root.uri)
+            elif args.registry_command == "unlock":
+                held = ops.unlock(root)
+                _say(f"removed {root.describe(ops.LOCK)}, held by {json.dumps(held)}" if held
+                     else f"no lock in {root.uri}")
             else:
                 _report(ops.rollback(root, workdir, by=args.by, limits=limits), root.uri)
         except ops.GateRefused as exc:

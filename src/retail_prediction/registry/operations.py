@@ -7,6 +7,7 @@ Layout under a root (a folder or ``s3://bucket/prefix``)::
     current/model.tar.gz              what the servers load (MODEL_URI / MODEL_KEY point here)
     current/promotion.json            who promoted what, when (informational)
     history/<UTC time>-<version>.json one record per promotion or rollback (S3 has no append)
+    locks/current.json                held while a promote or rollback runs: one at a time
 
 Which version is current is read from ``current/model.tar.gz`` itself (its SHA-256 against the versions'
 records), not from promotion.json or the history: a promote interrupted after the model was replaced but
@@ -18,7 +19,9 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +34,7 @@ from .gate import GateResult, run_gate
 from .root import Root
 
 CURRENT = "current/model.tar.gz"
+LOCK = "locks/current.json"
 PROMOTION = "current/promotion.json"
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -211,12 +215,47 @@ def _verified_candidate(root: Root, version: str, state: State, workdir: Path,
 
 
 def promote(root: Root, version: str, workdir: Path, *, gate_data: Sequence[str | Path] = (),
-            max_drop: float = 0.002, by: str | None = None, limits: ArtifactLimits | None = None,
-            kind: str = "promote") -> dict[str, Any]:
+            max_drop: float = 0.002, by: str | None = None, limits: ArtifactLimits | None = None) -> dict[str, Any]:
     """Verify version ``version``, gate it (if gate data is given) against what serves now, then replace
-    ``current/model.tar.gz`` in one atomic write and record the promotion. Any failure before that write
-    leaves the current model serving untouched. Returns the history record."""
+    ``current/model.tar.gz`` in one atomic write and record the promotion, holding the registry's lock. Any
+    failure before that write leaves the current model serving untouched. Returns the history record."""
     _check_version(version, root.uri)
+    with _exclusive(root, "promote", version, by):
+        return _promote(root, version, workdir, gate_data=gate_data, max_drop=max_drop, by=by, limits=limits)
+
+
+@contextmanager
+def _exclusive(root: Root, kind: str, version: str | None, by: str | None) -> Iterator[None]:
+    """One promote or rollback at a time: a lock object written create-only (If-None-Match on S3, a hard link
+    in a folder), removed when done. A lock left by a process that died is removed by `unlock`."""
+    entry = {"kind": kind, "version": version, "by": _who(by), "at": _now().isoformat(),
+             "host": socket.gethostname(), "pid": os.getpid()}
+    try:
+        root.write_json(LOCK, entry, create_only=True)
+    except StoreError as exc:
+        if exc.reason != "conflict":
+            raise
+        held = root.read_json(LOCK) or {}
+        raise RegistryError(
+            f"another {held.get('kind', 'promote')} ({held.get('version')}, by {held.get('by')} on "
+            f"{held.get('host')}, since {held.get('at')}) holds {root.describe(LOCK)}: nothing was written; wait "
+            f"for it, or if it died, `retail-prediction registry unlock --root {root.uri}`") from None
+    try:
+        yield
+    finally:
+        root.delete(LOCK)
+
+
+def unlock(root: Root) -> dict[str, Any] | None:
+    """Remove the lock a promote or rollback that died left behind; returns what it said (None: no lock)."""
+    held = root.read_json(LOCK)
+    root.delete(LOCK)
+    return held
+
+
+def _promote(root: Root, version: str, workdir: Path, *, gate_data: Sequence[str | Path] = (),
+             max_drop: float = 0.002, by: str | None = None, limits: ArtifactLimits | None = None,
+             kind: str = "promote") -> dict[str, Any]:
     state = read_state(root, workdir)
     if state.current == version:
         raise RegistryError(f"version {version} is already current in {root.uri}", exit_code=0)
@@ -243,12 +282,13 @@ def promote(root: Root, version: str, workdir: Path, *, gate_data: Sequence[str 
 def rollback(root: Root, workdir: Path, *, by: str | None = None,
              limits: ArtifactLimits | None = None) -> dict[str, Any]:
     """Re-promote the version that served before the current one, without a gate."""
-    state = read_state(root, workdir)
-    if state.current is None:
-        raise RegistryError(f"nothing to roll back in {root.uri}: no current version"
-                            + (" (current/ holds an archive no version matches)" if state.unknown_current else ""))
-    stack = _serving_stack(state)
-    if len(stack) < 2:
-        raise RegistryError(f"nothing to roll back to in {root.uri}: {state.current} is the first version "
-                            "promoted")
-    return promote(root, stack[-2], workdir, by=by, limits=limits, kind="rollback")
+    with _exclusive(root, "rollback", None, by):
+        state = read_state(root, workdir)
+        if state.current is None:
+            raise RegistryError(f"nothing to roll back in {root.uri}: no current version" + (
+                " (current/ holds an archive no version matches)" if state.unknown_current else ""))
+        stack = _serving_stack(state)
+        if len(stack) < 2:
+            raise RegistryError(f"nothing to roll back to in {root.uri}: {state.current} is the first version "
+                                "promoted")
+        return _promote(root, stack[-2], workdir, by=by, limits=limits, kind="rollback")

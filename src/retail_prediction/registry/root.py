@@ -81,6 +81,10 @@ class Root(ABC):
     def list(self, rel_dir: str) -> list[str]:
         """Every key under the folder ``rel_dir`` (recursively), relative to the root, sorted."""
 
+    @abstractmethod
+    def delete(self, rel: str) -> None:
+        """Remove the object at ``rel`` (nothing if there is none)."""
+
 
 def open_root(text: str) -> Root:
     """``s3://bucket[/prefix]`` -> `S3Root`; a path or ``file://`` URI -> `LocalRoot`. ValueError if malformed."""
@@ -186,6 +190,11 @@ class LocalRoot(Root):
             found = [p for p in base.rglob("*") if p.is_file() and not p.name.startswith(".")]
         return sorted(p.relative_to(self.folder).as_posix() for p in found)
 
+    def delete(self, rel: str) -> None:
+        path = self._path(rel)
+        with translated(str(path), "write"):
+            path.unlink(missing_ok=True)
+
 
 # --------------------------------------------------------------------------------------------------
 # S3
@@ -260,3 +269,7 @@ class S3Root(Root):
                 keys.extend(obj["Key"] for obj in page.get("Contents", []))
         cut = len(self.key(""))
         return sorted(k[cut:] for k in keys)
+
+    def delete(self, rel: str) -> None:
+        with translated(self.describe(rel), "write"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(rel))
