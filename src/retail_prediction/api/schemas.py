@@ -159,9 +159,8 @@ class ExplainedLine(BaseModel):
 
 
 class Driver(BaseModel):
-    line: int = Field(description="The line's position in `lines`.")
+    line: int = Field(description="The line's position in `lines` (and in the request).")
     product_id: str
-    points_to: str
     contribution: float
 
 

@@ -102,6 +102,12 @@ class FeatureTables:
         return [lv.row_of for lv in self.levels]
 
     @cached_property
+    def source_names(self) -> list[str]:
+        """Where a line's class distribution comes from, by the finest level whose code the tables know: index
+        0 the product, j hierarchy level j of `levels`; the last entry (-1) none: its unit-price band."""
+        return ["product", *(f"hierarchy:{lv.name}" for lv in self.levels[1:]), "price_band"]
+
+    @cached_property
     def n_features(self) -> int:
         return len(self.feature_names())
 
@@ -234,15 +240,9 @@ def line_distributions(lines: Lines, enc: Encoded, tables: FeatureTables) -> tup
     global prior through the price band and each hierarchy level to the product, skipping every level
     whose code is unknown.
     """
-    return encoded_distributions(enc, lines.spend, lines.quantity, tables)
-
-
-def encoded_distributions(enc: Encoded, spend: np.ndarray, quantity: np.ndarray,
-                          tables: FeatureTables) -> tuple[np.ndarray, np.ndarray]:
-    """`line_distributions` of lines already looked up in the tables (`enc`), given their spend and quantity."""
     n = enc.level_rows.shape[1]
     p, evidence = np.empty((n, tables.n_classes)), np.empty(n)
-    kernel.line_distributions(enc.level_rows, as_f64(spend), as_f64(quantity), tables.edges,
+    kernel.line_distributions(enc.level_rows, as_f64(lines.spend), as_f64(lines.quantity), tables.edges,
                                         *tables.stacked, tables.prior_share, tables.prior_strength, p, evidence)
     return p, evidence
 

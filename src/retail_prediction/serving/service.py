@@ -139,7 +139,7 @@ class PredictionService:
         """Why each basket got its answer's label (asked with `explain=true`; never cached): inline for a
         request's worth of lines, in a worker thread for a large batch."""
         classes = model.predictor.classes
-        best = np.array([classes.index(answer["label"]) for answer in scored], dtype=np.int64)
+        best = [classes.index(answer["label"]) for answer in scored]
         items = [b.basket_items for b in baskets]
         if sum(map(len, items)) <= INLINE_MAX_LINES:
             return model.predictor.explain(items, best)
