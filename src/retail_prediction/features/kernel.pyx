@@ -431,6 +431,15 @@ cdef _LineSink _sink(tuple hierarchy_fields, list row_of, Py_ssize_t n):
     return sink
 
 
+cdef void _fill_into(_LineSink sink, list baskets, int* ints, double* doubles, unsigned char* named) except *:
+    """Fills malloc'ed line arrays from client baskets: basket, then the code rows, in `ints`; quantity, then spend,
+    in `doubles`; `named`. MemoryError if an allocation failed (a NULL)."""
+    if ints == NULL or doubles == NULL or named == NULL:
+        raise MemoryError()
+    sink.basket, sink.rows, sink.quantity, sink.spend, sink.named = ints, ints + sink.n, doubles, doubles + sink.n, named
+    _fill(sink, baskets)
+
+
 def client_lines(list baskets, tuple hierarchy_fields, list row_of, int[::1] basket, double[::1] quantity,
                  double[::1] spend, int[:, ::1] level_rows, unsigned char[::1] named):
     """Client baskets -> the line table the loops above take, looking each code up as it goes.
@@ -483,10 +492,7 @@ def client_features(list baskets, tuple hierarchy_fields, list row_of, KernelTab
     doubles = <double*> calloc(2 * n + nb * (width + k) + 5 * k, sizeof(double))
     named = <unsigned char*> malloc(n + 1)
     try:
-        if ints == NULL or doubles == NULL or named == NULL:
-            raise MemoryError()
-        sink.basket, sink.rows, sink.quantity, sink.spend, sink.named = ints, ints + n, doubles, doubles + n, named
-        _fill(sink, baskets)
+        _fill_into(sink, baskets, ints, doubles, named)
         with nogil:
             _add_lines(ints + n, n, levels, doubles + n, doubles, ints, &t.c, doubles + 2 * n,
                        doubles + 2 * n + nb * width, doubles + 2 * n + nb * (width + k))
@@ -641,10 +647,7 @@ def client_explain(list baskets, tuple hierarchy_fields, list row_of, KernelTabl
     doubles = <double*> malloc((5 * n + k + 1) * sizeof(double))
     named = <unsigned char*> malloc(n + 1)
     try:
-        if ints == NULL or doubles == NULL or named == NULL:
-            raise MemoryError()
-        sink.basket, sink.rows, sink.quantity, sink.spend, sink.named = ints, ints + n, doubles, doubles + n, named
-        _fill(sink, baskets)
+        _fill_into(sink, baskets, ints, doubles, named)
         for b in range(nb):
             ints[(3 + levels) * n + b] = <int> predicted[b]
         if n:
