@@ -168,8 +168,8 @@ class Explanation(BaseModel):
     """Why the basket got its class: the evidence the featurization feeds the model, per line (docs/api.md)."""
 
     class_: str = Field(alias="class", description="The class explained: the predicted one.")
-    prior: float = Field(description="The class's share among the training baskets: the evidence of a line "
-                         "that says nothing.")
+    prior: float = Field(description="The class's share among the training baskets: where every line's "
+                         "distribution starts, before its price band, hierarchy and product pull it.")
     evidence: float = Field(description="The mean over the lines of their probability of the class "
                             "(the model's `p_mean_<class>` feature) = prior + sum of the contributions.")
     lines: list[ExplainedLine] = Field(description="Every line, in the request's order.")
