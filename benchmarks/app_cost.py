@@ -39,16 +39,17 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def scope(method: str, path: str, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
+def scope(method: str, path: str, body: bytes, extra: list[tuple[bytes, bytes]] | None = None,
+          query: bytes = b"") -> dict[str, Any]:
     headers = [(b"host", b"bench"), (b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()), *(extra or [])]
     return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query, "root_path": "",
             "headers": headers, "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000), "state": {}}
 
 
 async def call(app: Any, method: str, path: str, body: bytes = b"",
-               extra: list[tuple[bytes, bytes]] | None = None) -> None:
+               extra: list[tuple[bytes, bytes]] | None = None, query: bytes = b"") -> bytes:
     delivered = False
 
     async def receive() -> dict[str, Any]:
@@ -59,15 +60,19 @@ async def call(app: Any, method: str, path: str, body: bytes = b"",
         return {"type": "http.request", "body": body, "more_body": False}
 
     status = 0
+    chunks: list[bytes] = []
 
     async def send(message: dict[str, Any]) -> None:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
+        else:
+            chunks.append(message.get("body", b""))
 
-    await app(scope(method, path, body, extra), receive, send)
+    await app(scope(method, path, body, extra, query), receive, send)
     if status != 200:
         raise RuntimeError(f"{method} {path}: status {status}")
+    return b"".join(chunks)
 
 
 async def per_request(run: Callable[[int], Awaitable[Any]], n: int, batch: int = 1) -> float:

@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", type=Path, required=True)
     pr.add_argument("--data", nargs="+", required=True)
     pr.add_argument("--out", type=Path, required=True)
+    pr.add_argument("--explain", action="store_true",
+                    help="also write each basket's explanation (as POST /predict?explain=true gives it) as JSON "
+                    "lines to OUT's name with .explanations.jsonl")
 
     pu = sub.add_parser("publish", help="upload model.tar.gz to S3 (AWS_ENDPOINT_URL_S3 honoured)",
                         parents=[limits])
@@ -153,7 +156,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from .training.scoring import predict_files
 
-    n, seconds = predict_files(args.model, args.data, args.out, progress=_say, limits=_limits(args))
+    n, seconds = predict_files(args.model, args.data, args.out, progress=_say, limits=_limits(args),
+                               explain=args.explain)
     _say(f"scored {n:,} baskets in {seconds:.2f}s ({n / max(seconds, 1e-9):,.0f} baskets/s) -> {args.out}")
 
 

@@ -58,7 +58,7 @@ def test_build_a_basket_and_predict(browser: Any, start_api: Callable[..., ApiPr
     last.locator("[name=category]").fill("snacks")
     sync_api.expect(rows).to_have_count(3)
 
-    with page.expect_response(lambda r: r.url.endswith("/predict")) as answer:
+    with page.expect_response(lambda r: r.url.endswith("/predict?explain=true")) as answer:
         page.click("#predict")
     body = answer.value.json()
     assert answer.value.status == 200, body
@@ -66,6 +66,20 @@ def test_build_a_basket_and_predict(browser: Any, start_api: Callable[..., ApiPr
     sync_api.expect(page.locator("#result-name")).to_have_text(body["label_name"])
     assert page.locator("#chart rect").count() == len(body["probabilities"])
     assert "1 unknown product" in page.locator("#result-meta").inner_text()
+    # The explanation: every line tinted by the class it points to, the drivers listed under the prediction.
+    why = body["explanation"]
+    assert [rows.nth(i).get_attribute("data-points-to") for i in range(3)] == [
+        line["points_to"] for line in why["lines"]]
+    assert all(rows.nth(i).evaluate("r => r.style.backgroundColor") != "" for i in range(3))
+    assert why["lines"][2]["source"] == "price_band" and "price band" in (rows.nth(2).get_attribute("title") or "")
+    sync_api.expect(page.locator("#drivers-class")).to_have_text(body["label"])
+    for side in ("drivers_for", "drivers_against"):
+        items = page.locator(f"#{side.replace('_', '-')} li[data-line]")
+        sync_api.expect(items).to_have_count(len(why[side]))
+        for i, driver in enumerate(why[side]):
+            assert items.nth(i).get_attribute("data-line") == str(driver["line"])
+            assert driver["product_id"] in items.nth(i).inner_text()
+    assert why["drivers_for"] or why["drivers_against"]
     assert page.locator("#info dd").first.inner_text() == body["model_version"]
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
@@ -158,7 +172,7 @@ def test_page_at_phone_width(browser: Any, start_api: Callable[..., ApiProcess],
     sync_api.expect(page.locator("#no-result")).to_be_visible()
     # The two refused baskets are the only answers >= 400 (no 404: the favicon is there), and the browser's
     # note of them the only console errors.
-    assert seen["failed"] == [f"422 {api.url}/predict"] * 2 and seen["outside"] == []
+    assert seen["failed"] == [f"422 {api.url}/predict?explain=true"] * 2 and seen["outside"] == []
     assert [e for e in seen["errors"] if "status of 422" not in e] == []
 
 
@@ -180,7 +194,7 @@ def test_page_asks_for_a_key_when_authentication_is_on(browser: Any, start_api: 
     page.click("#use-key")
     sync_api.expect(page.locator("#status")).to_have_attribute("data-state", "ready")
     assert page.locator("#example option").count() > 1
-    with page.expect_response(lambda r: r.url.endswith("/predict")) as answer:
+    with page.expect_response(lambda r: r.url.endswith("/predict?explain=true")) as answer:
         page.click("#predict")
     assert answer.value.status == 200
     sync_api.expect(page.locator("#result")).to_be_visible()

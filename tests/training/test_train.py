@@ -114,6 +114,23 @@ def test_predict_scores_every_basket_through_the_predictor(trained_model: Path, 
     probs = np.array([[float(r[f"p_{c}"]) for c in predictor.classes] for r in rows])
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
     assert all(r["label"] == predictor.classes[int(np.argmax(p))] for r, p in zip(rows, probs, strict=True))
+    assert not (tmp_path / "pred.explanations.jsonl").exists()  # only with --explain
+
+
+def test_predict_explain_writes_each_baskets_explanation(trained_model: Path, weeks: Weeks, tmp_path: Path) -> None:
+    out = tmp_path / "pred.csv"
+    proc = _cli("predict", "--model", str(trained_model), "--data", str(weeks.later[0]), "--out", str(out), "--explain")
+    assert proc.returncode == 0, proc.stderr
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    explained = [json.loads(line) for line in (tmp_path / "pred.explanations.jsonl").read_text().splitlines()]
+    assert [(e["basket_id"], e["label"]) for e in explained] == [(r["basket_id"], r["label"]) for r in rows]
+    tables = Predictor.load(trained_model).tables
+    for e in explained:
+        why = e["explanation"]
+        assert why["class"] == e["label"] and why["lines"]
+        assert sum(line["contribution"] for line in why["lines"]) == pytest.approx(why["evidence"] - why["prior"])
+        assert {line["source"] for line in why["lines"]} <= set(tables.source_names)
 
 
 def test_inspect_and_refusal_of_a_tampered_archive(trained_model: Path, tmp_path: Path) -> None:

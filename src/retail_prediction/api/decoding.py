@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import msgspec
 
@@ -68,6 +69,23 @@ def decode_batch(body: bytes, types: RequestTypes) -> BasketBatch:
     for i, request in enumerate(batch.baskets):
         check_basket(request, f"baskets.{i}.")
     return batch
+
+
+_FLAGS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def decode_explain(query_string: bytes) -> bool:
+    """The `explain` query parameter (true/false, 1/0, yes/no, on/off), False when absent; a 422 naming it
+    otherwise. A request without a query string costs one comparison."""
+    if not query_string:
+        return False
+    values = [v for k, v in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True) if k == "explain"]
+    if not values:
+        return False
+    flag = _FLAGS.get(values[-1].strip().lower())
+    if flag is None or len(values) > 1:
+        raise invalid("explain", "must be given once, as true or false", "bool_parsing")
+    return flag
 
 
 def check_basket(request: Basket, prefix: str) -> None:

@@ -20,7 +20,7 @@ from ..serving.metrics import CONTENT_TYPE
 from ..serving.service import PredictionService
 from ..serving.settings import Settings
 from .body import read_body
-from .decoding import decode_batch, decode_predict
+from .decoding import decode_batch, decode_explain, decode_predict
 from .errors import ApiError
 from .model_info import model_info
 from .routing import Declare
@@ -48,7 +48,16 @@ def json_response(content: Any, status: int = 200) -> Response:
 
 def _request_body(name: str) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{name}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}},
+            "parameters": [EXPLAIN_PARAMETER]}
+
+
+EXPLAIN_PARAMETER = {
+    "name": "explain", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
+    "description": "Also say why: per line the class it points to, where that came from and its contribution "
+    "to the predicted class's evidence, plus the top lines for and against it (docs/api.md, 'Explanations'). "
+    "Costs about one more featurization pass; without it the answer is unchanged.",
+}
 
 
 def _static_text(name: str) -> str:
@@ -69,6 +78,7 @@ def register(app: FastAPI, service: PredictionService, types: RequestTypes, sett
     async def predict(request: Request) -> Response:
         """Classify one basket."""
         model = service.model()
+        explain = decode_explain(request.scope.get("query_string", b""))
         basket = decode_predict(await read_body(request, max_body), types)
         if log.isEnabledFor(logging.DEBUG):  # basket contents are personal data: debug level only
             log.debug("basket", extra={"request_id": request.scope["request_id"],
@@ -76,19 +86,26 @@ def register(app: FastAPI, service: PredictionService, types: RequestTypes, sett
         answer = await service.predict(model, basket)
         request.scope["model_version"] = version = model.predictor.version
         payload_log.offer(request.scope, version, (basket,), (answer,))
-        return json_response({**answer, "customer_id": basket.customer_id, "model_version": version,
-                              "request_id": request.scope["request_id"]})
+        body = {**answer, "customer_id": basket.customer_id, "model_version": version,
+                "request_id": request.scope["request_id"]}
+        if explain:
+            body["explanation"] = (await service.explain(model, (basket,), (answer,)))[0]
+        return json_response(body)
 
     @api.post("/predict/batch", response_model=BatchResponse, responses=_ERRORS, tags=["predict"],
               openapi_extra=_request_body("BatchRequest"))
     async def predict_batch(request: Request) -> Response:
         """Classify many baskets (at most MAX_BATCH_SIZE); answers come back in the same order."""
         model = service.model()
+        explain = decode_explain(request.scope.get("query_string", b""))
         batch = decode_batch(await read_body(request, max_body), types)
         answers = await service.predict_batch(model, batch.baskets)
         payload_log.offer(request.scope, model.predictor.version, batch.baskets, answers)
         predictions = [{**answer, "customer_id": basket.customer_id}
                        for answer, basket in zip(answers, batch.baskets, strict=True)]
+        if explain:
+            for prediction, why in zip(predictions, await service.explain(model, batch.baskets, answers), strict=True):
+                prediction["explanation"] = why
         request.scope["model_version"] = version = model.predictor.version
         return json_response({"predictions": predictions, "model_version": version,
                               "request_id": request.scope["request_id"]})

@@ -145,6 +145,38 @@ def json_schemas(types: RequestTypes, *more: type) -> dict[str, Any]:
 # Responses (documented in OpenAPI; the handlers serialise plain dicts with orjson for speed)
 
 
+class ExplainedLine(BaseModel):
+    product_id: str
+    points_to: str = Field(description="The class this line's evidence points to most (its likeliest class).")
+    probability: float = Field(description="The line's probability of that class.")
+    source: str = Field(description="Where the line's class distribution comes from: `product` (the product "
+                        "was seen in training), `hierarchy:<level>` (the finest hierarchy level whose code is "
+                        "known), or `price_band` (nothing known but its unit price).")
+    known: bool = Field(description="Whether the model saw this product in training.")
+    contribution: float = Field(description="(p(line, class) - prior(class)) / lines: the line's share of the "
+                                "predicted class's evidence above its prior. Sums over the lines to "
+                                "`evidence - prior`.")
+
+
+class Driver(BaseModel):
+    line: int = Field(description="The line's position in `lines` (and in the request).")
+    product_id: str
+    contribution: float
+
+
+class Explanation(BaseModel):
+    """Why the basket got its class: the evidence the featurization feeds the model, per line (docs/api.md)."""
+
+    class_: str = Field(alias="class", description="The class explained: the predicted one.")
+    prior: float = Field(description="The class's share among the training baskets: where every line's "
+                         "distribution starts, before its price band, hierarchy and product pull it.")
+    evidence: float = Field(description="The mean over the lines of their probability of the class "
+                            "(the model's `p_mean_<class>` feature) = prior + sum of the contributions.")
+    lines: list[ExplainedLine] = Field(description="Every line, in the request's order.")
+    drivers_for: list[Driver] = Field(description="Up to 3 lines with the largest positive contributions.")
+    drivers_against: list[Driver] = Field(description="Up to 3 lines with the most negative contributions.")
+
+
 class Prediction(BaseModel):
     label: str = Field(description="The predicted class: LA, MM, UM or XX.")
     label_name: str = Field(description="The class in words, e.g. 'Mid market'.")
@@ -155,6 +187,7 @@ class Prediction(BaseModel):
     customer_id: str | None = Field(
         description="The request's customer_id, echoed back; null when the request has none. Every answer "
         "(POST /predict, each item of POST /predict/batch) carries it.")
+    explanation: Explanation | None = Field(None, description="Only with `?explain=true`: why this class.")
 
 
 class PredictResponse(Prediction):

@@ -102,6 +102,12 @@ class FeatureTables:
         return [lv.row_of for lv in self.levels]
 
     @cached_property
+    def source_names(self) -> list[str]:
+        """Where a line's class distribution comes from, by the finest level whose code the tables know: index
+        0 the product, j hierarchy level j of `levels`; the last entry (-1) none: its unit-price band."""
+        return ["product", *(f"hierarchy:{lv.name}" for lv in self.levels[1:]), "price_band"]
+
+    @cached_property
     def n_features(self) -> int:
         return len(self.feature_names())
 

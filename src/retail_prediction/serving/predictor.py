@@ -17,6 +17,7 @@ from ..artifact import members
 from ..artifact.archive import ArtifactError, ArtifactLimits, LoadedArtifact, read_artifact
 from ..contract import HIERARCHY_FIELDS, BasketLine, Lines, hierarchy_fields
 from ..features.client import client_features
+from ..features.explain import explain_clients
 from ..features.tables import FEATURE_SPEC_VERSION, FeatureTables, basket_features
 
 REQUIRED_FILES = ("model.onnx", "tables.npz", "feature_spec.json", "metadata.json")
@@ -115,6 +116,11 @@ class Predictor:
                           np.zeros((0, self.tables.n_features), dtype=np.float32))
         features, unknown = client_features(baskets, self.tables)
         return Scores(self.predict_features(features), unknown[:, 0], unknown[:, 1], features)
+
+    def explain(self, baskets: Sequence[Mapping[str, Any] | Sequence[Any]],
+                best: Sequence[int]) -> list[dict[str, Any]]:
+        """Per basket, why it got class `best[b]` (`features/explain.py`): one compiled pass over its lines, no ONNX."""
+        return explain_clients(baskets, best, self.tables)
 
     def predict_batch(self, lines: Lines, *, threads: int = 2, block: int = 1 << 15) -> np.ndarray:
         """`predict_proba` for many baskets (grouped by basket, as loaded from files), a block of baskets per task.

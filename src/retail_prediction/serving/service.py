@@ -135,6 +135,16 @@ class PredictionService:
         parts = await asyncio.gather(*(run_sync(self.score, model, chunk) for chunk in chunks))
         return [answer for part in parts for answer in part]
 
+    async def explain(self, model: LoadedModel, baskets: Sequence[Basket], scored: Sequence[Answer]) -> list[Answer]:
+        """Why each basket got its answer's label (asked with `explain=true`; never cached): inline for a
+        request's worth of lines, in a worker thread for a large batch."""
+        classes = model.predictor.classes
+        best = [classes.index(answer["label"]) for answer in scored]
+        items = [b.basket_items for b in baskets]
+        if sum(map(len, items)) <= INLINE_MAX_LINES:
+            return model.predictor.explain(items, best)
+        return await run_sync(model.predictor.explain, items, best)
+
     def score(self, model: LoadedModel, baskets: Sequence[Basket]) -> list[Answer]:
         """The scoring step every call ends in: cached baskets from the LRU, the rest in one featurization and
         one ONNX run, counted in the metrics."""

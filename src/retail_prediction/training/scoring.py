@@ -17,6 +17,7 @@ from ..data import lgsr
 from ..data.reading import DataError, Progress, filter_weeks, read_transactions, table_to_baskets
 from ..serving.service import PredictionService
 from .evaluation import confusion_png, evaluation_report, markdown_report
+from .explaining import explanations_path, write_explanations
 
 SCORING_COLUMNS = (lgsr.SHOP_WEEK, lgsr.QUANTITY, lgsr.SPEND, lgsr.PROD_CODE, *lgsr.HIERARCHY,
                    lgsr.BASKET_ID)
@@ -53,8 +54,9 @@ def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = 
 
 
 def predict_files(model: Path, data: DataSpec, out: Path, *, progress: Progress | None = None,
-                  limits: ArtifactLimits | None = None) -> tuple[int, float]:
-    """Write basket_id, label, one probability per class; returns (baskets, seconds incl. reading)."""
+                  limits: ArtifactLimits | None = None, explain: bool = False) -> tuple[int, float]:
+    """Write basket_id, label, one probability per class (and with `explain`, each basket's explanation as
+    JSON lines: `explaining.explanations_path`); returns (baskets, seconds incl. reading)."""
     started = time.monotonic()
     # One ONNX thread per block: the blocks themselves run two at a time (see `Predictor.predict_batch`).
     service, served = PredictionService.for_file(model, limits=limits, intra_op_threads=1)
@@ -69,4 +71,6 @@ def predict_files(model: Path, data: DataSpec, out: Path, *, progress: Progress 
         columns[f"p_{c}"] = pa.array(np.round(proba[:, i], 6))
     out.parent.mkdir(parents=True, exist_ok=True)
     pacsv.write_csv(pa.table(columns), out)
+    if explain:
+        write_explanations(explanations_path(out), predictor, baskets.lines, baskets.basket_ids, proba)
     return baskets.lines.n_baskets, time.monotonic() - started

@@ -63,6 +63,43 @@ function clearResult() {
   $("result").hidden = true; $("no-result").hidden = false;
   $("chart").replaceChildren();
   ["result-label", "result-name", "result-meta"].forEach((id) => { $(id).textContent = ""; });
+  ["drivers-for", "drivers-against"].forEach((id) => $(id).replaceChildren());
+  [...$("lines").tBodies[0].rows].forEach((row) => {
+    delete row.dataset.pointsTo; row.style.background = ""; row.removeAttribute("title");
+  });
+}
+
+const SOURCES = { product: "known product", price_band: "unknown: its price band" };
+const percent = (p) => `${(p * 100).toFixed(1)} %`;
+const signed = (a) => `${a >= 0 ? "+" : "−"}${Math.abs(a * 100).toFixed(1)} pts`;
+
+// The explanation (POST /predict?explain=true): each line tinted by the class it points to, the lines that
+// drove the predicted class and those against it listed under the prediction.
+function showExplanation(why) {
+  const rows = [...$("lines").tBodies[0].rows];
+  why.lines.forEach((line, i) => {
+    const row = rows[i];
+    if (!row) return;
+    row.dataset.pointsTo = line.points_to;
+    row.style.background = `${COLORS[line.points_to] || "#555555"}26`;
+    const source = SOURCES[line.source] || `unknown: its ${line.source.replace("hierarchy:", "").toLowerCase()} code`;
+    row.title = `points to ${line.points_to} (${percent(line.probability)}) · ${source} · ` +
+      `${signed(line.contribution)} of ${why.class} evidence`;
+  });
+  const list = (id, drivers) => {
+    $(id).replaceChildren(...drivers.map((d) => {
+      const line = why.lines[d.line];
+      const item = el("li", { "data-line": String(d.line), "data-class": line.points_to },
+        `line ${d.line + 1}: ${d.product_id} points to ${line.points_to} (${percent(line.probability)}, ` +
+        `${SOURCES[line.source] || line.source}) · ${signed(d.contribution)}`);
+      item.style.borderLeftColor = COLORS[line.points_to] || "#555";
+      return item;
+    }));
+    if (!drivers.length) $(id).append(el("li", { class: "none" }, "none"));
+  };
+  $("drivers-class").textContent = why.class;
+  list("drivers-for", why.drivers_for);
+  list("drivers-against", why.drivers_against);
 }
 
 // The API's error in the page's words: "line 4: quantity must be a number greater than 0". The API names
@@ -122,7 +159,7 @@ async function predict() {
   $("predict").disabled = true;
   const started = performance.now();
   try {
-    const res = await fetch("/predict", {
+    const res = await fetch("/predict?explain=true", {
       method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify({ basket_items: lines }),
     });
@@ -134,6 +171,7 @@ async function predict() {
     $("result-name").textContent = body.label_name;
     $("result").hidden = false; $("no-result").hidden = true;
     drawChart(body.probabilities);
+    showExplanation(body.explanation);
     $("result-meta").textContent = `model ${body.model_version} · ${lines.length} line(s), ` +
       `${body.unknown_products} unknown product(s), ${body.unknown_categories} unknown categor(y/ies) · ` +
       `request ${body.request_id} · ${Math.round(performance.now() - started)} ms`;
