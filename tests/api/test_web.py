@@ -41,6 +41,7 @@ def test_build_a_basket_and_predict(browser: Any, start_api: Callable[..., ApiPr
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(api.url + "/")
     sync_api.expect(page.locator("#status")).to_have_attribute("data-state", "ready")
+    sync_api.expect(page.locator("#auth")).to_be_hidden()  # no key asked for when authentication is off
 
     rows = page.locator("#lines tbody tr")
     sync_api.expect(rows).to_have_count(1)
