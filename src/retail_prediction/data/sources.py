@@ -70,6 +70,8 @@ def resolve_s3(spec: str | S3Object, accept: Any) -> list[S3Object]:
     """``s3://bucket/prefix/`` (its data files, like a folder: not recursive), a glob or one object, sorted.
 
     `accept(name)` says which names in a prefix are transaction files; an object named exactly is taken as is.
+    Only what a least-privilege policy grants is asked: a listing under the prefix (never of the bucket root or
+    a HEAD of the prefix itself), and a HEAD of a named object.
     """
     if isinstance(spec, S3Object):
         return [spec]
@@ -78,15 +80,22 @@ def resolve_s3(spec: str | S3Object, accept: Any) -> list[S3Object]:
     if _GLOB.search(key):
         return _glob(filesystem, spec, bucket, key)
     with _translated(spec):
-        info = filesystem.get_file_info(f"{bucket}/{key}".rstrip("/"))
-        if info.type == fs.FileType.File and not key.endswith("/"):
+        listed = _listing(filesystem, bucket, key.rstrip("/"), recursive=False)
+        named = listed is None and key and not key.endswith("/")
+        if named and filesystem.get_file_info(f"{bucket}/{key}").type == fs.FileType.File:
             return [S3Object(bucket, key)]
-        if info.type == fs.FileType.NotFound:
-            _check_bucket(filesystem, spec, bucket)
-            raise DataError(spec, "no such object or prefix")
-        listed = filesystem.get_file_info(fs.FileSelector(info.path, recursive=False))
+    if listed is None:
+        raise DataError(spec, "no such object or prefix")
     return sorted((_object(i) for i in listed if i.type == fs.FileType.File and accept(i.base_name)),
                   key=lambda o: o.key)
+
+
+def _listing(filesystem: fs.S3FileSystem, bucket: str, prefix: str, recursive: bool) -> list[fs.FileInfo] | None:
+    """What is under ``prefix/`` (None: nothing); a missing bucket or a denial raises Arrow's OSError."""
+    try:
+        return filesystem.get_file_info(fs.FileSelector(f"{bucket}/{prefix}".rstrip("/"), recursive=recursive))
+    except FileNotFoundError:
+        return None
 
 
 def _split(uri: str) -> tuple[str, str]:
@@ -108,19 +117,10 @@ def _glob(filesystem: fs.S3FileSystem, spec: str, bucket: str, pattern: str) -> 
     recursive = "/" in pattern[len(base) + 1 if base else 0:]
     depth = pattern.count("/")
     with _translated(spec):
-        _check_bucket(filesystem, spec, bucket)
-        try:
-            listed = filesystem.get_file_info(fs.FileSelector(f"{bucket}/{base}".rstrip("/"), recursive=recursive))
-        except FileNotFoundError:
-            listed = []
+        listed = _listing(filesystem, bucket, base, recursive) or []
     found = [_object(i) for i in listed if i.type == fs.FileType.File]
     return sorted((o for o in found if o.key.count("/") == depth and fnmatch.fnmatchcase(o.key, pattern)),
                   key=lambda o: o.key)
-
-
-def _check_bucket(filesystem: fs.S3FileSystem, spec: str, bucket: str) -> None:
-    if filesystem.get_file_info(bucket).type == fs.FileType.NotFound:
-        raise DataError(spec, f"no such bucket {bucket!r} (or this identity may not see it)")
 
 
 # --------------------------------------------------------------------------------------------------
