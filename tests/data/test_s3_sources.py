@@ -199,7 +199,8 @@ def test_train_from_s3_equals_training_from_the_local_copy(s3_env: Callable[...,
      f"error: s3://{MODELS_BUCKET}/empty-prefix-x/: no such object or prefix"),
     (["--data", "s3://denied-bucket/weeks/"],
      "error: s3://denied-bucket/weeks/: access denied (the identity's IAM policy does not allow it)"),
-    (["--data", "{local}", "--out", "s3://models/"], "error: model source 's3://models/' must be s3://bucket/key naming one object"),
+    (["--data", "{local}", "--out", "s3://models/"],
+     "error: model source 's3://models/' must be s3://bucket/key naming one object"),
 ])
 def test_cli_refusals(s3_env: Callable[..., dict[str, str]], s3_server: S3Server, local_weeks: Path,
                       tmp_path: Path, args: list[str], message: str) -> None:
