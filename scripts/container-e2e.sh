@@ -481,9 +481,9 @@ train_hardened=(--rm --read-only --cap-drop ALL --security-opt no-new-privileges
   --tmpfs /tmp:rw,nosuid,nodev,size=1g -v "$TRAIN_WORK:/work")
 run_train_local() {
   "$DOCKER" run "${train_hardened[@]}" --network none --entrypoint retail-prediction "$TRAIN_IMAGE" \
-    generate --out /work/data --weeks 6 --customers 300 --seed 2 >/dev/null 2>&1 || { echo "generate failed"; return 1; }
+    generate --out /work/data --weeks 4 --customers 150 --seed 2 >/dev/null 2>&1 || { echo "generate failed"; return 1; }
   "$DOCKER" run "${train_hardened[@]}" --network none "$TRAIN_IMAGE" \
-    --data /work/data --out /work/model.tar.gz --validation-weeks 2 --threads 2 >"$TRAIN_WORK/train.json" \
+    --data /work/data --out /work/model.tar.gz --validation-weeks 1 --threads 2 >"$TRAIN_WORK/train.json" \
     2>"$TRAIN_WORK/train.log" || { tail -5 "$TRAIN_WORK/train.log"; return 1; }
   [[ "$(stat -c %u "$TRAIN_WORK/model.tar.gz")" == 10001 ]] || { echo "model not written by UID 10001"; return 1; }
   "$PYTHON" -m retail_prediction.cli inspect "$TRAIN_WORK/model.tar.gz" >/dev/null || return 1
@@ -727,7 +727,7 @@ PY
     "$DOCKER" run "${train_hardened[@]}" --network host -e "AWS_ENDPOINT_URL_S3=$S3_ENDPOINT" \
       -e "AWS_ACCESS_KEY_ID=$TRAIN_AK" -e "AWS_SECRET_ACCESS_KEY=$TRAIN_SK" -e AWS_REGION=us-east-1 \
       -e AWS_EC2_METADATA_DISABLED=true "$TRAIN_IMAGE" --data "s3://$BUCKET/e2e-training/data/" \
-      --registry "s3://$BUCKET/e2e-training/registry" --validation-weeks 2 --threads 2 \
+      --registry "s3://$BUCKET/e2e-training/registry" --validation-weeks 1 --threads 2 \
       >"$TRAIN_WORK/train-s3.json" 2>"$TRAIN_WORK/train-s3.log" || { tail -5 "$TRAIN_WORK/train-s3.log"; return 1; }
     "$PYTHON" -c 'import json, sys; d = json.load(open(sys.argv[1])); print("pushed", d["version"], "to", d["registry"])' \
       "$TRAIN_WORK/train-s3.json"
