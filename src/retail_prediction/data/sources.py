@@ -14,7 +14,7 @@ import fnmatch
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +66,7 @@ def is_s3(item: object) -> bool:
     return isinstance(item, S3Object) or (isinstance(item, str) and item.startswith("s3://"))
 
 
-def resolve_s3(spec: str | S3Object, accept: Any) -> list[S3Object]:
+def resolve_s3(spec: str | S3Object, accept: Callable[[str], bool]) -> list[S3Object]:
     """``s3://bucket/prefix/`` (its data files, like a folder: not recursive), a glob or one object, sorted.
 
     `accept(name)` says which names in a prefix are transaction files; an object named exactly is taken as is.
