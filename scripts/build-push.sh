@@ -27,8 +27,11 @@
 #                             e.g. id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt
 #   --network MODE            network for the build and the smoke container [DOCKER_NETWORK]
 #                             (engine default; with `host` the smoke test uses a free local port)
+#   --target NAME             Dockerfile stage [BUILD_TARGET]: runtime (the serving image, default) or
+#                             train (the training image; repository default retail-prediction-train; its
+#                             smoke test imports the training stack and runs `train --help`, no model)
 #   --smoke-model PATH        model.tar.gz mounted into the smoke container [SMOKE_MODEL] (required
-#                             unless --skip-smoke)
+#                             unless --skip-smoke or --target train)
 #   --smoke-body FILE         JSON body for the smoke POST /predict [SMOKE_BODY] (default: the
 #                             example of the /predict request body in the app's /openapi.json)
 #   --smoke-timeout SECONDS   how long to wait for /ready [SMOKE_TIMEOUT] (120)
@@ -42,7 +45,8 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-ap-southeast-1}}"
-REPOSITORY="${ECR_REPOSITORY:-retail-prediction-api}"
+REPOSITORY="${ECR_REPOSITORY:-}"
+TARGET="${BUILD_TARGET:-runtime}"
 ACCOUNT_ID="${AWS_ACCOUNT_ID:-}"
 REGISTRY="${REGISTRY:-}"
 ECR_ENDPOINT_URL="${ECR_ENDPOINT_URL:-}"
@@ -79,6 +83,7 @@ while [[ $# -gt 0 ]]; do
     --base-image) need_arg "$@"; BASE_IMAGE="$2"; shift 2 ;;
     --build-secret) need_arg "$@"; BUILD_SECRET="$2"; shift 2 ;;
     --network) need_arg "$@"; NETWORK="$2"; shift 2 ;;
+    --target) need_arg "$@"; TARGET="$2"; shift 2 ;;
     --smoke-model) need_arg "$@"; SMOKE_MODEL="$2"; shift 2 ;;
     --smoke-body) need_arg "$@"; SMOKE_BODY="$2"; shift 2 ;;
     --smoke-timeout) need_arg "$@"; SMOKE_TIMEOUT="$2"; shift 2 ;;
@@ -90,10 +95,14 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
+[[ "$TARGET" == runtime || "$TARGET" == train ]] || die "--target must be runtime or train, not $TARGET"
+if [[ -z "$REPOSITORY" ]]; then
+  if [[ "$TARGET" == train ]]; then REPOSITORY=retail-prediction-train; else REPOSITORY=retail-prediction-api; fi
+fi
 [[ "$REGION" =~ ^[a-z]{2}(-[a-z]+)+-[0-9]+$ ]] || die "not an AWS region: $REGION"
 [[ "$REPOSITORY" =~ ^[a-z0-9]+([._/-][a-z0-9]+)*$ ]] || die "not a valid ECR repository name: $REPOSITORY"
 [[ "$SMOKE_TIMEOUT" =~ ^[0-9]+$ ]] || die "--smoke-timeout must be a number of seconds"
-if [[ $SMOKE -eq 1 ]]; then
+if [[ $SMOKE -eq 1 && "$TARGET" == runtime ]]; then
   [[ -n "$SMOKE_MODEL" ]] || die "--smoke-model PATH is required for the smoke test (or --skip-smoke)"
   [[ -f "$SMOKE_MODEL" ]] || die "smoke model not found: $SMOKE_MODEL"
   SMOKE_MODEL="$(cd "$(dirname "$SMOKE_MODEL")" && pwd)/$(basename "$SMOKE_MODEL")"
@@ -154,7 +163,13 @@ build_cmd=("$DOCKER" build --pull=false -t "$LOCAL_IMAGE"
 [[ -n "$BASE_IMAGE" ]] && build_cmd+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
 [[ -n "$BUILD_SECRET" ]] && build_cmd+=(--secret "$BUILD_SECRET")
 [[ -n "$NETWORK" ]] && build_cmd+=(--network "$NETWORK")
+[[ "$TARGET" == train ]] && build_cmd+=(--target train)
 build_cmd+=("$CONTEXT")
+# The training image's smoke test: its stack imports (LightGBM's OpenMP, Arrow, the compiled loops) and the
+# entrypoint answers, read-only, no network, no capabilities.
+# shellcheck disable=SC2054  # the commas are tmpfs mount options
+train_smoke=("$DOCKER" run --rm --network none --read-only --cap-drop ALL --security-opt no-new-privileges
+  --tmpfs /tmp:rw,nosuid,nodev,size=64m)
 
 encryption=(--encryption-configuration encryptionType=AES256)
 [[ -n "$KMS_KEY" ]] && encryption=(--encryption-configuration "encryptionType=KMS,kmsKey=$KMS_KEY")
@@ -163,7 +178,10 @@ if [[ $DRY_RUN -eq 1 ]]; then
   echo "Plan (dry run; nothing is built or pushed):"
   echo "  commit $GIT_COMMIT  branch $GIT_BRANCH  version $VERSION  date $BUILD_DATE"
   echo "  1. DOCKER_BUILDKIT=1 ${build_cmd[*]}"
-  if [[ $SMOKE -eq 1 ]]; then
+  if [[ $SMOKE -eq 1 && "$TARGET" == train ]]; then
+    echo "  2. smoke test: ${train_smoke[*]} --entrypoint python $LOCAL_IMAGE -c 'import ...training.train';" \
+      "${train_smoke[*]} $LOCAL_IMAGE --help"
+  elif [[ $SMOKE -eq 1 ]]; then
     echo "  2. smoke test: $DOCKER run --read-only --cap-drop ALL -v $SMOKE_MODEL:/models/model.tar.gz:ro" \
       "-e MODEL_URI=/models/model.tar.gz $LOCAL_IMAGE; GET /health, /ready; POST /predict"
   else
@@ -206,7 +224,13 @@ smoke_fail() {
   die "aborting: nothing was pushed"
 }
 
-if [[ $SMOKE -eq 1 ]]; then
+if [[ $SMOKE -eq 1 && "$TARGET" == train ]]; then
+  say "smoke test: the training stack imports and \`train --help\` answers"
+  "${train_smoke[@]}" --entrypoint python "$LOCAL_IMAGE" -c \
+    "import lightgbm, sklearn, pyarrow.fs, retail_prediction.training.train" >&2 || smoke_fail "training stack import"
+  "${train_smoke[@]}" "$LOCAL_IMAGE" --help >/dev/null || smoke_fail "retail-prediction train --help"
+  say "smoke test passed"
+elif [[ $SMOKE -eq 1 ]]; then
   command -v curl >/dev/null || die "curl is needed for the smoke test"
   SMOKE_DIR="$(mktemp -d)"
   SMOKE_CONTAINER="build-push-smoke-$$"

@@ -7,7 +7,9 @@
 #   2. starts a private Docker engine (Debian's docker.io: own data-root, exec-root and socket);
 #   3. builds the image (BuildKit; the host CA bundle goes in as a build secret, never a layer);
 #   4. checks the image: size, OCI labels, HEALTHCHECK, user, no compilers/curl/pip/training libs,
-#      no tests/data/model inside;
+#      no tests/data/model inside; builds the training target (`--target train`): LightGBM, scikit-learn and
+#      Arrow present, UID 10001, entrypoint `retail-prediction train`; runs a tiny `generate` + `train` in it
+#      read-only as 10001 with no network, the work on a volume and /tmp a tmpfs;
 #   5. starts SeaweedFS (`weed mini`) on loopback unless --s3-endpoint is given, uploads the model
 #      with an admin identity and serves it to the container through an identity that may only read
 #      the model prefix (the IAM policy of deploy/iam, as SeaweedFS can express it);
@@ -15,7 +17,9 @@
 #      tmpfs on /tmp, and checks /health, /ready, a real /predict, /model/info build metadata,
 #      UID/GID 10001, no effective capabilities, read-only root, HEALTHCHECK healthy, SIGTERM stop
 #      within the grace period with exit code 0;
-#   7. the mounted-file and baked-in (derived image) model strategies reach /ready too;
+#   7. the mounted-file and baked-in (derived image) model strategies reach /ready too; the training image
+#      trains from s3:// and pushes to a registry prefix as an identity holding only the training policy
+#      (deploy/iam/training-policy.json, as SeaweedFS can express it);
 #   8. scripts/build-push.sh end to end: Debian's docker-registry as the registry, moto's server as
 #      the ECR API; the three tags must arrive and the repository must have scan-on-push+encryption.
 # Everything it started is stopped and every temp dir removed on exit (also on failure / Ctrl-C).
@@ -79,6 +83,7 @@ MAX_IMAGE_MB="${MAX_IMAGE_MB:-250}"
 STOP_GRACE="${STOP_GRACE:-30}"
 CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 IMAGE="retail-prediction-api:e2e"
+TRAIN_IMAGE="retail-prediction-train:e2e"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then PYTHON="$REPO_ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
@@ -440,6 +445,54 @@ check "image: contents (runtime only)" check_contents
 check "image: console script runs (retail-prediction --help)" \
   "$DOCKER" run --rm --network none --read-only --cap-drop ALL "$IMAGE" retail-prediction --help
 
+# ------------------------------------------------------------------------ the training image --
+log "docker build --target train -t $TRAIN_IMAGE ."
+t=$SECONDS
+if DOCKER_BUILDKIT=1 "$DOCKER" build --network host --progress plain --target train "${build_args[@]}" \
+    "${secret_args[@]}" -t "$TRAIN_IMAGE" . >"$WORK/build-train.log" 2>&1; then
+  pass "train image: docker build --target train" "$((SECONDS - t)) s"
+else
+  fail "train image: docker build --target train" "$(tail -15 "$WORK/build-train.log")"
+  exit 1
+fi
+check_train_image() {
+  local user entrypoint
+  user="$("$DOCKER" image inspect -f '{{.Config.User}}' "$TRAIN_IMAGE")"
+  entrypoint="$("$DOCKER" image inspect -f '{{json .Config.Entrypoint}}' "$TRAIN_IMAGE")"
+  [[ "$user" == "10001:10001" ]] || { echo "user=$user"; return 1; }
+  [[ "$entrypoint" == '["retail-prediction","train"]' ]] || { echo "entrypoint=$entrypoint"; return 1; }
+  "$DOCKER" run --rm --network none --read-only --cap-drop ALL --entrypoint python "$TRAIN_IMAGE" -c '
+import importlib.util as u, shutil, sys
+missing = [m for m in ("lightgbm", "sklearn", "pyarrow", "onnx", "skl2onnx", "matplotlib") if not u.find_spec(m)]
+bad = [t for t in ("gcc", "cc", "make", "curl", "wget", "pip") if shutil.which(t)]
+import lightgbm, sklearn, pyarrow.fs, retail_prediction.training.train  # loads libgomp and the kernels
+if missing or bad:
+    sys.exit(f"missing {missing}, unexpected {bad}")
+print("lightgbm", lightgbm.__version__, "sklearn", sklearn.__version__, "pyarrow", pyarrow.__version__)
+' || return 1
+  echo "user=$user entrypoint=$entrypoint"
+}
+check "train image: training stack present (the serving image's absence: above), UID 10001, entrypoint train" \
+  check_train_image
+TRAIN_WORK="$WORK/train-run"
+mkdir -p "$TRAIN_WORK" && chown 10001:10001 "$TRAIN_WORK"
+# shellcheck disable=SC2054  # the commas are tmpfs mount options
+train_hardened=(--rm --read-only --cap-drop ALL --security-opt no-new-privileges --pids-limit 256
+  --tmpfs /tmp:rw,nosuid,nodev,size=1g -v "$TRAIN_WORK:/work")
+run_train_local() {
+  "$DOCKER" run "${train_hardened[@]}" --network none --entrypoint retail-prediction "$TRAIN_IMAGE" \
+    generate --out /work/data --weeks 4 --customers 150 --seed 2 >/dev/null 2>&1 || { echo "generate failed"; return 1; }
+  "$DOCKER" run "${train_hardened[@]}" --network none "$TRAIN_IMAGE" \
+    --data /work/data --out /work/model.tar.gz --validation-weeks 1 --threads 2 >"$TRAIN_WORK/train.json" \
+    2>"$TRAIN_WORK/train.log" || { tail -5 "$TRAIN_WORK/train.log"; return 1; }
+  [[ "$(stat -c %u "$TRAIN_WORK/model.tar.gz")" == 10001 ]] || { echo "model not written by UID 10001"; return 1; }
+  "$PYTHON" -m retail_prediction.cli inspect "$TRAIN_WORK/model.tar.gz" >/dev/null || return 1
+  echo "$(tail -1 "$TRAIN_WORK/train.log"); model verified by inspect"
+}
+t=$SECONDS
+check "train image: generate + train read-only, UID 10001, no network, /tmp tmpfs (model verified)" run_train_local
+log "training run in the container: $((SECONDS - t)) s"
+
 if [[ $IMAGE_ONLY -eq 1 ]]; then
   log "--image-only: skipping the serving checks"
   exit 0
@@ -471,13 +524,17 @@ if [[ -z "$S3_ENDPOINT" ]]; then
   mkdir -p "$WORK/weed/data"
   ADMIN_AK="E2EADMIN$RANDOM$RANDOM"; ADMIN_SK="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
   API_AK="E2EAPI$RANDOM$RANDOM"; API_SK="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
+  TRAIN_AK="E2ETRAIN$RANDOM$RANDOM"; TRAIN_SK="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
   # The API identity: read the model prefix only (deploy/iam/model-read-policy.json, SeaweedFS form).
   cat >"$WORK/weed/s3.json" <<EOF
 {"identities": [
   {"name": "admin", "credentials": [{"accessKey": "$ADMIN_AK", "secretKey": "$ADMIN_SK"}],
    "actions": ["Admin", "Read", "Write", "List", "Tagging"]},
   {"name": "retail-api", "credentials": [{"accessKey": "$API_AK", "secretKey": "$API_SK"}],
-   "actions": ["Read:$BUCKET/${MODEL_PREFIX:+$MODEL_PREFIX/}*"]}
+   "actions": ["Read:$BUCKET/${MODEL_PREFIX:+$MODEL_PREFIX/}*"]},
+  {"name": "retail-train", "credentials": [{"accessKey": "$TRAIN_AK", "secretKey": "$TRAIN_SK"}],
+   "actions": ["Read:$BUCKET/e2e-training/data/*", "List:$BUCKET/e2e-training/data/*",
+               "Write:$BUCKET/e2e-training/registry/versions/*"]}
 ]}
 EOF
   declare -A WP=()
@@ -652,6 +709,32 @@ print("model readable; denied: " + "; ".join(denied))
 PY
   }
   check "s3: API identity reads the model and nothing else" check_least_privilege
+fi
+
+# ------------------------------------------- the training image: from S3 to the registry --
+if [[ -n "$WEED_PID" ]]; then
+  run_train_s3() {
+    AWS_ACCESS_KEY_ID="$ADMIN_AK" AWS_SECRET_ACCESS_KEY="$ADMIN_SK" AWS_REGION=us-east-1 \
+    AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true \
+    "$PYTHON" - "$S3_ENDPOINT" "$BUCKET" "$TRAIN_WORK/data" <<'PY' || return 1
+import pathlib, sys, boto3
+from botocore.config import Config
+endpoint, bucket, folder = sys.argv[1:]
+s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
+for path in sorted(pathlib.Path(folder).glob("transactions_*.csv.gz")):
+    s3.upload_file(str(path), bucket, f"e2e-training/data/{path.name}")
+PY
+    "$DOCKER" run "${train_hardened[@]}" --network host -e "AWS_ENDPOINT_URL_S3=$S3_ENDPOINT" \
+      -e "AWS_ACCESS_KEY_ID=$TRAIN_AK" -e "AWS_SECRET_ACCESS_KEY=$TRAIN_SK" -e AWS_REGION=us-east-1 \
+      -e AWS_EC2_METADATA_DISABLED=true "$TRAIN_IMAGE" --data "s3://$BUCKET/e2e-training/data/" \
+      --registry "s3://$BUCKET/e2e-training/registry" --validation-weeks 1 --threads 2 \
+      >"$TRAIN_WORK/train-s3.json" 2>"$TRAIN_WORK/train-s3.log" || { tail -5 "$TRAIN_WORK/train-s3.log"; return 1; }
+    "$PYTHON" -c 'import json, sys; d = json.load(open(sys.argv[1])); print("pushed", d["version"], "to", d["registry"])' \
+      "$TRAIN_WORK/train-s3.json"
+  }
+  t=$SECONDS
+  check "train image: trains from s3:// and pushes to the registry as the training identity only" run_train_s3
+  log "training from S3 in the container: $((SECONDS - t)) s"
 fi
 
 # ------------------------------------------------------ run: mounted model file (no S3) --

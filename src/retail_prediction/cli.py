@@ -67,8 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--start-week", type=_week, default=200607)
 
     t = sub.add_parser("train", help="train, validate on the latest weeks, refit and pack model.tar.gz")
-    t.add_argument("--data", nargs="+", required=True, help="folder(s), glob(s) or file(s)")
-    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--data", nargs="+", required=True,
+                   help="folder(s), glob(s) or file(s), local or s3://bucket/prefix/ (default credential chain)")
+    t.add_argument("--out", help="model.tar.gz to write: a path, or s3://bucket/key.tar.gz (verified, then "
+                                 "uploaded); optional with --registry")
+    t.add_argument("--registry", metavar="ROOT",
+                   help="also push the model to this registry root (folder or s3://bucket/prefix) under its "
+                        "version, create-only; promote it with `registry promote`")
     t.add_argument("--until-week", type=_week, help="ignore lines after this shop week")
     t.add_argument("--validation-weeks", type=int, default=13)
     t.add_argument("--seed", type=int, default=0)
@@ -132,17 +137,23 @@ def _generate(args: argparse.Namespace) -> None:
          f"{result.out_dir} ({result.seconds:.1f}s)")
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
+    from .registry.delivery import Destination
     from .training.train import TrainConfig, train
 
+    # Where the model goes is checked before hours of training, not after.
+    destination = Destination.parse(args.out, args.registry)
     config = TrainConfig(until_week=args.until_week, validation_weeks=args.validation_weeks, seed=args.seed,
                          threads=args.threads)
-    result = train(args.data, args.out, config, progress=_say)
+    with destination.local_path() as path:
+        result = train(args.data, path, config, progress=_say)
+        delivered = destination.deliver(path, progress=_say)
     v = result.validation
-    print(json.dumps({"model": str(result.path), "sha256": result.sha256, "chosen": result.chosen,
-                      "model_version": result.metadata["model_version"],
+    print(json.dumps({"model": delivered.get("uri", str(result.path)), "sha256": result.sha256,
+                      "chosen": result.chosen, "model_version": result.metadata["model_version"], **delivered,
                       "validation": {"accuracy": v["accuracy"], "macro_f1": v["macro_f1"],
                                      "unseen_accuracy": v["unseen_products"]["accuracy"]}}, indent=2))
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> None:

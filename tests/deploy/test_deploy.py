@@ -328,7 +328,8 @@ def test_dockerfile_contract() -> None:
     ins = _dockerfile_instructions()
     assert ins[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm")
     froms = [rest for word, rest in ins if word == "FROM"]
-    assert len(froms) == 2 and all(f.startswith("${BASE_IMAGE} AS ") for f in froms)
+    assert froms == ["${BASE_IMAGE} AS toolchain", "toolchain AS builder", "toolchain AS train-builder",
+                     "${BASE_IMAGE} AS train", "${BASE_IMAGE} AS runtime"], "serving stays the last (default) stage"
     final = ins[[i for i, (w, _) in enumerate(ins) if w == "FROM"][-1] :]
     words = [w for w, _ in final]
     assert ("USER", "10001:10001") in final
@@ -351,13 +352,46 @@ def test_dockerfile_contract() -> None:
     assert "--require-hashes" in text and "requirements/runtime.lock" in text
 
 
+def test_dockerfile_training_target() -> None:
+    """`--target train`: the training stack from train.lock, non-root, `retail-prediction train` as entrypoint;
+    nothing from the build context but the venv its builder made."""
+    ins = _dockerfile_instructions()
+    starts = [i for i, (w, _) in enumerate(ins) if w == "FROM"]
+    stage = {ins[i][1].split(" AS ")[1]: ins[i:j] for i, j in zip(starts, [*starts[1:], len(ins)], strict=True)}
+    train = stage["train"]
+    assert ("USER", "10001:10001") in train
+    assert ("ENTRYPOINT", '["retail-prediction", "train"]') in train, "exec form"
+    assert [rest for w, rest in train if w == "COPY"] == ["--from=train-builder /opt/venv /opt/venv"]
+    words = [w for w, _ in train]
+    assert "RUN" not in words[words.index("USER"):], "nothing runs as root after USER"
+    env = " ".join(rest for w, rest in train if w == "ENV")
+    assert "TMPDIR=/tmp" in env and "MPLCONFIGDIR=/tmp/matplotlib" in env, "writes only under /tmp (read-only root)"
+    installs = " ".join(rest for w, rest in stage["train-builder"] if w == "RUN")
+    assert "--require-hashes" in installs and "for lock in train build" in installs
+    assert "train" not in " ".join(rest for w, rest in stage["builder"] if w in ("RUN", "COPY")), \
+        "the serving venv never sees the training lock"
+
+
+def test_train_lock_is_the_runtime_lock_plus_the_train_extra() -> None:
+    """The training image's lock: every runtime pin at the same version (one numpy, one boto3 for both images),
+    every `train` extra at its pyproject pin, every package with hashes."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime, train = _lock_pins(), _lock_pins("train")
+    assert {name: pin for name, (pin, _) in runtime.items()} == {
+        name: train[name][0] for name in runtime if name in train} and set(runtime) <= set(train)
+    for dep in project["optional-dependencies"]["train"]:
+        name, version = dep.split("==")
+        assert train[re.sub(r"[-_.]+", "-", name).lower()][0] == version, f"{name}: regenerate requirements/train.lock"
+    assert all(count >= 1 for _, count in train.values()), "every locked package carries hashes"
+
+
 def test_dockerignore_is_an_allow_list() -> None:
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     assert lines[0] == "*", "everything is excluded unless allowed"
     allowed = {ln[1:] for ln in lines if ln.startswith("!")}
     assert allowed == {"pyproject.toml", "setup.py", "README.md", "requirements/runtime.lock",
-                       "requirements/build.lock", "src/", "src/**"}
+                       "requirements/build.lock", "requirements/train.lock", "src/", "src/**"}
     # no local build products: the builder stage compiles the extension for the image's own Python
     for pattern in ("**/__pycache__", "**/*.tar.gz", "**/*.onnx", "**/*.parquet", "**/*.egg-info", "**/*.so",
                     "src/**/*.c"):

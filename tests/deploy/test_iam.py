@@ -44,6 +44,8 @@ EXAMPLE = {
     "__GITHUB_REPOSITORY__": "example-org/retail-prediction",
     "__LOG_BUCKET__": "retail-logs-example",
     "__LOG_PREFIX__": "retail-prediction/payloads",
+    "__DATA_BUCKET__": "retail-data-example",
+    "__DATA_PREFIX__": "lgsr/weekly",
 }
 
 # Findings parliament reports by design on these files, each with its reason. Anything else fails.
@@ -52,6 +54,7 @@ ACCEPTED_FINDINGS = {
     # statement without Resource malformed and does not know our own OIDC providers.
     "irsa-trust-policy.json": {"MALFORMED", "UNKNOWN_FEDERATION_SOURCE"},
     "github-actions-trust-policy.json": {"MALFORMED", "UNKNOWN_FEDERATION_SOURCE"},
+    "training-trust-policy.json": {"MALFORMED", "UNKNOWN_FEDERATION_SOURCE"},
     # `docker login` to ECR needs ecr:GetAuthorizationToken, which only exists on Resource "*".
     "github-actions-ecr-push-policy.json": {"CREDENTIALS_EXPOSURE"},
     # Attached to the API's role only when PAYLOAD_LOG_URI is an S3 prefix (docs/operations.md).
@@ -75,7 +78,7 @@ def policy(name: str) -> dict[str, Any]:
 def test_iam_files_present() -> None:
     names = {p.name for p in IAM_DIR.glob("*.json")}
     assert {"model-read-policy.json", "irsa-trust-policy.json"} <= names
-    known = {"model-read-policy.json", "model-promote-policy.json"}  # both lint clean
+    known = {"model-read-policy.json", "model-promote-policy.json", "training-policy.json"}  # all lint clean
     assert names <= set(ACCEPTED_FINDINGS) | known, "lint expectations for new files"
 
 
@@ -119,6 +122,7 @@ def test_model_read_policy_is_least_privilege() -> None:
     [
         ("irsa-trust-policy.json", "system:serviceaccount:retail-prediction:retail-api"),
         ("github-actions-trust-policy.json", "repo:example-org/retail-prediction:ref:refs/heads/main"),
+        ("training-trust-policy.json", "system:serviceaccount:retail-prediction:retail-train"),
     ],
 )
 def test_trust_policies_pin_subject_and_audience(name: str, sub: str) -> None:

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from ..contract import LABELS, SCIENTIFIC_ID_PATTERN, Codes, Lines
 from . import lgsr
 from .errors import DataError
+from .sources import S3Object, Source, is_s3, open_file, open_stream, resolve_s3
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 _BLOCK_SIZE = 8 << 20
@@ -33,6 +34,7 @@ _INTEGER = r"^\s*[+-]?[0-9]+\s*$"
 _NUMBER = r"^\s*[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?\s*$"
 
 Progress = Callable[[str], None]
+DataSpec = str | Path | S3Object | Sequence[str | Path | S3Object]
 
 
 @dataclass
@@ -42,11 +44,15 @@ class ReadSummary:
     seconds: float = 0.0
 
 
-def resolve_files(spec: str | Path | Sequence[str | Path]) -> list[Path]:
-    """A folder, a glob pattern, one file or a list of any of these -> sorted list of data files."""
-    items = [spec] if isinstance(spec, str | Path) else list(spec)
-    found: list[Path] = []
+def resolve_files(spec: DataSpec) -> list[Source]:
+    """A folder, a glob pattern, one file, their ``s3://`` forms (data/sources.py) or a list of any of these ->
+    sorted list of data files (local `Path`s and `S3Object`s)."""
+    items = [spec] if isinstance(spec, str | Path | S3Object) else list(spec)
+    found: list[Source] = []
     for item in items:
+        if is_s3(item):
+            found += resolve_s3(item, _is_transactions_name)  # type: ignore[arg-type]
+            continue
         path = Path(item)
         if path.is_dir():
             found += sorted(p for p in path.iterdir() if _is_transactions_file(p))
@@ -62,12 +68,16 @@ def resolve_files(spec: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def _is_transactions_file(path: Path) -> bool:
+    return path.is_file() and _is_transactions_name(path.name)
+
+
+def _is_transactions_name(name: str) -> bool:
     # time.csv.gz in the data set's folder is a calendar, not transactions.
-    return path.is_file() and path.name.endswith(DATA_SUFFIXES) and not path.name.startswith("time.")
+    return name.endswith(DATA_SUFFIXES) and not name.startswith("time.")
 
 
 def read_transactions(
-    spec: str | Path | Sequence[str | Path],
+    spec: DataSpec,
     *,
     columns: Iterable[str] | None = None,
     required: Iterable[str] = lgsr.REQUIRED_FOR_TRAINING,
@@ -121,8 +131,8 @@ def _combined(tables: list[pa.Table]) -> pa.Table:
     return table
 
 
-def _read_files(files: list[Path], wanted: set[str],
-                required: tuple[str, ...]) -> Iterator[tuple[Path, list[pa.RecordBatch]]]:
+def _read_files(files: list[Source], wanted: set[str],
+                required: tuple[str, ...]) -> Iterator[tuple[Source, list[pa.RecordBatch]]]:
     """Each file's batches, in order, files read up to _MAX_READ_THREADS at a time (within Arrow's CPU count):
     Arrow's decompression and parsing release the GIL. The first bad file's error is raised as soon as it is
     reached; files not started by then are not read."""
@@ -135,16 +145,16 @@ def _read_files(files: list[Path], wanted: set[str],
         pool.shutdown(cancel_futures=True)
 
 
-def _read_file(path: Path, wanted: set[str], required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+def _read_file(path: Source, wanted: set[str], required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
     if path.name.endswith(".parquet"):
         yield from _read_parquet(path, wanted, required)
     else:
         yield from _read_csv(path, wanted, required)
 
 
-def _header(path: Path) -> list[str]:
+def _header(path: Source) -> list[str]:
     try:
-        with pa.input_stream(str(path), compression="detect") as stream:
+        with open_stream(path) as stream:
             head = stream.read(1 << 16)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(path, f"cannot be read ({exc})") from None
@@ -158,7 +168,7 @@ def _normalised(names: list[str]) -> list[str]:
     return [lgsr.HEADER_ALIASES.get(name, name) for name in names]
 
 
-def _check_required(path: Path, names: list[str], required: tuple[str, ...]) -> None:
+def _check_required(path: Source, names: list[str], required: tuple[str, ...]) -> None:
     missing = [col for col in required if col not in names]
     if missing:
         raise DataError(path, f"missing required column(s) {', '.join(missing)}; header is: {','.join(names)}",
@@ -177,7 +187,7 @@ def _column_types(names: Iterable[str]) -> dict[str, pa.DataType]:
     return types
 
 
-def _read_csv(path: Path, wanted: set[str], required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+def _read_csv(path: Source, wanted: set[str], required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
     raw_names = _header(path)
     names = _normalised(raw_names)
     _check_required(path, names, required)
@@ -191,7 +201,7 @@ def _read_csv(path: Path, wanted: set[str], required: tuple[str, ...]) -> Iterat
     )
     first_line = 2
     try:
-        with pa.input_stream(str(path), compression="detect") as stream:
+        with open_stream(path) as stream:
             reader = pacsv.open_csv(stream, read_options=read, convert_options=convert)
             for batch in reader:
                 batch = _normalise_codes(batch, bool(old_header))
@@ -204,9 +214,11 @@ def _read_csv(path: Path, wanted: set[str], required: tuple[str, ...]) -> Iterat
         raise DataError(path, f"cannot be read: {exc}") from None
 
 
-def _read_parquet(path: Path, wanted: set[str], required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
+def _read_parquet(path: Source, wanted: set[str], required: tuple[str, ...]) -> Iterator[pa.RecordBatch]:
     try:
-        file = pq.ParquetFile(path)
+        file = pq.ParquetFile(open_file(path))
+    except DataError:
+        raise
     except (OSError, pa.ArrowException) as exc:
         raise DataError(path, f"not a readable Parquet file ({exc})") from None
     raw_names = file.schema_arrow.names
@@ -251,7 +263,7 @@ def _first_true(mask: pa.Array | np.ndarray) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def _validate_batch(path: Path, batch: pa.RecordBatch, first_line: int) -> None:
+def _validate_batch(path: Source, batch: pa.RecordBatch, first_line: int) -> None:
     names = batch.schema.names
     for name in names:
         col = batch.column(name)
@@ -283,7 +295,7 @@ def _validate_batch(path: Path, batch: pa.RecordBatch, first_line: int) -> None:
             _check_ids(path, batch, name, first_line)
 
 
-def _check_codes(path: Path, batch: pa.RecordBatch, name: str, first_line: int, *, allowed: set[str]) -> None:
+def _check_codes(path: Source, batch: pa.RecordBatch, name: str, first_line: int, *, allowed: set[str]) -> None:
     col = batch.column(name)
     values = col.dictionary.to_pylist()
     bad_codes = [i for i, v in enumerate(values) if v not in allowed]
@@ -297,7 +309,7 @@ def _check_codes(path: Path, batch: pa.RecordBatch, name: str, first_line: int, 
                     line=first_line + row, column=name)
 
 
-def _check_ids(path: Path, batch: pa.RecordBatch, name: str, first_line: int) -> None:
+def _check_ids(path: Source, batch: pa.RecordBatch, name: str, first_line: int) -> None:
     col = batch.column(name)
     mangled = pc.match_substring_regex(col.dictionary, _SCIENTIFIC).to_numpy(zero_copy_only=False)
     if not mangled.any():
@@ -316,14 +328,14 @@ def _check_ids(path: Path, batch: pa.RecordBatch, name: str, first_line: int) ->
     )
 
 
-def _locate_csv_error(path: Path, names: list[str], keep: list[str], exc: Exception) -> DataError:
+def _locate_csv_error(path: Source, names: list[str], keep: list[str], exc: Exception) -> DataError:
     """Arrow says *what* failed but not *where*: read the file again as text to find line and column."""
     numeric = [n for n in keep if n in lgsr.INTEGER_COLUMNS + lgsr.FLOAT_COLUMNS]
     read = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=_BLOCK_SIZE)
     convert = pacsv.ConvertOptions(column_types=dict.fromkeys(numeric, pa.string()), include_columns=numeric)
     first_line = 2
     try:
-        with pa.input_stream(str(path), compression="detect") as stream:
+        with open_stream(path) as stream:
             for batch in pacsv.open_csv(stream, read_options=read, convert_options=convert):
                 for name in numeric:
                     pattern = _INTEGER if name in lgsr.INTEGER_COLUMNS else _NUMBER
