@@ -227,18 +227,20 @@ class ModelManager:
         return DriftWindow.for_model(predictor.profile, predictor.feature_names, size)
 
     def _load_failed(self, kind: str, exc: LoadFailed, retry_in: float | None) -> None:
-        self.metrics.model_loads.labels(kind, "failure").inc()
+        # Status and log line first, counters last: whoever sees the failure counted also finds its status.
         if exc.version is not None:
             self.status.refused_version, self._refusal = exc.version, exc
-            self.metrics.model_refusals.labels(exc.reason).inc()
         if self.current is None:
             self._fail(exc.reason, str(exc), retry_in, exc.version)
-            return
-        self.status.last_reload = {"result": "failure", "at": _now().isoformat(), "reason": exc.reason,
-                                   "message": str(exc), "version": exc.version}
-        log.error(f"{self.role} reload failed, keeping the loaded one: {exc}",
-                  extra={"reason": exc.reason, "source": self.current.source_uri, "source_version": exc.version,
-                         "model_version": self.current.predictor.version})
+        else:
+            self.status.last_reload = {"result": "failure", "at": _now().isoformat(), "reason": exc.reason,
+                                       "message": str(exc), "version": exc.version}
+            log.error(f"{self.role} reload failed, keeping the loaded one: {exc}",
+                      extra={"reason": exc.reason, "source": self.current.source_uri, "source_version": exc.version,
+                             "model_version": self.current.predictor.version})
+        self.metrics.model_loads.labels(kind, "failure").inc()
+        if exc.version is not None:
+            self.metrics.model_refusals.labels(exc.reason).inc()
 
     def _swap(self, model: LoadedModel, kind: str) -> None:
         previous = self.current
