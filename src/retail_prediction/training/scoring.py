@@ -14,6 +14,7 @@ import pyarrow.csv as pacsv
 
 from ..artifact.members import ArtifactLimits
 from ..data import lgsr
+from ..data.chunks import CHUNK_BYTES, file_chunks
 from ..data.reading import DataError, Progress, filter_weeks, read_transactions, table_to_baskets
 from ..serving.service import PredictionService
 from .evaluation import confusion_png, evaluation_report, markdown_report
@@ -53,20 +54,41 @@ def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = 
 
 
 def predict_files(model: Path, data: DataSpec, out: Path, *, progress: Progress | None = None,
-                  limits: ArtifactLimits | None = None) -> tuple[int, float]:
-    """Write basket_id, label, one probability per class; returns (baskets, seconds incl. reading)."""
+                  limits: ArtifactLimits | None = None, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, float]:
+    """Write basket_id, label, one probability per class; returns (baskets, seconds incl. reading).
+
+    Streams: files are read a chunk of whole files at a time (`data.chunks`, the next chunk read while this
+    one is scored) and each chunk's rows are appended to `out` as they are scored, so memory is bounded by a
+    chunk, not by the input. `out` appears only when complete (written as `out.partial` until then).
+    """
     started = time.monotonic()
     # One ONNX thread per block: the blocks themselves run two at a time (see `Predictor.predict_batch`).
     service, served = PredictionService.for_file(model, limits=limits, intra_op_threads=1)
-    predictor = served.predictor
-    table = read_transactions(data, columns=SCORING_COLUMNS, required=lgsr.REQUIRED_FOR_SCORING,
-                              progress=progress)
-    baskets = table_to_baskets(table, with_label=False)
-    proba = service.score_lines(served, baskets.lines)
-    labels = np.asarray(predictor.classes)[proba.argmax(axis=1)]
-    columns = {"basket_id": pa.array(baskets.basket_ids), "label": pa.array(labels)}
-    for i, c in enumerate(predictor.classes):
-        columns[f"p_{c}"] = pa.array(np.round(proba[:, i], 6))
+    classes = list(served.predictor.classes)
+    schema = pa.schema([("basket_id", pa.string()), ("label", pa.string()),
+                        *[(f"p_{c}", pa.float64()) for c in classes]])
     out.parent.mkdir(parents=True, exist_ok=True)
-    pacsv.write_csv(pa.table(columns), out)
-    return baskets.lines.n_baskets, time.monotonic() - started
+    partial = out.with_name(out.name + ".partial")
+    n = 0
+    try:
+        with pacsv.CSVWriter(partial, schema) as writer:
+            for chunk in file_chunks(data, columns=SCORING_COLUMNS, required=lgsr.REQUIRED_FOR_SCORING,
+                                     chunk_bytes=chunk_bytes):
+                baskets = table_to_baskets(chunk.table, with_label=False)
+                proba = service.score_lines(served, baskets.lines)
+                columns = [baskets.basket_ids, np.asarray(classes)[proba.argmax(axis=1)],
+                           *np.round(proba, 6).T]
+                writer.write_table(pa.table(columns, schema=schema))
+                n += baskets.lines.n_baskets
+                if progress is not None:
+                    elapsed = time.monotonic() - started
+                    progress(f"scored {_span(chunk.files)}: {baskets.lines.n_baskets:,} baskets; {n:,} in "
+                             f"{elapsed:.1f}s ({n / max(elapsed, 1e-9):,.0f} baskets/s)")
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return n, time.monotonic() - started
+
+
+def _span(files: list[Path]) -> str:
+    return files[0].name if len(files) == 1 else f"{files[0].name} .. {files[-1].name} ({len(files)} files)"
