@@ -4,7 +4,8 @@
     python benchmarks/scale.py predict --model model.tar.gz --data DIR [--out predictions.csv]
 
 Runs the real command line as a child process and samples /proc every 0.2 s: each process's high-water RSS
-(VmHWM: the parent, and the largest worker) and the sum of the tree's RSS. Lines and baskets come from the
+(VmHWM: the parent, and the largest worker) and the sum of the tree's RSS; the tree's CPU seconds too,
+since on a shared machine wall time says more about the neighbours than about the code. Lines and baskets come from the
 command's own closing line (generate) or from the files read back (predict: output rows; lines counted with
 Arrow when `--count-lines`).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -80,11 +82,17 @@ def run_measured(argv: list[str]) -> tuple[float, Peaks, str]:
 
 
 def _report(wall: float, peaks: Peaks, **figures: float) -> None:
-    print(f"wall {wall:.1f} s")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and every process it waited for
+    cpu = usage.ru_utime + usage.ru_stime
+    with open("/proc/loadavg") as fh:
+        load = fh.read().split()[:3]
+    print(f"wall {wall:.1f} s, CPU {cpu:.1f} s (user + sys of the whole tree), load average now {' '.join(load)}")
     print(f"peak RSS: parent {peaks.parent_kb / 1e6:.2f} GB, largest child {peaks.child_kb / 1e6:.2f} GB "
           f"({len(peaks.seen)} children), whole tree {peaks.tree_kb / 1e6:.2f} GB")
     for name, value in figures.items():
         print(f"{name}: {value:,.0f}")
+        if name in ("lines", "baskets"):
+            print(f"{name} per CPU second: {value / cpu:,.0f}")
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -100,7 +108,7 @@ def generate(args: argparse.Namespace) -> None:
 
 def predict(args: argparse.Namespace) -> None:
     argv = [*CLI, "predict", "--model", str(args.model), "--data", *args.data, "--out", str(args.out)]
-    wall, peaks, stderr = run_measured(argv)
+    wall, peaks, _ = run_measured(argv)
     with open(args.out, "rb") as fh:
         baskets = sum(1 for _ in fh) - 1
     figures = {"baskets": float(baskets), "baskets/s": baskets / wall}

@@ -50,7 +50,7 @@ class _BasketIdRanges:
                                                             required=(lgsr.BASKET_ID,)))
                 shared = np.intersect1d(ids, earlier_ids, assume_unique=True)
                 if shared.size:
-                    raise _shared_basket(path, table, earlier, str(shared[0]))
+                    raise _shared_basket(path, table, earlier, shared)
         self.seen.append((path, low, high))
 
 
@@ -59,9 +59,11 @@ def _unique_ids(table: pa.Table) -> np.ndarray:
     return np.sort(np.asarray(values.to_numpy(zero_copy_only=False), dtype=str))
 
 
-def _shared_basket(path: Path, table: pa.Table, earlier: Path, basket_id: str) -> DataError:
-    rows = pc.equal(table.column(lgsr.BASKET_ID).cast(pa.string()), basket_id)
-    row = int(np.flatnonzero(rows.to_numpy(zero_copy_only=False))[0])
+def _shared_basket(path: Path, table: pa.Table, earlier: Path, shared: np.ndarray) -> DataError:
+    """The error at the first line of `path` whose basket is also in `earlier`."""
+    ids = table.column(lgsr.BASKET_ID).cast(pa.string())
+    row = int(np.flatnonzero(pc.is_in(ids, pa.array(shared)).to_numpy(zero_copy_only=False))[0])
+    basket_id = ids[row].as_py()
     first_line = 1 if str(path).endswith(".parquet") else 2  # a CSV's line 1 is its header
     return DataError(path, f"basket {basket_id} is also in {earlier}: files are scored one after another, so "
                      "each basket's lines must all be in one file", line=first_line + row, column=lgsr.BASKET_ID)
