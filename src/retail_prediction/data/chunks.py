@@ -24,6 +24,7 @@ from .errors import DataError
 from .reading import _combined, read_transactions, resolve_files
 
 CHUNK_BYTES = 48 << 20  # ~4 M lines of gzip CSV; the real 94 weeks (32 MB) are one chunk
+_READ_THREADS = 4  # as reading.py: Arrow's parsing releases the GIL
 _NO_LINES = "hold no transaction lines"  # read_transactions' message for a file without lines
 
 
@@ -85,18 +86,25 @@ def _groups(files: list[Path], chunk_bytes: int) -> list[list[Path]]:
     return groups
 
 
+def _read_one(path: Path, columns: Sequence[str], required: Sequence[str]) -> pa.Table | None:
+    try:
+        return read_transactions([path], columns=columns, required=required)
+    except DataError as exc:
+        if str(exc).endswith(_NO_LINES):
+            return None
+        raise
+
+
 def _read_group(group: list[Path], columns: Sequence[str], required: Sequence[str],
                 ranges: _BasketIdRanges) -> Chunk | None:  # fmt: skip
-    tables = []
-    for path in group:
-        try:
-            table = read_transactions([path], columns=columns, required=required)
-        except DataError as exc:
-            if str(exc).endswith(_NO_LINES):
-                continue
-            raise
-        ranges.check(path, table)
-        tables.append(table)
+    """A group's files read up to _READ_THREADS at a time (small weekly files parse on one thread each), checked
+    in order, combined into one table."""
+    with ThreadPoolExecutor(min(_READ_THREADS, len(group))) as pool:
+        tables = []
+        for path, table in zip(group, pool.map(lambda p: _read_one(p, columns, required), group), strict=True):
+            if table is not None:
+                ranges.check(path, table)
+                tables.append(table)
     return Chunk(group, _combined(tables)) if tables else None
 
 
