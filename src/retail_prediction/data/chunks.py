@@ -41,18 +41,27 @@ class _BasketIdRanges:
     seen: list[tuple[Path, str, str]] = field(default_factory=list)
 
     def check(self, path: Path, table: pa.Table) -> None:
-        ids = _unique_ids(table)
-        if not len(ids):
+        low, high = _id_range(table)
+        if low is None or high is None:
             return
-        low, high = ids[0], ids[-1]
         for earlier, e_low, e_high in self.seen:
             if low <= e_high and e_low <= high:
                 earlier_ids = _unique_ids(read_transactions([earlier], columns=[lgsr.BASKET_ID],
                                                             required=(lgsr.BASKET_ID,)))
-                shared = np.intersect1d(ids, earlier_ids, assume_unique=True)
+                shared = np.intersect1d(_unique_ids(table), earlier_ids, assume_unique=True)
                 if shared.size:
                     raise _shared_basket(path, table, earlier, shared)
         self.seen.append((path, low, high))
+
+
+def _id_range(table: pa.Table) -> tuple[str | None, str | None]:
+    """Smallest and largest basket ID, from the dictionaries (a dictionary may hold an unused value: that only
+    widens the range, so a shared ID is never missed)."""
+    chunks = [c.dictionary if pa.types.is_dictionary(c.type) else c for c in table.column(lgsr.BASKET_ID).chunks]
+    ranges = [pc.min_max(c.cast(pa.string())) for c in chunks if len(c)]
+    if not ranges:
+        return None, None
+    return min(r["min"].as_py() for r in ranges), max(r["max"].as_py() for r in ranges)
 
 
 def _unique_ids(table: pa.Table) -> np.ndarray:

@@ -16,6 +16,7 @@ from ..artifact.members import ArtifactLimits
 from ..data import lgsr
 from ..data.chunks import CHUNK_BYTES, file_chunks
 from ..data.reading import DataError, Progress, filter_weeks, read_transactions, table_to_baskets
+from ..serving.model_manager import LoadedModel
 from ..serving.service import PredictionService
 from .evaluation import confusion_png, evaluation_report, markdown_report
 
@@ -74,20 +75,28 @@ def predict_files(model: Path, data: DataSpec, out: Path, *, progress: Progress 
         with pacsv.CSVWriter(partial, schema) as writer:
             for chunk in file_chunks(data, columns=SCORING_COLUMNS, required=lgsr.REQUIRED_FOR_SCORING,
                                      chunk_bytes=chunk_bytes):
-                baskets = table_to_baskets(chunk.table, with_label=False)
-                proba = service.score_lines(served, baskets.lines)
-                columns = [baskets.basket_ids, np.asarray(classes)[proba.argmax(axis=1)],
-                           *np.round(proba, 6).T]
-                writer.write_table(pa.table(columns, schema=schema))
-                n += baskets.lines.n_baskets
+                scored = _score_chunk(service, served, chunk.table, writer, schema)
+                n += scored
                 if progress is not None:
                     elapsed = time.monotonic() - started
-                    progress(f"scored {_span(chunk.files)}: {baskets.lines.n_baskets:,} baskets; {n:,} in "
-                             f"{elapsed:.1f}s ({n / max(elapsed, 1e-9):,.0f} baskets/s)")
+                    progress(f"scored {_span(chunk.files)}: {scored:,} baskets; {n:,} in {elapsed:.1f}s "
+                             f"({n / max(elapsed, 1e-9):,.0f} baskets/s)")
+                del chunk  # before the next one is asked for (and the one after starts being read)
         partial.replace(out)
     finally:
         partial.unlink(missing_ok=True)
     return n, time.monotonic() - started
+
+
+def _score_chunk(service: PredictionService, served: LoadedModel, table: pa.Table, writer: pacsv.CSVWriter,
+                 schema: pa.Schema) -> int:
+    """Score one chunk's baskets and append their rows; its arrays are freed on return."""
+    baskets = table_to_baskets(table, with_label=False)
+    proba = service.score_lines(served, baskets.lines)
+    classes = served.predictor.classes
+    columns = [baskets.basket_ids, np.asarray(classes)[proba.argmax(axis=1)], *np.round(proba, 6).T]
+    writer.write_table(pa.table(columns, schema=schema))
+    return baskets.lines.n_baskets
 
 
 def _span(files: list[Path]) -> str:
