@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--customers", type=int, default=5000)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--start-week", type=_week, default=200607)
+    g.add_argument("--format", choices=("csv.gz", "parquet"), default="csv.gz", dest="fmt",
+                   help="one file per week: gzip CSV as the real files, or Parquet (zstd, row groups)")
 
     t = sub.add_parser("train", help="train, validate on the latest weeks, refit and pack model.tar.gz")
     t.add_argument("--data", nargs="+", required=True,
@@ -132,7 +134,7 @@ def _generate(args: argparse.Namespace) -> None:
     from .data.synthetic import generate
 
     result = generate(args.out, weeks=args.weeks, customers=args.customers, seed=args.seed,
-                      start_week=args.start_week, progress=_say)
+                      start_week=args.start_week, progress=_say, fmt=args.fmt)
     _say(f"wrote {result.lines:,} lines in {result.baskets:,} baskets to {len(result.files)} files in "
          f"{result.out_dir} ({result.seconds:.1f}s)")
 

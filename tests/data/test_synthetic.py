@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import LGSR
@@ -16,6 +19,7 @@ from retail_prediction.contract import LABELS
 from retail_prediction.data import lgsr as s
 from retail_prediction.data.reading import read_transactions
 from retail_prediction.data.synthetic import generate, label_from_counts, load_calibration, shop_weeks, week_start
+from retail_prediction.data.synthetic.write import PARQUET_COMPRESSION, PARQUET_ROW_GROUP
 
 REAL_DIR = LGSR
 # Format and distribution comparisons with the real weeks: run when they are present (see tests/conftest.py).
@@ -222,3 +226,48 @@ def test_the_project_loader_reads_synthetic_and_real_files_alike(syn_dir: Path) 
     ours = read_transactions(syn_dir / "transactions_200607.csv.gz")
     theirs = read_transactions(REAL_DIR / "transactions_200607.csv.gz")
     assert ours.schema == theirs.schema
+
+
+# ---------------------------------------------------------------- Parquet
+
+
+@pytest.fixture(scope="module")
+def parquet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic-parquet")
+    generate(out, weeks=WEEKS, customers=CUSTOMERS, seed=SEED, fmt="parquet")
+    return out
+
+
+def test_parquet_weeks_hold_the_csv_weeks_lines(syn_dir: Path, parquet_dir: Path) -> None:
+    csv_names = sorted(p.name.replace(".csv.gz", ".parquet") for p in syn_dir.glob("transactions_*"))
+    assert sorted(p.name for p in parquet_dir.glob("transactions_*")) == csv_names
+    assert (parquet_dir / "time.csv.gz").read_bytes() == (syn_dir / "time.csv.gz").read_bytes()
+    assert read_transactions(parquet_dir).equals(read_transactions(syn_dir))
+    meta = pq.ParquetFile(parquet_dir / "transactions_200607.parquet").metadata
+    assert meta.row_group(0).column(0).compression == PARQUET_COMPRESSION.upper()
+    assert meta.num_row_groups == -(-meta.num_rows // PARQUET_ROW_GROUP)
+
+
+def test_parquet_with_the_old_header_reads_as_the_current_one(parquet_dir: Path, tmp_path: Path) -> None:
+    current = parquet_dir / "transactions_200608.parquet"
+    frame = pl.read_parquet(current)
+    old_codes = {col: {new: old for old, new in codes.items()} for col, codes in s.OLD_HEADER_CODES.items()}
+    old = frame.with_columns(pl.col(col).replace(codes) for col, codes in old_codes.items()).rename(
+        {s.CUST_PRICE_SENSITIVITY: "CUST_PRICE_SENSITIVITY", s.CUST_LIFESTAGE: "CUST_LIFESTAGE"})
+    assert set(old["CUST_PRICE_SENSITIVITY"].unique()) - {""} <= {"LA", "MM", "UM", "XX"}
+    old.write_parquet(tmp_path / "transactions_200608.parquet")
+    ours, theirs = read_transactions(tmp_path / "transactions_200608.parquet"), read_transactions(current)
+    assert ours.column_names == theirs.column_names
+    for col in ours.column_names:
+        assert ours.column(col).to_pylist() == theirs.column(col).to_pylist(), col
+
+
+def test_generate_cli_writes_parquet_and_refuses_an_unknown_format(tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "retail_prediction.cli", "generate", "--out", str(tmp_path), "--weeks", "2",
+           "--customers", "300"]
+    done = subprocess.run([*cli, "--format", "parquet"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["time.csv.gz", "transactions_200607.parquet",
+                                                          "transactions_200608.parquet"]
+    refused = subprocess.run([*cli, "--format", "csv.bz2"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "invalid choice: 'csv.bz2'" in refused.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import orjson
@@ -33,11 +34,10 @@ def explanation_rows(predictor: Predictor, lines: Lines, basket_ids: Sequence[st
             for basket_id, b, w in zip(basket_ids, best.tolist(), why, strict=True)]
 
 
-def write_explanations(path: Path, predictor: Predictor, lines: Lines, basket_ids: Sequence[str],
+def write_explanations(out: IO[bytes], predictor: Predictor, lines: Lines, basket_ids: Sequence[str],
                        proba: np.ndarray) -> None:
-    """`explanation_rows` of every basket into `path`, a block of baskets at a time (bounded memory)."""
-    with path.open("wb") as out:
-        for start in range(0, lines.n_baskets, BLOCK):
-            stop = min(start + BLOCK, lines.n_baskets)
-            out.writelines(explanation_rows(predictor, lines.basket_range(start, stop), basket_ids[start:stop],
-                                            proba[start:stop]))
+    """`explanation_rows` of every basket appended to `out`, a block of baskets at a time (bounded memory)."""
+    for start in range(0, lines.n_baskets, BLOCK):
+        stop = min(start + BLOCK, lines.n_baskets)
+        out.writelines(explanation_rows(predictor, lines.basket_range(start, stop), basket_ids[start:stop],
+                                        proba[start:stop]))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +15,9 @@ import pyarrow.csv as pacsv
 
 from ..artifact.members import ArtifactLimits
 from ..data import lgsr
+from ..data.chunks import CHUNK_BYTES, file_chunks
 from ..data.reading import DataError, Progress, filter_weeks, read_transactions, table_to_baskets
+from ..serving.model_manager import LoadedModel
 from ..serving.service import PredictionService
 from .evaluation import confusion_png, evaluation_report, markdown_report
 from .explaining import explanations_path, write_explanations
@@ -54,23 +57,60 @@ def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = 
 
 
 def predict_files(model: Path, data: DataSpec, out: Path, *, progress: Progress | None = None,
-                  limits: ArtifactLimits | None = None, explain: bool = False) -> tuple[int, float]:
+                  limits: ArtifactLimits | None = None, chunk_bytes: int = CHUNK_BYTES,
+                  explain: bool = False) -> tuple[int, float]:
     """Write basket_id, label, one probability per class (and with `explain`, each basket's explanation as
-    JSON lines: `explaining.explanations_path`); returns (baskets, seconds incl. reading)."""
+    JSON lines: `explaining.explanations_path`); returns (baskets, seconds incl. reading).
+
+    Streams: files are read a chunk of whole files at a time (`data.chunks`, the next chunk read while this
+    one is scored) and each chunk's rows are appended to `out` as they are scored, so memory is bounded by a
+    chunk, not by the input. `out` (and the explanations) appear only when complete (`*.partial` until then).
+    """
     started = time.monotonic()
     # One ONNX thread per block: the blocks themselves run two at a time (see `Predictor.predict_batch`).
     service, served = PredictionService.for_file(model, limits=limits, intra_op_threads=1)
-    predictor = served.predictor
-    table = read_transactions(data, columns=SCORING_COLUMNS, required=lgsr.REQUIRED_FOR_SCORING,
-                              progress=progress)
+    classes = list(served.predictor.classes)
+    schema = pa.schema([("basket_id", pa.string()), ("label", pa.string()),
+                        *[(f"p_{c}", pa.float64()) for c in classes]])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    why = explanations_path(out) if explain else None
+    why_partial = None if why is None else why.with_name(why.name + ".partial")
+    n = 0
+    try:
+        with pacsv.CSVWriter(partial, schema) as writer, \
+                (why_partial.open("wb") if why_partial else contextlib.nullcontext()) as explained:
+            for chunk in file_chunks(data, columns=SCORING_COLUMNS, required=lgsr.REQUIRED_FOR_SCORING,
+                                     chunk_bytes=chunk_bytes):
+                scored = _score_chunk(service, served, chunk.table, writer, schema, explained)
+                n += scored
+                if progress is not None:
+                    elapsed = time.monotonic() - started
+                    progress(f"scored {_span(chunk.files)}: {scored:,} baskets; {n:,} in {elapsed:.1f}s "
+                             f"({n / max(elapsed, 1e-9):,.0f} baskets/s)")
+                del chunk  # before the next one is asked for (and the one after starts being read)
+        if why is not None and why_partial is not None:
+            why_partial.replace(why)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+        if why_partial is not None:
+            why_partial.unlink(missing_ok=True)
+    return n, time.monotonic() - started
+
+
+def _score_chunk(service: PredictionService, served: LoadedModel, table: pa.Table, writer: pacsv.CSVWriter,
+                 schema: pa.Schema, explained: IO[bytes] | None) -> int:
+    """Score one chunk's baskets and append their rows (and explanations); its arrays are freed on return."""
     baskets = table_to_baskets(table, with_label=False)
     proba = service.score_lines(served, baskets.lines)
-    labels = np.asarray(predictor.classes)[proba.argmax(axis=1)]
-    columns = {"basket_id": pa.array(baskets.basket_ids), "label": pa.array(labels)}
-    for i, c in enumerate(predictor.classes):
-        columns[f"p_{c}"] = pa.array(np.round(proba[:, i], 6))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pacsv.write_csv(pa.table(columns), out)
-    if explain:
-        write_explanations(explanations_path(out), predictor, baskets.lines, baskets.basket_ids, proba)
-    return baskets.lines.n_baskets, time.monotonic() - started
+    classes = served.predictor.classes
+    columns = [baskets.basket_ids, np.asarray(classes)[proba.argmax(axis=1)], *np.round(proba, 6).T]
+    writer.write_table(pa.table(columns, schema=schema))
+    if explained is not None:
+        write_explanations(explained, served.predictor, baskets.lines, baskets.basket_ids, proba)
+    return baskets.lines.n_baskets
+
+
+def _span(files: list[Path]) -> str:
+    return files[0].name if len(files) == 1 else f"{files[0].name} .. {files[-1].name} ({len(files)} files)"

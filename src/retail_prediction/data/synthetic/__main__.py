@@ -1,0 +1,5 @@
+"""`python -m retail_prediction.data.synthetic`: see `write.main`."""
+
+from .write import main
+
+main()
