@@ -201,3 +201,15 @@ def test_peak_memory_does_not_grow_with_the_lines(tmp_path: Path) -> None:
     grown = {mode: found[1] - found[0] for mode, found in peaks.items()}
     assert grown["in_memory"] > 30, peaks  # the extra ~200,000 lines, held at once
     assert grown["streamed"] < grown["in_memory"] / 3, peaks
+
+
+def test_a_memory_budget_bounds_the_samples_or_is_refused(weeks: Weeks, tmp_path: Path) -> None:
+    from retail_prediction.training.budget import limits
+
+    spilled = _spilled(weeks.train[:2], tmp_path / "spill")
+    roomy = limits(spilled, 10, 2, 6.0, 2_000_000, 1_000_000)
+    assert (roomy.model_baskets, roomy.validation_baskets, roomy.notes) == (2_000_000, 1_000_000, [])
+    tight = limits(spilled, 10, 2, 1.0, 2_000_000, 1_000_000)
+    assert 10_000 <= tight.model_baskets < 2_000_000 and "at most" in tight.notes[0]
+    with pytest.raises(MemoryError, match=r"memory budget of 0.6 GB is too small.*raise --memory-budget"):
+        limits(spilled, 10, 2, 0.6, 2_000_000, 1_000_000)
