@@ -213,3 +213,10 @@ def test_a_memory_budget_bounds_the_samples_or_is_refused(weeks: Weeks, tmp_path
     assert 10_000 <= tight.model_baskets < 2_000_000 and "at most" in tight.notes[0]
     with pytest.raises(MemoryError, match=r"memory budget of 0.6 GB is too small.*raise --memory-budget"):
         limits(spilled, 10, 2, 0.6, 2_000_000, 1_000_000)
+
+
+def test_a_basket_with_two_labels_is_refused_naming_its_file(tmp_path: Path) -> None:
+    week = tmp_path / "w1.csv"
+    week.write_text(f"{','.join(lgsr.REQUIRED_FOR_TRAINING)}\n200607,1,1.5,PRD1,B1,MM\n200607,1,2.5,PRD2,B1,LA\n")
+    with pytest.raises(DataError, match=r"w1\.csv, column BASKET_PRICE_SENSITIVITY: basket B1 has lines with"):
+        _spilled([week], tmp_path / "spill")

@@ -109,8 +109,8 @@ def _read(path: Path, until_week: int | None) -> _Read:
         return _Read(path, None, np.zeros(0, np.uint64), np.zeros(0))
     try:
         baskets = table_to_baskets(table)
-    except DataError as exc:
-        raise DataError(path, exc.args[0] if exc.args else str(exc)) from None
+    except DataError as exc:  # grouping's errors name no file: name this one
+        raise DataError(path, str(exc).split(": ", 1)[-1], column=exc.column) from None
     del table
     lines = baskets.lines
     log_price = np.empty(lines.n_lines)
