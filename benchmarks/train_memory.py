@@ -2,25 +2,28 @@
 
     python benchmarks/train_memory.py DATA
 
-Runs what `train` runs on its data: read, group into baskets, the comparison's tables and out-of-fold features,
-the validation features, then the refit's. Prints wall and CPU seconds per stage, and the RSS after it and the
-peak so far (Linux /proc, no profiler needed). The classifiers see at most 2 M baskets x 43 float32 features,
-a few hundred MB, so these peaks are the run's.
+Runs what `train` runs on its data: the read-and-spill pass, the comparison's tables, latent classes and
+out-of-fold features, the validation features, then the refit's. Prints wall and CPU seconds per stage, and
+the RSS after it and the peak so far (Linux /proc, no profiler needed). The classifiers' rows (at most 2 M
+baskets x 43 float32 features, bounded by the memory budget) come on top of these.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from retail_prediction.data import lgsr
-from retail_prediction.data.reading import read_transactions, table_to_baskets
-from retail_prediction.features.tables import basket_features
-from retail_prediction.training.train import TRAIN_COLUMNS, TrainConfig, _learn, validation_cut
+from retail_prediction.contract import LABELS
+from retail_prediction.cpus import cpu_budget
+from retail_prediction.training import accumulate
+from retail_prediction.training.budget import limits
+from retail_prediction.training.spill import Spill
+from retail_prediction.training.stream import spill_files
+from retail_prediction.training.train import TrainConfig, ordered_files, validation_cut
 
 
 def quiet(message: str) -> None:
@@ -41,23 +44,29 @@ class Stages:
 
 
 def main(data: str) -> None:
-    stage, config = Stages(), TrainConfig()
-    table = read_transactions(data, columns=TRAIN_COLUMNS)
-    stage(f"read {table.num_rows:,} lines")
-    weeks = np.unique(table[lgsr.SHOP_WEEK].to_numpy())
-    cut = validation_cut(weeks, config)
-    everything = table_to_baskets(table)
-    del table
-    pa.default_memory_pool().release_unused()
-    stage(f"grouped into {everything.lines.n_baskets:,} baskets")
-    classes = tuple(np.unique(everything.label).tolist())
-    tables, X, _ = _learn(everything.select(everything.week <= cut), classes, config, quiet)
-    stage(f"comparison: tables, features {X.shape[0]:,}")
-    valid = everything.select(everything.week > cut)
-    stage(f"validation features {basket_features(valid.lines, tables).shape[0]:,}")
-    del tables, X, valid
-    _, X, _ = _learn(everything, classes, config, quiet)
-    stage(f"refit: tables, features {X.shape[0]:,}")
+    stage, config = Stages(), TrainConfig(threads=cpu_budget())
+    with tempfile.TemporaryDirectory(prefix="train-memory-") as tmp:
+        spilled = spill_files(ordered_files(data), Spill(Path(tmp)), None, config.threads, quiet)
+        stage(f"read + spill {spilled.n_lines:,} lines")
+        weeks = np.array(sorted(spilled.weeks))
+        cut = validation_cut(weeks, config)
+        bounds = limits(spilled, config.n_folds, config.threads, config.memory_budget_gb, config.max_model_baskets,
+                        config.max_validation_baskets)
+        classes = tuple(LABELS[i] for i in sorted(spilled.labels))
+        early = accumulate.part(spilled, cut, classes, config.n_folds, config.seed, config.threads)
+        learned = accumulate.learn(early, classes, config.evidence_power, config.prior_strength)
+        stage("comparison: tables + latent classes")
+        X, _, _ = accumulate.features(early, learned, bounds.model_baskets, out_of_fold=True)
+        stage(f"comparison: features {X.shape[0]:,}")
+        Xv, _, _ = accumulate.features(early.with_weeks(cut + 1, None), learned, bounds.validation_baskets,
+                                       out_of_fold=False)
+        stage(f"validation features {Xv.shape[0]:,}")
+        del learned, X, Xv
+        everything = accumulate.part(spilled, None, classes, config.n_folds, config.seed, config.threads)
+        learned = accumulate.learn(everything, classes, config.evidence_power, config.prior_strength)
+        stage("refit: tables + latent classes")
+        X, _, _ = accumulate.features(everything, learned, bounds.model_baskets, out_of_fold=True)
+        stage(f"refit: features {X.shape[0]:,}")
 
 
 if __name__ == "__main__":

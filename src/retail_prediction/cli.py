@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=_positive, default=0,
                    help="threads for reading and fitting (default: the CPUs this process may use, within its "
                         "cgroup CPU limit)")
+    t.add_argument("--memory-budget", type=float, default=6.0, metavar="GB",
+                   help="peak memory to plan for, in GB (default 6: fits an 8 GB pod); bounds the sampled "
+                        "baskets, training refuses a budget too small for the data's codes")
+    t.add_argument("--spill-dir", help="folder for the compact copy of the lines while training runs "
+                                       "(default: the system's temp folder)")
 
     e = sub.add_parser("evaluate", help="score labelled data and write metrics JSON, a PNG and a report",
                        parents=[limits])
@@ -146,7 +151,7 @@ def _train(args: argparse.Namespace) -> int:
     # Where the model goes is checked before hours of training, not after.
     destination = Destination.parse(args.out, args.registry)
     config = TrainConfig(until_week=args.until_week, validation_weeks=args.validation_weeks, seed=args.seed,
-                         threads=args.threads)
+                         threads=args.threads, memory_budget_gb=args.memory_budget, spill_dir=args.spill_dir)
     with destination.local_path() as path:
         result = train(args.data, path, config, progress=_say)
         delivered = destination.deliver(path, progress=_say)
@@ -234,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         status = COMMANDS[args.command](args)
-    except (DataError, ArtifactError, StoreError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except (DataError, ArtifactError, StoreError, FileNotFoundError, PermissionError, IsADirectoryError,
+            MemoryError) as exc:
         _say(f"error: {exc}")
         return 2
     except KeyboardInterrupt:

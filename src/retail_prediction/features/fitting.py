@@ -13,7 +13,7 @@ import numpy as np
 from ..contract import Codes, Lines
 from . import kernel, latent, latent_fit
 from .latent import LatentTables, as_f64
-from .tables import BasketSums, FeatureTables, LevelTable, encode, line_distributions, lookup
+from .tables import BasketSums, Encoded, FeatureTables, LevelTable, encode, line_distributions, lookup
 
 _LINE_CHUNK = 1 << 20  # lines per chunk of the counting: bounds the memory of its (row, class) keys
 
@@ -68,13 +68,16 @@ def fit_tables(
     n_folds: int = 0,
     latent_groups: int = 5,
     seed: int = 0,
+    basket_fold: np.ndarray | None = None,
 ) -> tuple[FeatureTables, FoldCounts | None]:
     """Learn the tables from labelled lines (`basket_label[b]` = class index of basket b).
 
-    With `n_folds` > 1 it also returns per-fold counts for leak-free training features.
+    With `n_folds` > 1 it also returns per-fold counts for leak-free training features (`basket_fold`: each
+    basket's fold, default a seeded draw). Streamed training computes the same over chunks (training/accumulate).
     """
     n_classes = len(classes)
-    basket_fold = np.random.default_rng(seed).integers(0, max(n_folds, 1), lines.n_baskets, dtype=np.int16)
+    if basket_fold is None:
+        basket_fold = np.random.default_rng(seed).integers(0, max(n_folds, 1), lines.n_baskets, dtype=np.int16)
     line_fold = basket_fold[lines.basket]
     # The per-line arrays of the counting live only inside `_count_lines`: freed before the estimations.
     counted = _count_lines(lines, basket_label, n_classes, evidence_power, price_bands, line_fold, n_folds)
@@ -162,32 +165,38 @@ class _ProductLines:
             np.minimum.at(first, self.product[sl], np.arange(sl.start, sl.stop))
         stand_in = first if known.all() else np.flatnonzero(known)[first]
         self.stand_in = lines.take(stand_in)
-        self.codes = [rows[stand_in] for rows in level_rows[1:]]
 
     def learn(self, tables: FeatureTables, used: np.ndarray | None, seed: int) -> LatentTables:
         """Latent classes from the labels of the `used` baskets only (None: all of them)."""
-        n_products = self.stand_in.n_lines
-        enc = encode(self.stand_in, tables)
-        start, _ = line_distributions(self.stand_in, enc, tables)
-        # The prior leaves the product's own counts out: they are the evidence the estimate weighs anew.
-        no_product = replace(tables.levels[0], counts=np.zeros_like(tables.levels[0].counts))
-        prior, _ = line_distributions(self.stand_in, enc, replace(tables, levels=(no_product, *tables.levels[1:])))
         # No copy of the lines when every basket counts (the estimate for serving); else a boolean mask.
         product, basket = self.product, self.basket
         if used is not None:
             keep = used[basket]
             product, basket = product[keep], basket[keep]
-        posterior, coef, intercept = latent_fit.estimate(product, basket, self.label, self.n_baskets,
-                                                     start, prior, seed=seed)
-        n_lines = np.bincount(product, minlength=n_products).astype(float)
-        seen = (n_lines > 0).astype(float)
-        level_counts = tuple(_class_counts_soft(rows, vocab.size, posterior * seen[:, None])
-                             for rows, vocab in zip(self.codes, (lv.vocab for lv in tables.levels[1:]), strict=True))
-        level_totals = tuple(np.bincount(np.maximum(rows, 0), weights=seen * (rows >= 0), minlength=vocab.size)
-                             for rows, vocab in zip(self.codes, (lv.vocab for lv in tables.levels[1:]), strict=True))
-        mean = (posterior * seen[:, None]).sum(axis=0) / max(seen.sum(), 1.0)
-        return LatentTables(posterior=posterior, lines=n_lines, level_counts=level_counts,
-                            level_totals=level_totals, mean=mean, coef=coef, intercept=intercept)
+        chunk = latent_fit.EMChunk(product, basket, np.asarray(self.label), np.arange(self.n_baskets, dtype=np.uint64))
+        n_lines = np.bincount(product, minlength=self.stand_in.n_lines).astype(float)
+        return learn_latent(self.stand_in, encode(self.stand_in, tables), tables, lambda: [chunk], n_lines, seed)
+
+
+def learn_latent(stand_in: Lines, enc: Encoded, tables: FeatureTables, chunks: latent_fit.Chunks,
+                 n_lines: np.ndarray, seed: int, pool: latent_fit.Pool | None = None) -> LatentTables:
+    """Latent classes from the lines `chunks()` yields; `stand_in` is one line per product (its codes, as
+    `enc`, are the product's), `n_lines` the lines of each product the chunks hold."""
+    start, _ = line_distributions(stand_in, enc, tables)
+    # The prior leaves the product's own counts out: they are the evidence the estimate weighs anew.
+    no_product = replace(tables.levels[0], counts=np.zeros_like(tables.levels[0].counts))
+    prior, _ = line_distributions(stand_in, enc, replace(tables, levels=(no_product, *tables.levels[1:])))
+    posterior, coef, intercept = latent_fit.estimate_chunks(chunks, start, prior, seed=seed, pool=pool)
+    n_lines = np.asarray(n_lines, dtype=float)
+    seen = (n_lines > 0).astype(float)
+    codes, vocabs = enc.level_rows[1:], [lv.vocab for lv in tables.levels[1:]]
+    level_counts = tuple(_class_counts_soft(rows, vocab.size, posterior * seen[:, None])
+                         for rows, vocab in zip(codes, vocabs, strict=True))
+    level_totals = tuple(np.bincount(np.maximum(rows, 0), weights=seen * (rows >= 0), minlength=vocab.size)
+                         for rows, vocab in zip(codes, vocabs, strict=True))
+    mean = (posterior * seen[:, None]).sum(axis=0) / max(seen.sum(), 1.0)
+    return LatentTables(posterior=posterior, lines=n_lines, level_counts=level_counts,
+                        level_totals=level_totals, mean=mean, coef=coef, intercept=intercept)
 
 
 def _class_counts_soft(rows: np.ndarray, n_rows: int, values: np.ndarray) -> np.ndarray:

@@ -6,6 +6,8 @@ refined in turn; the result is a `LatentTables`, which serving reads.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,12 +18,7 @@ G_SAMPLE = 20_000  # baskets the composition model learns from per iteration (it
 G_C = 100.0  # weak regularisation: the composition model's boundaries are sharp
 CHUNK = 1 << 18  # lines per step of the estimation: bounds its per-line temporaries (~70 MB)
 
-
-def _sample(used: np.ndarray, seed: int) -> np.ndarray:
-    """The baskets the composition model learns from: at most G_SAMPLE of the used ones."""
-    candidates = np.flatnonzero(used)
-    return candidates[np.random.default_rng(seed).choice(candidates.size, min(G_SAMPLE, candidates.size),
-                                                         replace=False)]
+Pool = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]  # an ordered map over chunks
 
 
 def _fit_composition(x: np.ndarray, y: np.ndarray, n_classes: int,
@@ -47,38 +44,109 @@ def _fit_composition(x: np.ndarray, y: np.ndarray, n_classes: int,
     return coef, intercept, model
 
 
-def estimate(product: np.ndarray, basket: np.ndarray, label: np.ndarray, n_baskets: int, start: np.ndarray,
-             prior: np.ndarray, *, iterations: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Product class posteriors (n_products, K), and the composition model (coef, intercept).
+@dataclass(frozen=True)
+class EMChunk:
+    """Lines of whole baskets for the estimation: baskets never span chunks, so per-basket arrays exist per
+    chunk only and the estimation streams over chunks of any size."""
 
-    `product`/`basket` index the lines (all products known), `label` is per basket, `start` the first
-    estimate per product and `prior` its prior (both (n_products, K) distributions).
-    """
+    product: np.ndarray  # product row of each line (all known)
+    basket: np.ndarray  # basket of each line, 0..n_baskets-1 within the chunk
+    label: np.ndarray  # class index per basket
+    key: np.ndarray  # uint64 per basket: which baskets the composition model samples, whatever the chunking
+
+    @property
+    def n_baskets(self) -> int:
+        return int(self.label.shape[0])
+
+
+Chunks = Callable[[], Iterable[EMChunk]]
+
+
+def mix(key: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded uint64 hash of uint64 keys (splitmix64's finaliser): priorities and folds by basket key."""
+    with np.errstate(over="ignore"):
+        z = key.astype(np.uint64) + np.uint64((0x9E3779B97F4A7C15 * (seed + 1)) & 0xFFFFFFFFFFFFFFFF)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _basket_sums(chunk: EMChunk, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per basket of the chunk: lines, expected class counts, and log P(all lines of class k)."""
+    nb, k = chunk.n_baskets, q.shape[1]
+    n = np.bincount(chunk.basket, minlength=nb).astype(float)
+    counts, log_pure = np.zeros((nb, k)), np.zeros((nb, k))
+    for sl in _slices(chunk.product.size):
+        ql = q[chunk.product[sl]]
+        counts += sum_by_index(chunk.basket[sl], ql, nb)
+        log_pure += sum_by_index(chunk.basket[sl], np.log(np.maximum(ql, EPS)), nb)
+    return n, counts, log_pure
+
+
+def _slices(n: int) -> list[slice]:
+    return [slice(i, i + CHUNK) for i in range(0, n, CHUNK)]
+
+
+def _sampled_inputs(chunks: Chunks, q: np.ndarray, seed: int, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
+    """The composition model's inputs and labels for the G_SAMPLE used baskets of lowest seeded priority,
+    in priority order: the same baskets however the lines are chunked."""
+    def rows(chunk: EMChunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, counts, log_pure = _basket_sums(chunk, q)
+        used = np.flatnonzero(n > 0)
+        priority = mix(chunk.key[used], seed)
+        best = used[np.argsort(priority, kind="stable")[:G_SAMPLE]]
+        return (mix(chunk.key[best], seed), composition_inputs(counts[best] / n[best][:, None], log_pure[best]),
+                chunk.label[best])
+
+    priority, x, y = np.zeros(0, np.uint64), np.zeros((0, 2 * q.shape[1])), np.zeros(0, np.int64)
+    for p, xc, yc in pool(rows, chunks()):
+        priority, x, y = np.concatenate([priority, p]), np.concatenate([x, xc]), np.concatenate([y, yc])
+        keep = np.argsort(priority, kind="stable")[:G_SAMPLE]
+        priority, x, y = priority[keep], x[keep], y[keep]
+    return x, y
+
+
+def estimate_chunks(chunks: Chunks, start: np.ndarray, prior: np.ndarray, *, iterations: int = 2, seed: int = 0,
+                    pool: Pool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Product class posteriors (n_products, K), and the composition model (coef, intercept), from the lines
+    `chunks()` yields (called once per pass). `start` is the first estimate per product and `prior` its prior
+    (both (n_products, K) distributions); `pool` maps a function over the chunks in order (default: serially)."""
+    pool = pool or _serial
     n_products, k = start.shape
-    n = np.bincount(basket, minlength=n_baskets).astype(float)
-    used = n > 0
-    chunks = [slice(i, i + CHUNK) for i in range(0, product.size, CHUNK)]
     log_prior = np.log(np.maximum(prior, EPS))
     q, coef, intercept, model = start, np.zeros((k, 2 * k)), np.zeros(k), None
     for it in range(iterations):
-        counts, log_pure = np.zeros((n_baskets, k)), np.zeros((n_baskets, k))
-        for sl in chunks:
-            ql = q[product[sl]]
-            counts += sum_by_index(basket[sl], ql, n_baskets)
-            log_pure += sum_by_index(basket[sl], np.log(np.maximum(ql, EPS)), n_baskets)
-        # Inputs only for the sampled baskets: for all of them they would be the largest arrays here.
-        sample = _sample(used, seed + it)
-        x = composition_inputs(counts[sample] / n[sample][:, None], log_pure[sample])
-        coef, intercept, model = _fit_composition(x, label[sample], k, model)
+        x, y = _sampled_inputs(chunks, q, seed + it, pool)
+        coef, intercept, model = _fit_composition(x, y, k, model)
+
+        def evidence_of(chunk: EMChunk, q: np.ndarray = q, coef: np.ndarray = coef,
+                        intercept: np.ndarray = intercept) -> np.ndarray:
+            n, counts, log_pure = _basket_sums(chunk, q)
+            out = np.zeros((n_products, k))
+            for sl in _slices(chunk.product.size):
+                b, ql = chunk.basket[sl], q[chunk.product[sl]]
+                inv_n = (1.0 / n[b]).astype(np.float32)[:, None, None]
+                others_pure = np.exp(log_pure[b] - np.log(np.maximum(ql, EPS)))
+                loglik = _label_loglik(counts[b] - ql, others_pure, inv_n, chunk.label[b], coef, intercept)
+                out += sum_by_index(chunk.product[sl], loglik, n_products)
+            return out
+
         evidence = log_prior.copy()
-        for sl in chunks:
-            b, ql = basket[sl], q[product[sl]]
-            inv_n = (1.0 / n[b]).astype(np.float32)[:, None, None]
-            others_pure = np.exp(log_pure[b] - np.log(np.maximum(ql, EPS)))
-            loglik = _label_loglik(counts[b] - ql, others_pure, inv_n, label[b], coef, intercept)
-            evidence += sum_by_index(product[sl], loglik, n_products)
+        for part in pool(evidence_of, chunks()):
+            evidence += part
         q = np.exp(log_softmax(evidence))
     return q, coef, intercept
+
+
+def estimate(product: np.ndarray, basket: np.ndarray, label: np.ndarray, n_baskets: int, start: np.ndarray,
+             prior: np.ndarray, *, iterations: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`estimate_chunks` of lines in memory (one chunk; basket b's key is b)."""
+    chunk = EMChunk(product, basket, np.asarray(label), np.arange(n_baskets, dtype=np.uint64))
+    return estimate_chunks(lambda: [chunk], start, prior, iterations=iterations, seed=seed)
+
+
+def _serial(fn: Callable[[EMChunk], Any], chunks: Iterable[EMChunk]) -> Iterator[Any]:
+    return map(fn, chunks)
 
 
 def _label_loglik(others: np.ndarray, others_pure: np.ndarray, inv_n: np.ndarray, label: np.ndarray,

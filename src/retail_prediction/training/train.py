@@ -3,19 +3,19 @@
 Validation is by time: the latest weeks of the given data are held out, never random rows, so the
 figures say how the model does on weeks it has not seen. The chosen candidate is then refit on all
 weeks and exported to ONNX, and ONNX Runtime must reproduce its probabilities.
+
+Training streams: the files are read once into compact chunks on disk (`stream.py`, `spill.py`), and the
+tables, latent classes and features come from passes over those chunks (`accumulate.py`); memory holds the
+per-code state, a few chunks and bounded samples of baskets (`budget.py`), not the lines.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import platform
-import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +23,26 @@ import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
-from .. import __version__
 from ..artifact.archive import pack_artifact
+from ..contract import LABELS
 from ..cpus import cpu_budget
-from ..data import lgsr
-from ..data.reading import Baskets, DataError, Progress, ReadSummary, filter_weeks, read_transactions, table_to_baskets
-from ..features.fitting import fit_tables, out_of_fold_features
-from ..features.tables import FeatureTables, basket_features
+from ..data.reading import DataError, Progress, resolve_files
+from ..features.tables import FeatureTables
 from ..serving.predictor import probability_output
+from . import accumulate
+from .budget import Limits, limits
 from .candidates import Candidate, candidates
-from .evaluation import classification_metrics, confusion_png, markdown_report
+from .evaluation import classification_metrics
+from .metadata import ProductFacts, artifact_files, example_products, metadata
 from .profile import reference_profile
+from .spill import Spill
+from .stream import TRAIN_COLUMNS, Spilled, spill_files
 
-TRAIN_COLUMNS = (lgsr.SHOP_WEEK, lgsr.QUANTITY, lgsr.SPEND, lgsr.PROD_CODE, *lgsr.HIERARCHY,
-                 lgsr.BASKET_ID, lgsr.LABEL)
+__all__ = ["TRAIN_COLUMNS", "TrainConfig", "TrainResult", "ordered_files", "train", "validation_cut"]
 PARITY_TOLERANCE = 1e-5
+_VALIDATION_SALT = 0x7A11
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     until_week: int | None = None
@@ -47,10 +52,16 @@ class TrainConfig:
     prior_strength: float = 1.0
     seed: int = 0
     # The classifiers see at most this many baskets (a seeded sample); the tables always learn from every
-    # line. 43 features need far fewer rows than the tables' products do, and this bounds the memory and
-    # time of a 50-million-line training run.
+    # line. 43 features need far fewer rows than the tables' products do. Lowered to fit `memory_budget_gb`.
     max_model_baskets: int = 2_000_000
-    # Threads for every pool of the run (Arrow, BLAS, LightGBM's OpenMP); 0 = the CPUs this process may use.
+    # Held-out baskets whose features are kept for the metrics and the drift profile (a seeded sample beyond).
+    max_validation_baskets: int = 1_000_000
+    # Peak memory the run plans for (GB): bounds the samples above; the default fits an 8 GB pod.
+    memory_budget_gb: float = 6.0
+    # Where the compact copy of the lines goes while training runs (default: the system's temp folder).
+    spill_dir: str | None = None
+    # Threads for every pool of the run (Arrow, BLAS, LightGBM's OpenMP, the passes over chunks); 0 = the
+    # CPUs this process may use.
     threads: int = 0
 
 
@@ -87,38 +98,42 @@ def train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConfi
 
 
 def _train(data: str | Path | Sequence[str | Path], out: Path, config: TrainConfig, say: Progress) -> TrainResult:
-    summary = ReadSummary()
-    table = read_transactions(data, columns=TRAIN_COLUMNS, progress=say, summary=summary)
-    table = filter_weeks(table, None, config.until_week)
-    weeks = np.unique(table[lgsr.SHOP_WEEK].to_numpy())
-    if weeks.size < 2:
-        raise DataError(", ".join(summary.files), f"need at least 2 shop weeks to validate on later weeks, "
-                        f"found {weeks.size}")
-    cut = validation_cut(weeks, config)
-    say(f"{table.num_rows:,} lines, weeks {weeks[0]}-{weeks[-1]}; validating on the last "
-        f"{int((weeks > cut).sum())} weeks (> {cut})")
-
-    # One grouping of lines into baskets serves the comparison and the refit; the Arrow table goes at once.
-    everything = table_to_baskets(table)
-    del table
-    pa.default_memory_pool().release_unused()  # Arrow's allocator would keep the table's pages otherwise
-    classes = tuple(np.unique(everything.label).tolist())
-    held_out = everything.select(everything.week > cut)
-    comparison, val_detail, reference = _compare(everything.select(everything.week <= cut), held_out, classes,
-                                                   config, say)
-    chosen = max((c for c in comparison if c["exportable"]), key=lambda c: c["macro_f1"])["name"]
-    features, names, predicted = reference
-    profile = reference_profile(features, names, predicted[chosen], classes, np.unique(held_out.week).tolist())
-    say(f"chosen: {chosen} (validation macro-F1 {comparison_by(comparison, chosen)['macro_f1']:.4f})")
-
-    tables, onnx_bytes, parity, size = _refit(everything, classes, chosen, config, say)
-    meta = _metadata(everything, summary, weeks, cut, classes, chosen, size, comparison, parity, tables,
-                     config)
-    files = _artifact_files(onnx_bytes, tables, meta, val_detail[chosen], comparison)
-    files["profile.json"] = json.dumps(profile, indent=1).encode()
-    sha = pack_artifact(out, files, metadata={"model_version": meta["model_version"]})
+    files = ordered_files(data)
+    with tempfile.TemporaryDirectory(prefix="retail-train-", dir=config.spill_dir) as tmp:
+        spilled = spill_files(files, Spill(Path(tmp)), config.until_week, config.threads, say)
+        weeks = np.array(sorted(spilled.weeks))
+        if weeks.size < 2:
+            raise DataError(", ".join(spilled.files), f"need at least 2 shop weeks to validate on later weeks, "
+                            f"found {weeks.size}")
+        cut = validation_cut(weeks, config)
+        bounds = limits(spilled, config.n_folds, config.threads, config.memory_budget_gb, config.max_model_baskets,
+                        config.max_validation_baskets)
+        for note in bounds.notes:
+            say(note)
+        say(f"{spilled.n_lines:,} lines, {spilled.n_baskets:,} baskets, weeks {weeks[0]}-{weeks[-1]}; validating "
+            f"on the last {int((weeks > cut).sum())} weeks (> {cut})")
+        classes = tuple(LABELS[i] for i in sorted(spilled.labels))
+        comparison, val_detail, reference = _compare(spilled, cut, classes, config, bounds, say)
+        chosen = max((c for c in comparison if c["exportable"]), key=lambda c: c["macro_f1"])["name"]
+        features, names, predicted, held_weeks = reference
+        profile = reference_profile(features, names, predicted[chosen], classes, held_weeks)
+        say(f"chosen: {chosen} (validation macro-F1 {comparison_by(comparison, chosen)['macro_f1']:.4f})")
+        everything = accumulate.part(spilled, None, classes, config.n_folds, config.seed, config.threads)
+        tables, onnx_bytes, parity, size = _refit(everything, classes, chosen, config, bounds, say)
+        training = _training_facts(spilled, weeks, cut, config, bounds, val_detail[chosen])
+        meta = metadata(training, list(classes), chosen, size, comparison, parity, tables,
+                        example_products(tables, _product_facts(everything)))
+    files_out = artifact_files(onnx_bytes, tables, meta, val_detail[chosen], comparison)
+    files_out["profile.json"] = json.dumps(profile, indent=1).encode()
+    sha = pack_artifact(out, files_out, metadata={"model_version": meta["model_version"]})
     say(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {sha[:12]}…)")
     return TrainResult(out, sha, chosen, val_detail[chosen], meta)
+
+
+def ordered_files(data: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The data's files by name: the same files listed in another order give the same chunks, so the same
+    model to the last bit."""
+    return sorted(resolve_files(data), key=str)
 
 
 def validation_cut(weeks: np.ndarray, config: TrainConfig) -> int:
@@ -131,40 +146,30 @@ def comparison_by(comparison: list[dict[str, Any]], name: str) -> dict[str, Any]
     return next(c for c in comparison if c["name"] == name)
 
 
-def _labels(baskets: Baskets, classes: Sequence[str]) -> np.ndarray:
-    return np.searchsorted(np.asarray(classes), baskets.label).astype(np.int64)
+def _learn(p: accumulate.Part, classes: Sequence[str], config: TrainConfig, bounds: Limits,
+           say: Progress) -> tuple[accumulate.Learned, np.ndarray, np.ndarray, int]:
+    """Tables from all the part's baskets; out-of-fold features (no label leaks in) and labels of the baskets
+    the classifiers see, a seeded sample of at most `bounds.model_baskets`; and how many baskets the part has."""
+    say("learning the tables and latent product classes …")
+    learned = accumulate.learn(p, classes, config.evidence_power, config.prior_strength)
+    say("features of the sampled training baskets …")
+    X, y, n = accumulate.features(p, learned, bounds.model_baskets, out_of_fold=config.n_folds > 1)
+    return learned, X, y, n
 
 
-def _learn(baskets: Baskets, classes: Sequence[str], config: TrainConfig,
-           say: Progress) -> tuple[FeatureTables, np.ndarray, np.ndarray]:
-    """Tables from all these baskets; features (out of fold: no label leaks in) and labels of the baskets the
-    classifiers see, a seeded sample of at most `max_model_baskets`."""
-    say(f"learning the tables and latent product classes from {baskets.lines.n_baskets:,} baskets …")
-    y = _labels(baskets, classes)
-    tables, folds = fit_tables(baskets.lines, y, classes, hierarchy_names=lgsr.HIERARCHY,
-                               evidence_power=config.evidence_power, prior_strength=config.prior_strength,
-                               n_folds=config.n_folds, seed=config.seed)
-    keep = _sample(baskets.lines.n_baskets, config)
-    if keep is not None:
-        # Features of the sampled baskets only: those of all would cost time and a float64 row per basket.
-        if folds is not None:
-            folds = replace(folds, line_fold=folds.line_fold[keep[baskets.lines.basket]])
-        baskets, y = baskets.select(keep), y[keep]
-    lines = baskets.lines
-    return tables, basket_features(lines, tables) if folds is None else out_of_fold_features(lines, tables, folds), y
-
-
-def _compare(train_part: Baskets, valid_part: Baskets, classes: Sequence[str], config: TrainConfig,
+def _compare(spilled: Spilled, cut: int, classes: Sequence[str], config: TrainConfig, bounds: Limits,
              say: Progress) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]],
-                                     tuple[np.ndarray, list[str], dict[str, np.ndarray]]]:
+                                     tuple[np.ndarray, list[str], dict[str, np.ndarray], list[int]]]:
     """Fit every candidate on the earlier weeks and score it on the held-out ones: the comparison rows, each
-    candidate's validation metrics, and (for the drift profile) the held-out feature rows, their column names
-    and each candidate's predicted class indexes."""
-    tables, X, y = _learn(train_part, classes, config, say)
-    Xv = basket_features(valid_part.lines, tables)
-    yv = _labels(valid_part, classes)
+    candidate's validation metrics, and (for the drift profile) the held-out feature rows, their column names,
+    each candidate's predicted class indexes and the held-out weeks."""
+    early = accumulate.part(spilled, cut, classes, config.n_folds, config.seed, config.threads)
+    learned, X, y, n_train = _learn(early, classes, config, bounds, say)
+    tables = learned.tables
+    Xv, yv, n_valid = accumulate.features(early.with_weeks(cut + 1, None), learned, bounds.validation_baskets,
+                                          out_of_fold=False, salt=_VALIDATION_SALT)
     unseen = Xv[:, tables.feature_names().index("unseen_product_share")] > 0
-    say(f"features: {X.shape[0]:,} training (of {train_part.lines.n_baskets:,}) and {Xv.shape[0]:,} validation "
+    say(f"features: {X.shape[0]:,} training (of {n_train:,}) and {Xv.shape[0]:,} validation (of {n_valid:,}) "
         f"baskets x {X.shape[1]}")
     comparison, detail, predicted = [], {}, {}
     for cand in candidates(config.seed, config.threads):
@@ -182,9 +187,8 @@ def _compare(train_part: Baskets, valid_part: Baskets, classes: Sequence[str], c
                            "fit_seconds": round(time.monotonic() - start, 2), **_learned_size(cand)})
         say(f"{cand.name}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
             f"({time.monotonic() - start:.1f}s{_size_note(cand)})")
-    return comparison, detail, (Xv, tables.feature_names(), predicted)
-
-
+    held_weeks = [int(w) for w in sorted(spilled.weeks) if w > cut]
+    return comparison, detail, (Xv, tables.feature_names(), predicted, held_weeks)
 def _learned_size(model: Candidate) -> dict[str, int]:
     """What a candidate learned about its own size (LightGBM: its boosting rounds), for the metadata."""
     rounds = getattr(model, "rounds", None)
@@ -195,10 +199,11 @@ def _size_note(model: Candidate) -> str:
     return "".join(f", {v} {k}" for k, v in _learned_size(model).items())
 
 
-def _refit(everything: Baskets, classes: Sequence[str], chosen: str, config: TrainConfig,
+
+def _refit(everything: accumulate.Part, classes: Sequence[str], chosen: str, config: TrainConfig, bounds: Limits,
            say: Progress) -> tuple[FeatureTables, bytes, float, dict[str, int]]:
-    say(f"refitting {chosen} on all {everything.lines.n_baskets:,} baskets …")
-    tables, X, y = _learn(everything, classes, config, say)
+    say(f"refitting {chosen} on all weeks …")
+    learned, X, y, _ = _learn(everything, classes, config, bounds, say)
     model = next(c for c in candidates(config.seed, config.threads) if c.name == chosen)
     model.fit(X, y, len(classes))
     onnx_bytes = model.to_onnx(X.shape[1])
@@ -206,16 +211,7 @@ def _refit(everything: Baskets, classes: Sequence[str], chosen: str, config: Tra
         raise RuntimeError(f"{chosen} cannot be exported to ONNX")
     parity = _check_parity(model, onnx_bytes, X)
     say(f"ONNX export checked: max |p_onnx - p_native| = {parity:.2e}{_size_note(model)}")
-    return tables, onnx_bytes, parity, _learned_size(model)
-
-
-def _sample(n_baskets: int, config: TrainConfig) -> np.ndarray | None:
-    """Which baskets the classifiers see (a mask), or None for all."""
-    if n_baskets <= config.max_model_baskets:
-        return None
-    keep = np.zeros(n_baskets, dtype=bool)
-    keep[np.random.default_rng(config.seed).choice(n_baskets, config.max_model_baskets, replace=False)] = True
-    return keep
+    return learned.tables, onnx_bytes, parity, _learned_size(model)
 
 
 def _check_parity(model: Candidate, onnx_bytes: bytes, X: np.ndarray) -> float:
@@ -230,96 +226,27 @@ def _check_parity(model: Candidate, onnx_bytes: bytes, X: np.ndarray) -> float:
     return diff
 
 
-def _example_products(baskets: Baskets, tables: FeatureTables, limit: int = 40) -> list[dict[str, Any]]:
-    """The best-known products with a typical unit price and their hierarchy, for people trying the API."""
-    lines = baskets.lines
-    products = tables.levels[0]
-    evidence = products.counts.sum(axis=1)
-    top = np.argsort(-evidence)[: limit * 3]
-    rows = np.maximum(products.rows(lines.product, lines.n_lines), 0)
-    unit = lines.spend / lines.quantity
-    price = np.bincount(rows, weights=unit, minlength=products.vocab.size) / np.maximum(
-        np.bincount(rows, minlength=products.vocab.size), 1)
-    first = np.full(products.vocab.size, lines.n_lines)
-    np.minimum.at(first, rows, np.arange(lines.n_lines))
-    shares = products.counts / np.maximum(evidence[:, None], 1e-12)
-    out = []
-    for r in top:
-        best = int(shares[r].argmax())
-        hierarchy = [None if h is None or h.index[first[r]] < 0 else str(h.values[h.index[first[r]]])
-                     for h in lines.hierarchy]
-        out.append({"product_id": str(products.vocab[r]), "price": round(float(price[r]), 2),
-                    "hierarchy": hierarchy, "likely_class": tables.classes[best]})
-    # A spread of classes makes a better demo than the 40 most common products of one class.
-    out.sort(key=lambda e: (e["likely_class"]))
-    per_class: dict[str, list[dict[str, Any]]] = {}
-    for e in out:
-        per_class.setdefault(e["likely_class"], []).append(e)
-    mixed = [e for group in zip(*per_class.values(), strict=False) for e in group]
-    return (mixed + [e for e in out if e not in mixed])[:limit]
+def _product_facts(p: accumulate.Part) -> ProductFacts:
+    """Mean unit price and hierarchy codes (of its first line) per product row of the refit's tables."""
+    s, ids = p.spilled, p.ids[0]
+    price = s.unit_price_sum[ids] / np.maximum(s.product_lines[ids], 1)
+    _, _, hierarchy = s.stand_ins.arrays()
+    names = [np.array(list(v.id_of), dtype=object) for v in s.vocabs[1:]]
+    rows = [[None if g < 0 else str(n[g]) for n, g in zip(names, hierarchy[:, i].tolist(), strict=True)]
+            for i in ids.tolist()]
+    return ProductFacts(price, rows)
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _library_versions() -> dict[str, str]:
-    names = ["numpy", "pyarrow", "scikit-learn", "lightgbm", "onnx", "onnxruntime", "skl2onnx", "onnxmltools"]
-    versions = {"python": platform.python_version()}
-    for name in names:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def _metadata(everything: Baskets, summary: ReadSummary, weeks: np.ndarray, cut: int, classes: Sequence[str],
-              chosen: str, learned: dict[str, int], comparison: list[dict[str, Any]], parity: float,
-              tables: FeatureTables, config: TrainConfig) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    digest = hashlib.sha256(tables.to_npz_bytes()).hexdigest()[:8]
+def _training_facts(s: Spilled, weeks: np.ndarray, cut: int, config: TrainConfig, bounds: Limits,
+                    validation: dict[str, Any]) -> dict[str, Any]:
     return {
-        "model_version": f"{now:%Y%m%d%H%M%S}-{digest}",
-        "created_at": now.isoformat(timespec="seconds"),
-        "classes": list(classes),
-        "chosen_model": chosen,
-        "chosen_model_learned": learned,  # e.g. LightGBM's boosting rounds, found on held-out rows
-        "training": {
-            "files": len(summary.files), "rows": int(everything.lines.n_lines),
-            "baskets": int(everything.lines.n_baskets), "products": int(tables.levels[0].vocab.size),
-            "weeks": [int(weeks[0]), int(weeks[-1])], "n_weeks": int(weeks.size),
-            "validation_weeks": [int(weeks[weeks > cut][0]), int(weeks[-1])],
-            "until_week": config.until_week, "n_folds": config.n_folds,
-            "evidence_power": config.evidence_power, "prior_strength": config.prior_strength, "seed": config.seed,
-            "max_model_baskets": config.max_model_baskets, "threads": config.threads,
-        },
-        "candidates": comparison,
-        "onnx_parity_max_abs_diff": parity,
-        "code_version": __version__,
-        "git_commit": _git_commit(),
-        "libraries": _library_versions(),
-        "example_products": _example_products(everything, tables),
+        "files": len(s.files), "rows": int(s.n_lines), "baskets": int(s.n_baskets),
+        "products": len(s.vocabs[0].id_of), "weeks": [int(weeks[0]), int(weeks[-1])], "n_weeks": int(weeks.size),
+        "validation_weeks": [int(weeks[weeks > cut][0]), int(weeks[-1])],
+        "until_week": config.until_week, "n_folds": config.n_folds,
+        "evidence_power": config.evidence_power, "prior_strength": config.prior_strength, "seed": config.seed,
+        "max_model_baskets": bounds.model_baskets, "threads": config.threads,
+        "memory_budget_gb": config.memory_budget_gb,
+        # Metrics and the drift profile come from at most this many held-out baskets (a seeded sample beyond).
+        "max_validation_baskets": bounds.validation_baskets, "validation_baskets_scored": validation["n_baskets"],
     }
-
-
-def _artifact_files(onnx_bytes: bytes, tables: FeatureTables, meta: dict[str, Any], validation: dict[str, Any],
-                    comparison: list[dict[str, Any]]) -> dict[str, bytes]:
-    title = f"Validation of {meta['chosen_model']} on weeks {meta['training']['validation_weeks']}"
-    metrics = {"chosen": meta["chosen_model"], "validation": validation, "candidates": comparison}
-    return {
-        "model.onnx": onnx_bytes,
-        "tables.npz": tables.to_npz_bytes(),
-        "feature_spec.json": tables.spec_json(),
-        "metadata.json": json.dumps(meta, indent=2).encode(),
-        "metrics.json": json.dumps(metrics, indent=2).encode(),
-        "report.md": markdown_report(validation, title=title,
-                                     context={"model version": meta["model_version"]}).encode(),
-        "confusion_matrix.png": confusion_png(validation, title),
-    }
-

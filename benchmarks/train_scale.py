@@ -1,0 +1,122 @@
+"""`train` at scale: wall time, peak RSS, lines per second and validation figures, and their plot.
+
+    python benchmarks/train_scale.py run DATA [--label after] [--python .venv/bin/python] [--results FILE]
+    python benchmarks/train_scale.py plot [--results FILE] [--png docs/img/train_scale.png]
+
+`run` trains on DATA with `/usr/bin/time -v` (the given interpreter: another clone's venv measures the code
+before), prints one line of figures and appends it as JSON to the results file; `plot` draws wall time and peak
+RSS against lines for each label. Extra arguments after `--` go to `train` (e.g. `-- --memory-budget 4`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path("benchmarks/train_scale.jsonl")
+
+
+def _time_v(stderr: str, label: str) -> str:
+    match = re.search(rf"{re.escape(label)}: (.+)", stderr)
+    if not match:
+        raise RuntimeError(f"no '{label}' in the output of /usr/bin/time -v:\n{stderr[-2000:]}")
+    return match.group(1).strip()
+
+
+def _seconds(clock: str) -> float:
+    parts = [float(p) for p in clock.split(":")]
+    return sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+
+
+def _metadata(model: Path) -> dict[str, Any]:
+    with tarfile.open(model) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("metadata.json"))
+        data = tar.extractfile(member)
+        assert data is not None
+        return json.loads(data.read())
+
+
+def run(data: str, label: str, python: str, results: Path, extra: list[str]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "model.tar.gz"
+        proc = subprocess.run(["/usr/bin/time", "-v", python, "-m", "retail_prediction.cli", "train", "--data", data,
+                               "--out", str(model), *extra], capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"train failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        meta = _metadata(model)
+    wall = _seconds(_time_v(proc.stderr, "Elapsed (wall clock) time (h:mm:ss or m:ss)"))
+    chosen = next(c for c in meta["candidates"] if c["name"] == meta["chosen_model"])
+    row = {
+        "label": label, "data": data, "lines": meta["training"]["rows"], "baskets": meta["training"]["baskets"],
+        "wall_s": round(wall, 1), "peak_rss_gb": round(int(_time_v(proc.stderr, "Maximum resident set size (kbytes)"))
+                                                       / 1e6, 3),
+        "user_s": float(_time_v(proc.stderr, "User time (seconds)")),
+        "sys_s": float(_time_v(proc.stderr, "System time (seconds)")),
+        "chosen": meta["chosen_model"], "accuracy": round(chosen["accuracy"], 5),
+        "macro_f1": round(chosen["macro_f1"], 5),
+        "extra": extra,
+    }
+    row["lines_per_s"] = round(row["lines"] / wall)
+    print(f"{label}: {row['lines']:,} lines in {wall:.1f} s ({row['lines_per_s']:,} lines/s, "
+          f"{row['user_s']:.0f} s user + {row['sys_s']:.0f} s sys), peak RSS {row['peak_rss_gb']:.2f} GB, "
+          f"{row['chosen']} accuracy {row['accuracy']:.4f} macro-F1 {row['macro_f1']:.4f}", flush=True)
+    with results.open("a") as out:
+        out.write(json.dumps(row) + "\n")
+    return row
+
+
+def plot(results: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for label in sorted({r["label"] for r in rows}):
+        mine = sorted((r for r in rows if r["label"] == label), key=lambda r: r["lines"])
+        lines = [r["lines"] / 1e6 for r in mine]
+        left.plot(lines, [r["wall_s"] / 60 for r in mine], "o-", label=label)
+        right.plot(lines, [r["peak_rss_gb"] for r in mine], "o-", label=label)
+    left.set(xlabel="lines (millions)", ylabel="wall time (min)", title="train: wall time")
+    right.set(xlabel="lines (millions)", ylabel="peak RSS (GB)", title="train: peak memory")
+    right.axhline(8, color="grey", linestyle=":", label="8 GB pod")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("data")
+    r.add_argument("--label", default="after")
+    r.add_argument("--python", default=sys.executable)
+    r.add_argument("--results", type=Path, default=RESULTS)
+    p = sub.add_parser("plot")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--png", type=Path, default=Path("docs/img/train_scale.png"))
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run(args.data, args.label, args.python, args.results, extra)
+    else:
+        plot(args.results, args.png)
+
+
+if __name__ == "__main__":
+    main()
