@@ -11,12 +11,11 @@ prefixes the training policy grants.
 from __future__ import annotations
 
 import re
-import shlex
 from typing import Any
 
 import pytest
 
-from .test_deploy import K8S, K8S_VERSIONS, NAMESPACE, kustomize, one
+from .test_deploy import K8S_VERSIONS, NAMESPACE, kustomize, one
 from .test_iam import EXAMPLE, IAM_DIR, render
 
 LABELS = {"app.kubernetes.io/name": "retail-train", "app.kubernetes.io/component": "training"}
@@ -105,16 +104,7 @@ def test_arguments_are_what_train_accepts(docs) -> None:
     parsed = _parser().parse_args(["train", *args])
     assert parsed.data == [values["TRAINING_DATA"]] and parsed.registry == values["REGISTRY_ROOT"]
     assert parsed.out is None, "the model goes to the registry only"
-    assert "--memory-budget" in " ".join(shlex.quote(a) for a in c["args"]) or _memory_budget_note()
-
-
-def _memory_budget_note() -> bool:
-    """Until `train` has --memory-budget, the manifests say where it goes (and this test says so too)."""
-    from retail_prediction.cli import _parser
-
-    help_text = _parser()._subparsers._group_actions[0].choices["train"].format_help()  # type: ignore[union-attr]
-    assert "--memory-budget" not in help_text, "train has --memory-budget now: pass it in job.yaml/cronjob.yaml"
-    return all("--memory-budget" in (K8S / "training" / name).read_text() for name in ("job.yaml", "cronjob.yaml"))
+    assert parsed.memory_budget <= 7, "a budget under the pod's 8Gi memory limit"
 
 
 def test_the_kit_points_at_what_the_training_policy_grants(docs) -> None:

@@ -158,7 +158,7 @@ def _check_amounts(name: str, values: list[float]) -> None:
 
 def _binary_outputs(request: InferRequest) -> tuple[list[str], set[str]]:
     """The outputs to send (all, or those requested) and which of them go as binary data."""
-    every = bool(request.parameters.get("binary_data_output"))
+    every = bool(request.parameters and request.parameters.get("binary_data_output"))
     if request.outputs is None:
         return list(OUTPUTS), set(OUTPUTS) if every else set()
     names, binary = [], set()
@@ -166,7 +166,7 @@ def _binary_outputs(request: InferRequest) -> tuple[list[str], set[str]]:
         if output.name not in OUTPUTS:
             raise bad(f"unexpected inference output '{output.name}'; the model gives {', '.join(OUTPUTS)}")
         names.append(output.name)
-        if output.parameters.get("binary_data", every):
+        if (output.parameters or {}).get("binary_data", every):
             binary.add(output.name)
     return names, binary
 
