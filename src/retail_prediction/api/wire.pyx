@@ -124,3 +124,44 @@ def group_lines(list ids, list products, list quantity, list price, list codes, 
                 return None
             group.append(made)
     return order, [basket(group) for group in groups]
+
+
+def columns_of(list inputs, dict raw, dict text_inputs, object numeric, object binary_numbers):
+    """Each input tensor's elements by name, or None if any input is unusual in any way: unknown (not in
+    `text_inputs`, which says whether each is BYTES), repeated, of another datatype (`numeric`: the numeric
+    ones) or shape, with data that does not fit. JSON data as decoded, binary BYTES split here, binary numbers
+    by `binary_numbers(data, datatype, n)`."""
+    cdef dict columns = {}
+    cdef object tensor, name, datatype, shape, data, values, expected
+    cdef bint text
+    cdef Py_ssize_t n
+    for tensor in inputs:
+        name, shape, datatype = tensor.name, tensor.shape, tensor.datatype
+        text = datatype == "BYTES"
+        expected = text_inputs.get(name)
+        if (name in columns or expected is None or <bint> expected != text or type(shape) is not list
+                or len(<list> shape) != 1 or type((<list> shape)[0]) is not int):
+            return None
+        if not text and datatype not in numeric:
+            return None
+        if not 0 <= (<list> shape)[0] <= 1 << 40:  # a C size, and far beyond any body
+            return None
+        n = (<list> shape)[0]
+        data = raw.get(name)
+        if data is None:
+            values = tensor.data
+            if type(values) is not list or len(<list> values) != n:
+                return None
+        elif text:
+            if n * 4 > len(data):  # each element takes 4 bytes at least
+                return None
+            try:
+                values = split_bytes(data, n)
+            except WireError:
+                return None
+        else:
+            values = binary_numbers(data, datatype, n)
+            if values is None:
+                return None
+        columns[name] = values
+    return columns
