@@ -80,7 +80,8 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
     && /opt/venv/bin/python -c "import retail_prediction.training.train, lightgbm, sklearn, pyarrow.fs"
 
 # ---------------------------------------------------------------------------------------------
-FROM ${BASE_IMAGE} AS train
+# What both images share: the build's OCI labels and the fixed, unprivileged user.
+FROM ${BASE_IMAGE} AS app
 
 ARG BUILD_DATE=unknown
 ARG GIT_COMMIT=unknown
@@ -88,23 +89,33 @@ ARG GIT_BRANCH=unknown
 ARG VERSION=0.1.0
 ARG SOURCE_URL=unknown
 
-LABEL org.opencontainers.image.title="retail-prediction-train" \
-      org.opencontainers.image.description="Retail Prediction training job (retail-prediction train)" \
-      org.opencontainers.image.licenses="Apache-2.0" \
+LABEL org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.created="${BUILD_DATE}" \
       org.opencontainers.image.revision="${GIT_COMMIT}" \
       org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.ref.name="${GIT_BRANCH}"
 
+# Fixed UID/GID 10001 (matches runAsUser/runAsGroup/fsGroup in deploy/k8s); no home, no shell.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin app
+
+# ---------------------------------------------------------------------------------------------
+FROM app AS train
+
+ARG BUILD_DATE=unknown
+ARG GIT_COMMIT=unknown
+ARG GIT_BRANCH=unknown
+
+LABEL org.opencontainers.image.title="retail-prediction-train" \
+      org.opencontainers.image.description="Retail Prediction training job (retail-prediction train)"
+
 # LightGBM links the system's OpenMP runtime (libgomp1); nothing else is added to the base.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
-    && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 10001 app \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin app
+    && rm -rf /var/lib/apt/lists/*
 
 COPY --from=train-builder /opt/venv /opt/venv
 
@@ -126,27 +137,14 @@ CMD ["--help"]
 
 # ---------------------------------------------------------------------------------------------
 # The serving image: the last stage, so a plain `docker build .` builds it.
-FROM ${BASE_IMAGE} AS runtime
+FROM app AS runtime
 
 ARG BUILD_DATE=unknown
 ARG GIT_COMMIT=unknown
 ARG GIT_BRANCH=unknown
-ARG VERSION=0.1.0
-ARG SOURCE_URL=unknown
 
 LABEL org.opencontainers.image.title="retail-prediction-api" \
-      org.opencontainers.image.description="Retail Prediction API (FastAPI + ONNX Runtime)" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.created="${BUILD_DATE}" \
-      org.opencontainers.image.revision="${GIT_COMMIT}" \
-      org.opencontainers.image.source="${SOURCE_URL}" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.ref.name="${GIT_BRANCH}"
-
-# Fixed UID/GID 10001 (matches runAsUser/runAsGroup/fsGroup in deploy/k8s); no home, no shell.
-RUN groupadd --system --gid 10001 app \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin app
+      org.opencontainers.image.description="Retail Prediction API (FastAPI + ONNX Runtime)"
 
 COPY --from=builder /opt/venv /opt/venv
 

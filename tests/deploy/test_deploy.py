@@ -329,8 +329,10 @@ def test_dockerfile_contract() -> None:
     assert ins[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm")
     froms = [rest for word, rest in ins if word == "FROM"]
     assert froms == ["${BASE_IMAGE} AS toolchain", "toolchain AS builder", "toolchain AS train-builder",
-                     "${BASE_IMAGE} AS train", "${BASE_IMAGE} AS runtime"], "serving stays the last (default) stage"
-    final = ins[[i for i, (w, _) in enumerate(ins) if w == "FROM"][-1] :]
+                     "${BASE_IMAGE} AS app", "app AS train", "app AS runtime"], "serving stays the last (default) stage"
+    starts = [i for i, (w, _) in enumerate(ins) if w == "FROM"]
+    final = ins[starts[-1] :]
+    app = ins[starts[3] : starts[4]]  # what the serving and training images share
     words = [w for w, _ in final]
     assert ("USER", "10001:10001") in final
     assert ("EXPOSE", "8000") in final
@@ -342,9 +344,10 @@ def test_dockerfile_contract() -> None:
     assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONUNBUFFERED"] == "1"
     for build_arg in ("BUILD_DATE", "GIT_COMMIT", "GIT_BRANCH"):
         assert env[build_arg] == "${" + build_arg + "}"
-    labels = " ".join(rest for w, rest in final if w == "LABEL")
-    for key in ("created", "revision", "source", "version"):
+    labels = " ".join(rest for w, rest in [*app, *final] if w == "LABEL")
+    for key in ("title", "created", "revision", "source", "version"):
         assert f"org.opencontainers.image.{key}=" in labels
+    assert any(w == "RUN" and "useradd --system --uid 10001" in rest for w, rest in app)
     # the runtime stage copies only the venv from the builder; nothing from the context
     copies = [rest for w, rest in final if w == "COPY"]
     assert copies == ["--from=builder /opt/venv /opt/venv"]
