@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--start-week", type=_week, default=200607)
     g.add_argument("--format", choices=("csv.gz", "parquet"), default="csv.gz", dest="fmt",
                    help="one file per week: gzip CSV as the real files, or Parquet (zstd, row groups)")
+    g.add_argument("--resume", action="store_true",
+                   help="keep the weeks a stopped run with the same settings finished, write the rest")
 
     t = sub.add_parser("train", help="train, validate on the latest weeks, refit and pack model.tar.gz")
     t.add_argument("--data", nargs="+", required=True,
@@ -135,13 +137,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _generate(args: argparse.Namespace) -> None:
+def _generate(args: argparse.Namespace) -> int:
     from .data.synthetic import generate
 
-    result = generate(args.out, weeks=args.weeks, customers=args.customers, seed=args.seed,
-                      start_week=args.start_week, progress=_say, fmt=args.fmt)
+    try:
+        result = generate(args.out, weeks=args.weeks, customers=args.customers, seed=args.seed,
+                          start_week=args.start_week, progress=_say, fmt=args.fmt, resume=args.resume)
+    except ValueError as exc:  # settings a folder cannot take (resume with other ones)
+        _say(f"error: {exc}")
+        return 2
     _say(f"wrote {result.lines:,} lines in {result.baskets:,} baskets to {len(result.files)} files in "
          f"{result.out_dir} ({result.seconds:.1f}s)")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import os
 import re
 import subprocess
 import sys
@@ -174,10 +175,30 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     generate(one, weeks=2, customers=300, seed=5, start_week=200751, workers=1)
     generate(two, weeks=2, customers=300, seed=5, start_week=200751, workers=2)
     names = sorted(p.name for p in one.iterdir())
-    assert names == ["time.csv.gz", "transactions_200751.csv.gz", "transactions_200752.csv.gz"]
+    assert names == ["generate.json", "time.csv.gz", "transactions_200751.csv.gz", "transactions_200752.csv.gz"]
     assert all((one / n).read_bytes() == (two / n).read_bytes() for n in names)
     generate(other, weeks=2, customers=300, seed=6, start_week=200751)
-    assert (other / names[1]).read_bytes() != (one / names[1]).read_bytes()
+    assert (other / names[2]).read_bytes() != (one / names[2]).read_bytes()
+
+
+def test_resume_writes_only_the_missing_weeks_and_refuses_other_settings(tmp_path: Path) -> None:
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    generate(whole, weeks=3, customers=300, seed=5, start_week=200751, workers=1)
+    generate(stopped, weeks=3, customers=300, seed=5, start_week=200751, workers=1)
+    (stopped / "transactions_200801.csv.gz").unlink()  # as if stopped before the last week was finished
+    kept = (stopped / "transactions_200751.csv.gz").stat().st_mtime_ns
+    said: list[str] = []
+    summary = generate(stopped, weeks=3, customers=300, seed=5, start_week=200751, workers=1, resume=True,
+                       progress=said.append)
+    assert said[0] == "resuming: 2 of 3 weeks are already written" and len(said) == 2
+    assert (stopped / "transactions_200751.csv.gz").stat().st_mtime_ns == kept  # not rewritten
+    assert len(summary.files) == 4 and summary.lines > 0
+    assert all((whole / n).read_bytes() == (stopped / n).read_bytes() for n in os.listdir(whole))
+    cli = [sys.executable, "-m", "retail_prediction.cli", "generate", "--out", str(stopped), "--weeks", "3",
+           "--customers", "300", "--seed", "6", "--start-week", "200751", "--resume"]
+    refused = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "records other settings" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 # ---------------------------------------------------------------- distributions against the real weeks
@@ -267,7 +288,7 @@ def test_generate_cli_writes_parquet_and_refuses_an_unknown_format(tmp_path: Pat
            "--customers", "300"]
     done = subprocess.run([*cli, "--format", "parquet"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["time.csv.gz", "transactions_200607.parquet",
-                                                          "transactions_200608.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generate.json", "time.csv.gz",
+                                                          "transactions_200607.parquet", "transactions_200608.parquet"]
     refused = subprocess.run([*cli, "--format", "csv.bz2"], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "invalid choice: 'csv.bz2'" in refused.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import multiprocessing
 import time
 import zlib
@@ -114,17 +115,36 @@ def _default_workers(customers: int, weeks: int) -> int:
     return 1 if customers * weeks < 800_000 else cpu_budget()
 
 
+MANIFEST = "generate.json"  # the parameters a folder was written with: what `resume` must match
+
+
+def _manifest(out_dir: Path, settings: dict[str, object], resume: bool) -> None:
+    """Record the settings; with `resume`, first refuse a folder written with other ones (its finished weeks
+    would not be the weeks these settings give)."""
+    path = out_dir / MANIFEST
+    if resume and path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            before = None
+        if before != settings:
+            raise ValueError(f"{path} records other settings ({before}); resume only with the same ones "
+                             f"({settings}) or write to a new folder")
+    path.write_text(json.dumps(settings, sort_keys=True) + "\n")
+
+
 def generate(out_dir: Path, *, weeks: int, customers: int, seed: int, start_week: int = 200607,
              products: int | None = None, stores: int | None = None,
              progress: Callable[[str], None] | None = None, workers: int | None = None,
-             fmt: str = "csv.gz") -> GenerateSummary:  # fmt: skip
+             fmt: str = "csv.gz", resume: bool = False) -> GenerateSummary:  # fmt: skip
     """Write `weeks` consecutive synthetic weeks from `start_week` into `out_dir` as `transactions_YYYYWW.<fmt>`
     (`fmt` in FORMATS), plus `time.csv.gz`.
 
     Deterministic in `seed` (neither the worker count nor the format changes the lines). `workers` defaults to
     the number of CPUs (1 for small runs); each worker builds and writes one week at a time, so memory is
     bounded by the customers (the world every worker holds) and one week's lines per worker, whatever the
-    number of weeks.
+    number of weeks. `resume` keeps the weeks a stopped run with the same settings finished (a week's file
+    appears only once complete) and writes the rest; the summary counts the lines written now.
     """
     started = time.perf_counter()
     if weeks < 1:
@@ -134,10 +154,16 @@ def generate(out_dir: Path, *, weeks: int, customers: int, seed: int, start_week
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     week_list = shop_weeks(start_week, weeks)
+    _manifest(out_dir, {"weeks": weeks, "customers": customers, "seed": seed, "start_week": start_week,
+                        "products": products, "stores": stores, "format": fmt}, resume)
     world = build_world(customers=customers, seed=seed, weeks=weeks, products=products, stores=stores)
     jobs = [(w, i, seed, str(out_dir), fmt) for i, w in enumerate(week_list)]
-    files, lines, baskets = [], 0, 0
-    n_workers = min(workers or _default_workers(customers, weeks), weeks)
+    done = [job for job in jobs if resume and (out_dir / f"transactions_{job[0]}.{fmt}").exists()]
+    if done and progress is not None:
+        progress(f"resuming: {len(done)} of {len(jobs)} weeks are already written")
+    jobs = [job for job in jobs if job not in done]
+    files, lines, baskets = [out_dir / f"transactions_{job[0]}.{fmt}" for job in done], 0, 0
+    n_workers = max(1, min(workers or _default_workers(customers, weeks), len(jobs)))
     for path, n_lines, n_baskets in _run_jobs(world, jobs, n_workers):
         files.append(Path(path))
         lines, baskets = lines + n_lines, baskets + n_baskets
@@ -162,10 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stores", type=int)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--format", choices=FORMATS, default="csv.gz")
+    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     summary = generate(
         args.out, weeks=args.weeks, customers=args.customers, seed=args.seed, start_week=args.start_week,
         products=args.products, stores=args.stores, workers=args.workers, progress=print, fmt=args.format,
+        resume=args.resume,
     )  # fmt: skip
     rate = summary.lines / summary.seconds
     print(f"{summary.lines:,} lines, {summary.baskets:,} baskets in {summary.seconds:.1f} s ({rate:,.0f} lines/s)")
