@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .latent import EPS, composition_inputs, log_softmax, sum_by_index
+from . import latent_em
+from .latent import EPS, composition_inputs, log_softmax
 
 G_SAMPLE = 20_000  # baskets the composition model learns from per iteration (it has 2K² + K parameters)
 G_C = 100.0  # weak regularisation: the composition model's boundaries are sharp
-CHUNK = 1 << 18  # lines per step of the estimation: bounds its per-line temporaries (~70 MB)
 
 Pool = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]  # an ordered map over chunks
 
@@ -54,6 +54,11 @@ class EMChunk:
     label: np.ndarray  # class index per basket
     key: np.ndarray  # uint64 per basket: which baskets the composition model samples, whatever the chunking
 
+    def __post_init__(self) -> None:  # what the compiled step takes (no copy when they already are)
+        object.__setattr__(self, "product", np.ascontiguousarray(self.product, dtype=np.int32))
+        object.__setattr__(self, "basket", np.ascontiguousarray(self.basket, dtype=np.int32))
+        object.__setattr__(self, "label", np.ascontiguousarray(self.label, dtype=np.int64))
+
     @property
     def n_baskets(self) -> int:
         return int(self.label.shape[0])
@@ -71,64 +76,78 @@ def mix(key: np.ndarray, seed: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _basket_sums(chunk: EMChunk, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sums(chunk: EMChunk, q: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per basket of the chunk: lines, expected class counts, and log P(all lines of class k)."""
     nb, k = chunk.n_baskets, q.shape[1]
-    n = np.bincount(chunk.basket, minlength=nb).astype(float)
-    counts, log_pure = np.zeros((nb, k)), np.zeros((nb, k))
-    for sl in _slices(chunk.product.size):
-        ql = q[chunk.product[sl]]
-        counts += sum_by_index(chunk.basket[sl], ql, nb)
-        log_pure += sum_by_index(chunk.basket[sl], np.log(np.maximum(ql, EPS)), nb)
+    n, counts, log_pure = np.zeros(nb), np.zeros((nb, k)), np.zeros((nb, k))
+    latent_em.basket_sums(chunk.product, chunk.basket, q, log_q, n, counts, log_pure)
     return n, counts, log_pure
 
 
-def _slices(n: int) -> list[slice]:
-    return [slice(i, i + CHUNK) for i in range(0, n, CHUNK)]
+def _subset(chunk: EMChunk, baskets: np.ndarray) -> EMChunk:
+    """The lines of `baskets` (chunk basket numbers), renumbered by their position in `baskets`."""
+    position = np.full(chunk.n_baskets, -1, dtype=np.int32)
+    position[baskets] = np.arange(baskets.size, dtype=np.int32)
+    lines = position[chunk.basket] >= 0
+    return EMChunk(chunk.product[lines], position[chunk.basket[lines]], chunk.label[baskets], chunk.key[baskets])
 
 
-def _sampled_inputs(chunks: Chunks, q: np.ndarray, seed: int, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
-    """The composition model's inputs and labels for the G_SAMPLE used baskets of lowest seeded priority,
-    in priority order: the same baskets however the lines are chunked."""
-    def rows(chunk: EMChunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n, counts, log_pure = _basket_sums(chunk, q)
-        used = np.flatnonzero(n > 0)
-        priority = mix(chunk.key[used], seed)
-        best = used[np.argsort(priority, kind="stable")[:G_SAMPLE]]
-        return (mix(chunk.key[best], seed), composition_inputs(counts[best] / n[best][:, None], log_pure[best]),
-                chunk.label[best])
+def _joined(a: EMChunk, b: EMChunk) -> EMChunk:
+    return EMChunk(np.concatenate([a.product, b.product]), np.concatenate([a.basket, b.basket + a.n_baskets]),
+                   np.concatenate([a.label, b.label]), np.concatenate([a.key, b.key]))
 
-    priority, x, y = np.zeros(0, np.uint64), np.zeros((0, 2 * q.shape[1])), np.zeros(0, np.int64)
-    for p, xc, yc in pool(rows, chunks()):
-        priority, x, y = np.concatenate([priority, p]), np.concatenate([x, xc]), np.concatenate([y, yc])
-        keep = np.argsort(priority, kind="stable")[:G_SAMPLE]
-        priority, x, y = priority[keep], x[keep], y[keep]
-    return x, y
+
+Sample = tuple[np.ndarray, EMChunk]  # priorities of the sampled baskets, in order, and their lines
+
+
+def _samples(chunks: Chunks, seeds: list[int], pool: Pool) -> list[EMChunk]:
+    """Per seed, the lines of the G_SAMPLE used baskets of lowest seeded priority (in that order): the
+    composition model's baskets, the same however the lines are chunked. One pass for all the iterations;
+    the samples are small enough to keep (G_SAMPLE baskets each)."""
+    def best(chunk: EMChunk) -> list[Sample]:
+        used = np.flatnonzero(np.bincount(chunk.basket, minlength=chunk.n_baskets))
+        out = []
+        for seed in seeds:
+            priority = mix(chunk.key[used], seed)
+            order = np.argsort(priority, kind="stable")[:G_SAMPLE]
+            out.append((priority[order], _subset(chunk, used[order])))
+        return out
+
+    empty = EMChunk(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.uint64))
+    kept: list[Sample] = [(np.zeros(0, np.uint64), empty) for _ in seeds]
+    for parts in pool(best, chunks()):
+        merged = []
+        for (pa, a), (pb, b) in zip(kept, parts, strict=True):
+            priority = np.concatenate([pa, pb])
+            order = np.argsort(priority, kind="stable")[:G_SAMPLE]
+            merged.append((priority[order], _subset(_joined(a, b), order)))
+        kept = merged
+    return [chunk for _, chunk in kept]
 
 
 def estimate_chunks(chunks: Chunks, start: np.ndarray, prior: np.ndarray, *, iterations: int = 2, seed: int = 0,
                     pool: Pool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Product class posteriors (n_products, K), and the composition model (coef, intercept), from the lines
-    `chunks()` yields (called once per pass). `start` is the first estimate per product and `prior` its prior
-    (both (n_products, K) distributions); `pool` maps a function over the chunks in order (default: serially)."""
+    `chunks()` yields (called once per pass: one for the samples, then one per iteration). `start` is the
+    first estimate per product and `prior` its prior (both (n_products, K) distributions); `pool` maps a
+    function over the chunks in order (default: serially)."""
     pool = pool or _serial
     n_products, k = start.shape
     log_prior = np.log(np.maximum(prior, EPS))
     q, coef, intercept, model = start, np.zeros((k, 2 * k)), np.zeros(k), None
-    for it in range(iterations):
-        x, y = _sampled_inputs(chunks, q, seed + it, pool)
-        coef, intercept, model = _fit_composition(x, y, k, model)
+    samples = _samples(chunks, [seed + it for it in range(iterations)], pool)
+    for sample in samples:
+        q = np.ascontiguousarray(q, dtype=np.float64)
+        log_q = np.log(np.maximum(q, EPS))
+        n, counts, log_pure = _sums(sample, q, log_q)
+        x = composition_inputs(counts / n[:, None], log_pure)
+        coef, intercept, model = _fit_composition(x, sample.label, k, model)
 
-        def evidence_of(chunk: EMChunk, q: np.ndarray = q, coef: np.ndarray = coef,
+        def evidence_of(chunk: EMChunk, q: np.ndarray = q, log_q: np.ndarray = log_q, coef: np.ndarray = coef,
                         intercept: np.ndarray = intercept) -> np.ndarray:
-            n, counts, log_pure = _basket_sums(chunk, q)
             out = np.zeros((n_products, k))
-            for sl in _slices(chunk.product.size):
-                b, ql = chunk.basket[sl], q[chunk.product[sl]]
-                inv_n = (1.0 / n[b]).astype(np.float32)[:, None, None]
-                others_pure = np.exp(log_pure[b] - np.log(np.maximum(ql, EPS)))
-                loglik = _label_loglik(counts[b] - ql, others_pure, inv_n, chunk.label[b], coef, intercept)
-                out += sum_by_index(chunk.product[sl], loglik, n_products)
+            latent_em.evidence(chunk.product, chunk.basket, chunk.label, q, log_q, *_sums(chunk, q, log_q),
+                               np.ascontiguousarray(coef), np.ascontiguousarray(intercept), out)
             return out
 
         evidence = log_prior.copy()
@@ -147,22 +166,3 @@ def estimate(product: np.ndarray, basket: np.ndarray, label: np.ndarray, n_baske
 
 def _serial(fn: Callable[[EMChunk], Any], chunks: Iterable[EMChunk]) -> Iterator[Any]:
     return map(fn, chunks)
-
-
-def _label_loglik(others: np.ndarray, others_pure: np.ndarray, inv_n: np.ndarray, label: np.ndarray,
-                  coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-    """(n_lines, K): log g(basket label | this line of class z, the other lines as they are), for each z.
-
-    `others` are the other lines' expected class counts and `others_pure` P(all other lines of class k).
-    The logits are linear in the shares, so all K candidates come from one broadcast (float32: it is big).
-    """
-    k = others.shape[1]
-    f32 = np.float32
-    share_w, pure_w = coef[:, :k].T.astype(f32), coef[:, k:].T.astype(f32)  # [z, y]
-    base = (others.astype(f32) * inv_n[:, :, 0]) @ coef[:, :k].T.astype(f32) + intercept.astype(f32)
-    # logits[l, z, y] = base[l, y] + share_w[z, y] / n_l + others_pure[l, z] * pure_w[z, y]
-    logits = base[:, None, :] + share_w[None] * inv_n + others_pure.astype(f32)[:, :, None] * pure_w[None]
-    top = logits.max(axis=2, keepdims=True)
-    lse = np.log(np.exp(logits - top).sum(axis=2)) + top[:, :, 0]
-    picked = np.take_along_axis(logits, np.broadcast_to(label[:, None, None], (label.size, k, 1)), axis=2)[:, :, 0]
-    return (picked - lse).astype(np.float64)
