@@ -107,7 +107,8 @@ def test_the_estimation_over_chunks_equals_the_in_memory_one(n_chunks: int) -> N
     for lo, hi in itertools.pairwise(cuts):
         lines = (basket >= lo) & (basket < hi)
         chunks.append(EMChunk(product[lines], basket[lines] - lo, label[lo:hi], np.arange(lo, hi, dtype=np.uint64)))
-    parts = estimate_chunks(lambda: chunks, start, prior, pool=lambda fn, items: map(fn, reversed(list(items))))
+    loaders = [lambda c=c: c for c in chunks]
+    parts = estimate_chunks(lambda: loaders, start, prior, pool=lambda fn, items: map(fn, reversed(list(items))))
     for a, b in zip(parts, whole, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 

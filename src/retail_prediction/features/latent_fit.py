@@ -64,7 +64,7 @@ class EMChunk:
         return int(self.label.shape[0])
 
 
-Chunks = Callable[[], Iterable[EMChunk]]
+Chunks = Callable[[], Iterable[Callable[[], EMChunk]]]  # a pass: one loader per chunk, run on the pool's threads
 
 
 def mix(key: np.ndarray, seed: int) -> np.ndarray:
@@ -97,6 +97,14 @@ def _joined(a: EMChunk, b: EMChunk) -> EMChunk:
                    np.concatenate([a.label, b.label]), np.concatenate([a.key, b.key]))
 
 
+def _lowest(priority: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k lowest priorities, in (priority, position) order: a partition, then a sort of k."""
+    if priority.size > k:
+        best = np.argpartition(priority, k - 1)[:k]
+        return best[np.lexsort((best, priority[best]))]
+    return np.argsort(priority, kind="stable")
+
+
 Sample = tuple[np.ndarray, EMChunk]  # priorities of the sampled baskets, in order, and their lines
 
 
@@ -104,12 +112,13 @@ def _samples(chunks: Chunks, seeds: list[int], pool: Pool) -> list[EMChunk]:
     """Per seed, the lines of the G_SAMPLE used baskets of lowest seeded priority (in that order): the
     composition model's baskets, the same however the lines are chunked. One pass for all the iterations;
     the samples are small enough to keep (G_SAMPLE baskets each)."""
-    def best(chunk: EMChunk) -> list[Sample]:
+    def best(load: Callable[[], EMChunk]) -> list[Sample]:
+        chunk = load()
         used = np.flatnonzero(np.bincount(chunk.basket, minlength=chunk.n_baskets))
         out = []
         for seed in seeds:
             priority = mix(chunk.key[used], seed)
-            order = np.argsort(priority, kind="stable")[:G_SAMPLE]
+            order = _lowest(priority, G_SAMPLE)
             out.append((priority[order], _subset(chunk, used[order])))
         return out
 
@@ -119,7 +128,7 @@ def _samples(chunks: Chunks, seeds: list[int], pool: Pool) -> list[EMChunk]:
         merged = []
         for (pa, a), (pb, b) in zip(kept, parts, strict=True):
             priority = np.concatenate([pa, pb])
-            order = np.argsort(priority, kind="stable")[:G_SAMPLE]
+            order = _lowest(priority, G_SAMPLE)
             merged.append((priority[order], _subset(_joined(a, b), order)))
         kept = merged
     return [chunk for _, chunk in kept]
@@ -143,11 +152,11 @@ def estimate_chunks(chunks: Chunks, start: np.ndarray, prior: np.ndarray, *, ite
         x = composition_inputs(counts / n[:, None], log_pure)
         coef, intercept, model = _fit_composition(x, sample.label, k, model)
 
-        def evidence_of(chunk: EMChunk, q: np.ndarray = q, log_q: np.ndarray = log_q, coef: np.ndarray = coef,
-                        intercept: np.ndarray = intercept) -> np.ndarray:
-            out = np.zeros((n_products, k))
+        def evidence_of(load: Callable[[], EMChunk], q: np.ndarray = q, log_q: np.ndarray = log_q,
+                        coef: np.ndarray = coef, intercept: np.ndarray = intercept) -> np.ndarray:
+            chunk, out = load(), np.zeros((n_products, k))
             latent_em.evidence(chunk.product, chunk.basket, chunk.label, q, log_q, *_sums(chunk, q, log_q),
-                               np.ascontiguousarray(coef), np.ascontiguousarray(intercept), out)
+                               np.ascontiguousarray(coef), np.ascontiguousarray(intercept), EPS, out)
             return out
 
         evidence = log_prior.copy()
@@ -161,8 +170,8 @@ def estimate(product: np.ndarray, basket: np.ndarray, label: np.ndarray, n_baske
              prior: np.ndarray, *, iterations: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`estimate_chunks` of lines in memory (one chunk; basket b's key is b)."""
     chunk = EMChunk(product, basket, np.asarray(label), np.arange(n_baskets, dtype=np.uint64))
-    return estimate_chunks(lambda: [chunk], start, prior, iterations=iterations, seed=seed)
+    return estimate_chunks(lambda: [lambda: chunk], start, prior, iterations=iterations, seed=seed)
 
 
-def _serial(fn: Callable[[EMChunk], Any], chunks: Iterable[EMChunk]) -> Iterator[Any]:
+def _serial(fn: Callable[[Any], Any], chunks: Iterable[Any]) -> Iterator[Any]:
     return map(fn, chunks)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -180,10 +182,10 @@ def _latent(p: Part, tables: FeatureTables, n_lines: np.ndarray, used_folds: np.
         label = p.class_of[np.asarray(spill.array(i, "label"))]
         return EMChunk(product[lines], basket[lines], label, key)
 
-    def chunks() -> Iterator[EMChunk]:
-        return map(em_chunk, range(p.spilled.spill.n_chunks))
+    def chunks() -> list[Callable[[], EMChunk]]:
+        return [partial(em_chunk, i) for i in range(p.spilled.spill.n_chunks)]
 
-    def pool(fn: Callable[[EMChunk], object], items: Iterable[EMChunk]) -> Iterator[object]:
+    def pool(fn: Callable[[Any], object], items: Iterable[Any]) -> Iterator[object]:
         return ordered_map(fn, items, p.threads)
 
     return learn_latent(stand_in, enc, tables, chunks, n_lines, p.seed, pool)
