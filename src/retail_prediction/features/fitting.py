@@ -175,7 +175,8 @@ class _ProductLines:
             product, basket = product[keep], basket[keep]
         chunk = latent_fit.EMChunk(product, basket, np.asarray(self.label), np.arange(self.n_baskets, dtype=np.uint64))
         n_lines = np.bincount(product, minlength=self.stand_in.n_lines).astype(float)
-        return learn_latent(self.stand_in, encode(self.stand_in, tables), tables, lambda: [lambda: chunk], n_lines, seed)
+        enc = encode(self.stand_in, tables)
+        return learn_latent(self.stand_in, enc, tables, lambda: [lambda: chunk], n_lines, seed)
 
 
 def learn_latent(stand_in: Lines, enc: Encoded, tables: FeatureTables, chunks: latent_fit.Chunks,
