@@ -1,10 +1,13 @@
 """`train` at scale: wall time, peak RSS, lines per second and validation figures, and their plot.
 
     python benchmarks/train_scale.py run DATA [--label after] [--python .venv/bin/python] [--results FILE]
+                                         [--until-week W [--evaluate-weeks 4]]
     python benchmarks/train_scale.py plot [--results FILE] [--png docs/img/train_scale.png]
 
 `run` trains on DATA with `/usr/bin/time -v` (the given interpreter: another clone's venv measures the code
-before), prints one line of figures and appends it as JSON to the results file; `plot` draws wall time and peak
+before), prints one line of figures and appends it as JSON to the results file. With `--until-week W` it trains
+on the weeks up to W and scores the next `--evaluate-weeks` weeks of DATA with `evaluate` (accuracy on later
+weeks, as a user would check it); `plot` draws wall time and peak
 RSS against lines for each label. Extra arguments after `--` go to `train` (e.g. `-- --memory-budget 4`).
 """
 
@@ -43,14 +46,37 @@ def _metadata(model: Path) -> dict[str, Any]:
         return json.loads(data.read())
 
 
-def run(data: str, label: str, python: str, results: Path, extra: list[str]) -> dict[str, Any]:
+def _later_weeks(data: str, after: int, n: int) -> list[int]:
+    """The first n shop weeks after `after` among DATA's transaction files (a local folder)."""
+    weeks = sorted(int(m.group(1)) for p in Path(data).iterdir() if (m := re.match(r"transactions_(\d{6})\.", p.name)))
+    return [w for w in weeks if w > after][:n]
+
+
+def _evaluate(python: str, data: str, model: Path, weeks: list[int], tmp: str) -> dict[str, Any]:
+    out = Path(tmp) / "eval.json"
+    proc = subprocess.run(["/usr/bin/time", "-v", python, "-m", "retail_prediction.cli", "evaluate", "--model", str(model),
+                           "--data", data, "--from-week", str(weeks[0]), "--until-week", str(weeks[-1]),
+                           "--json", str(out)], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"evaluate failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    result = json.loads(out.read_text())
+    return {"eval_weeks": f"{weeks[0]}-{weeks[-1]}", "eval_baskets": result["n_baskets"],
+            "eval_accuracy": round(result["accuracy"], 5), "eval_macro_f1": round(result["macro_f1"], 5),
+            "eval_wall_s": round(_seconds(_time_v(proc.stderr, "Elapsed (wall clock) time (h:mm:ss or m:ss)")), 1)}
+
+
+def run(data: str, label: str, python: str, results: Path, extra: list[str], until_week: int | None = None,
+        evaluate_weeks: int = 4) -> dict[str, Any]:
+    later = _later_weeks(data, until_week, evaluate_weeks) if until_week else []
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model.tar.gz"
+        cut = ["--until-week", str(until_week)] if until_week else []
         proc = subprocess.run(["/usr/bin/time", "-v", python, "-m", "retail_prediction.cli", "train", "--data", data,
-                               "--out", str(model), *extra], capture_output=True, text=True)
+                               "--out", str(model), *cut, *extra], capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"train failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         meta = _metadata(model)
+        held_out = _evaluate(python, data, model, later, tmp) if later else {}
     wall = _seconds(_time_v(proc.stderr, "Elapsed (wall clock) time (h:mm:ss or m:ss)"))
     chosen = next(c for c in meta["candidates"] if c["name"] == meta["chosen_model"])
     row = {
@@ -61,12 +87,14 @@ def run(data: str, label: str, python: str, results: Path, extra: list[str]) -> 
         "sys_s": float(_time_v(proc.stderr, "System time (seconds)")),
         "chosen": meta["chosen_model"], "accuracy": round(chosen["accuracy"], 5),
         "macro_f1": round(chosen["macro_f1"], 5),
-        "extra": extra,
+        "extra": extra, "until_week": until_week, **held_out,
     }
     row["lines_per_s"] = round(row["lines"] / wall)
     print(f"{label}: {row['lines']:,} lines in {wall:.1f} s ({row['lines_per_s']:,} lines/s, "
           f"{row['user_s']:.0f} s user + {row['sys_s']:.0f} s sys), peak RSS {row['peak_rss_gb']:.2f} GB, "
-          f"{row['chosen']} accuracy {row['accuracy']:.4f} macro-F1 {row['macro_f1']:.4f}", flush=True)
+          f"{row['chosen']} accuracy {row['accuracy']:.4f} macro-F1 {row['macro_f1']:.4f}"
+          + (f"; weeks {row['eval_weeks']} ({row['eval_baskets']:,} baskets): accuracy {row['eval_accuracy']:.4f} "
+             f"macro-F1 {row['eval_macro_f1']:.4f}" if held_out else ""), flush=True)
     with results.open("a") as out:
         out.write(json.dumps(row) + "\n")
     return row
@@ -108,12 +136,14 @@ def main() -> None:
     r.add_argument("--label", default="after")
     r.add_argument("--python", default=sys.executable)
     r.add_argument("--results", type=Path, default=RESULTS)
+    r.add_argument("--until-week", type=int, help="train on the weeks up to this one, score the next ones")
+    r.add_argument("--evaluate-weeks", type=int, default=4)
     p = sub.add_parser("plot")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--png", type=Path, default=Path("docs/img/train_scale.png"))
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.data, args.label, args.python, args.results, extra)
+        run(args.data, args.label, args.python, args.results, extra, args.until_week, args.evaluate_weeks)
     else:
         plot(args.results, args.png)
 
