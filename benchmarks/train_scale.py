@@ -54,9 +54,9 @@ def _later_weeks(data: str, after: int, n: int) -> list[int]:
 
 def _evaluate(python: str, data: str, model: Path, weeks: list[int], tmp: str) -> dict[str, Any]:
     out = Path(tmp) / "eval.json"
-    proc = subprocess.run(["/usr/bin/time", "-v", python, "-m", "retail_prediction.cli", "evaluate", "--model", str(model),
-                           "--data", data, "--from-week", str(weeks[0]), "--until-week", str(weeks[-1]),
-                           "--json", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(["/usr/bin/time", "-v", python, "-m", "retail_prediction.cli", "evaluate",
+                           "--model", str(model), "--data", data, "--from-week", str(weeks[0]),
+                           "--until-week", str(weeks[-1]), "--json", str(out)], capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"evaluate failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     result = json.loads(out.read_text())
