@@ -66,13 +66,15 @@ class StandIns:
                                                                                                   np.zeros(grow)])
         self.hierarchy = np.concatenate([self.hierarchy, np.full((rows.shape[0] - 1, grow), -1, np.int32)], axis=1)
         known = np.flatnonzero(rows[0] >= 0)
-        product = rows[0][known]
-        order = np.lexsort((known, basket_key, product))  # by product, then basket key, then line
-        first = order[np.flatnonzero(np.diff(product[order], prepend=-1))]
-        ids, line = product[first], known[first]
-        better = basket_key[first] < self.key[ids]
+        product, key = rows[0][known], basket_key[known]
+        lowest = np.full(n_products, np.iinfo(np.uint64).max, dtype=np.uint64)
+        np.minimum.at(lowest, product, key)  # per product, the lowest key of a basket holding it
+        hit = np.flatnonzero(key == lowest[product])  # the lines of those baskets: few
+        ids, first = np.unique(product[hit], return_index=True)  # and the first such line per product
+        line = known[hit[first]]
+        better = lowest[ids] < self.key[ids]
         ids, line = ids[better], line[better]
-        self.key[ids], self.spend[ids], self.quantity[ids] = basket_key[first][better], spend[line], quantity[line]
+        self.key[ids], self.spend[ids], self.quantity[ids] = lowest[ids], spend[line], quantity[line]
         self.hierarchy[:, ids] = rows[1:, line]
 
 
