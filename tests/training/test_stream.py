@@ -22,7 +22,7 @@ from retail_prediction.features.fitting import fit_tables
 from retail_prediction.features.latent_fit import EMChunk, estimate, estimate_chunks, mix
 from retail_prediction.training import accumulate
 from retail_prediction.training.spill import Spill, basket_keys, quantile_of_counts
-from retail_prediction.training.stream import TRAIN_COLUMNS, spill_files
+from retail_prediction.training.stream import TRAIN_COLUMNS, StandIns, spill_files
 from retail_prediction.training.train import ordered_files
 
 SEED, FOLDS = 0, 5
@@ -221,3 +221,25 @@ def test_a_basket_with_two_labels_is_refused_naming_its_file(tmp_path: Path) -> 
     week.write_text(f"{','.join(lgsr.REQUIRED_FOR_TRAINING)}\n200607,1,1.5,PRD1,B1,MM\n200607,1,2.5,PRD2,B1,LA\n")
     with pytest.raises(DataError, match=r"w1\.csv, column BASKET_PRICE_SENSITIVITY: basket B1 has lines with"):
         _spilled([week], tmp_path / "spill")
+
+
+def test_a_products_stand_in_is_the_first_line_of_its_lowest_keyed_basket() -> None:
+    """The definition, checked line by line over two updates (as two files), with lines of no product."""
+    rng = np.random.default_rng(3)
+    updates = []
+    for _ in range(2):
+        n = 400
+        product = rng.integers(-1, 30, n).astype(np.int32)
+        rows = np.stack([product, *rng.integers(0, 5, (len(lgsr.HIERARCHY), n)).astype(np.int32)])
+        key = rng.integers(0, 50, n).astype(np.uint64)  # few keys: many ties between lines of one basket
+        updates.append((rows, key, rng.random(n), rng.random(n)))
+    stand_ins = StandIns()
+    for rows, key, spend, quantity in updates:
+        stand_ins.update(rows, key, spend, quantity, 30)
+    for p in range(30):
+        candidates = [(int(key[i]), u, i) for u, (rows, key, _, _) in enumerate(updates)
+                      for i in np.flatnonzero(rows[0] == p)]
+        _, u, i = min(candidates)  # lowest key, then the earlier file, then the earlier line
+        rows, key, spend, quantity = updates[u]
+        assert (stand_ins.key[p], stand_ins.spend[p], stand_ins.quantity[p]) == (key[i], spend[i], quantity[i])
+        assert (stand_ins.hierarchy[:, p] == rows[1:, i]).all()
