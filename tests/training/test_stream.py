@@ -21,7 +21,7 @@ from retail_prediction.data.reading import DataError, read_transactions, table_t
 from retail_prediction.features.fitting import fit_tables
 from retail_prediction.features.latent_fit import EMChunk, estimate, estimate_chunks, mix
 from retail_prediction.training import accumulate
-from retail_prediction.training.spill import Spill, basket_keys, quantile_of_counts
+from retail_prediction.training.spill import KeyLedger, Spill, basket_keys, quantile_of_counts
 from retail_prediction.training.stream import TRAIN_COLUMNS, StandIns, spill_files
 from retail_prediction.training.train import ordered_files
 
@@ -243,3 +243,15 @@ def test_a_products_stand_in_is_the_first_line_of_its_lowest_keyed_basket() -> N
         rows, key, spend, quantity = updates[u]
         assert (stand_ins.key[p], stand_ins.spend[p], stand_ins.quantity[p]) == (key[i], spend[i], quantity[i])
         assert (stand_ins.hierarchy[:, p] == rows[1:, i]).all()
+
+
+def test_the_key_ledger_finds_keys_of_two_files_in_any_bucket(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    files = [rng.integers(0, 2**64 - 1, 5000, dtype=np.uint64, endpoint=True) for _ in range(3)]
+    files[2][[7, 4000]] = files[0][[9, 3]]  # two baskets of file 0 again in file 2
+    files[1][11] = files[1][12]  # a repeat within one file is not a basket spanning two
+    ledger = KeyLedger(tmp_path)
+    for i, keys in enumerate(files):
+        ledger.add(keys, i)
+    assert sorted(ledger.repeated()) == sorted([(int(files[0][9]), 0, 2), (int(files[0][3]), 0, 2)])
+    assert len(list((tmp_path / "keys").iterdir())) == KeyLedger.BUCKETS  # spread over every bucket

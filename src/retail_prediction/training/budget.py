@@ -26,7 +26,7 @@ class Limits:
 def limits(s: Spilled, n_folds: int, threads: int, budget_gb: float, max_model: int, max_validation: int) -> Limits:
     """The sample sizes that fit `budget_gb`, given what the first pass found."""
     n_codes = sum(len(v.id_of) for v in s.vocabs)
-    state = n_codes * 4 * max(n_folds, 1) * CODE_BYTES_PER_CLASS_FOLD + s.seen_keys.nbytes
+    state = n_codes * 4 * max(n_folds, 1) * CODE_BYTES_PER_CLASS_FOLD
     largest = max((int(s.spill.array(i, "basket").shape[0]) for i in range(s.spill.n_chunks)), default=0)
     in_flight = 2 * max(threads, 1) * largest * LINE_BYTES
     left = budget_gb * GB - BASE_BYTES - state - in_flight

@@ -4,6 +4,7 @@ not grow with the number of lines. Also the growing code vocabularies and price 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -144,3 +145,43 @@ def quantile_of_counts(values: np.ndarray, counts: np.ndarray, q: np.ndarray) ->
     diff = b - a
     out = a + diff * gamma
     return np.where(gamma >= 0.5, b - diff * (1 - gamma), out)
+
+
+KEY_RECORD = np.dtype([("key", "<u8"), ("file", "<u4")])
+
+
+class KeyLedger:
+    """Every basket's key and the file it came from, on disk in BUCKETS files by the key's top bits, so the
+    check that no basket spans two files holds one bucket in memory (1/BUCKETS of the baskets), never 8 bytes
+    for every basket read."""
+
+    BUCKETS = 64
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory / "keys"
+        self.directory.mkdir(exist_ok=True)
+
+    def _path(self, bucket: int) -> Path:
+        return self.directory / f"{bucket:02d}.keys"
+
+    def add(self, keys: np.ndarray, file: int) -> None:
+        bucket = (keys >> np.uint64(58)).astype(np.intp)  # the top 6 bits: BUCKETS = 64
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange(self.BUCKETS + 1))
+        records = np.empty(keys.size, KEY_RECORD)
+        records["key"], records["file"] = keys[order], file
+        for b in range(self.BUCKETS):
+            if bounds[b] < bounds[b + 1]:
+                with self._path(b).open("ab") as out:
+                    records[bounds[b]:bounds[b + 1]].tofile(out)
+
+    def repeated(self) -> Iterator[tuple[int, int, int]]:
+        """(key, earlier file, later file) for each key recorded from two files, bucket by bucket."""
+        for b in range(self.BUCKETS):
+            if not self._path(b).exists():
+                continue
+            records = np.fromfile(self._path(b), KEY_RECORD)
+            records = records[np.argsort(records["key"], kind="stable")]  # stable: a key's files in order
+            key, file = records["key"], records["file"]
+            for i in np.flatnonzero((key[1:] == key[:-1]) & (file[1:] != file[:-1])).tolist():
+                yield int(key[i]), int(file[i]), int(file[i + 1])

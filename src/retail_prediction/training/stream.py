@@ -22,7 +22,7 @@ from ..contract import LABELS
 from ..data import lgsr
 from ..data.reading import Baskets, DataError, Progress, filter_weeks, read_transactions, table_to_baskets
 from ..features import kernel
-from .spill import Chunk, PriceCounts, Spill, Vocab, basket_keys
+from .spill import Chunk, KeyLedger, PriceCounts, Spill, Vocab, basket_keys
 
 TRAIN_COLUMNS = (lgsr.SHOP_WEEK, lgsr.QUANTITY, lgsr.SPEND, lgsr.PROD_CODE, *lgsr.HIERARCHY,
                  lgsr.BASKET_ID, lgsr.LABEL)
@@ -93,8 +93,7 @@ class Spilled:
     product_lines: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n_lines: int = 0
     n_baskets: int = 0
-    seen_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
-    chunk_file: list[int] = field(default_factory=list)
+    ledger: KeyLedger | None = None  # every basket key and its file, on disk (see `_check_one_file_each`)
 
 
 @dataclass(frozen=True)
@@ -123,25 +122,27 @@ def _read(path: Path, until_week: int | None) -> _Read:
 def spill_files(files: list[Path], spill: Spill, until_week: int | None, threads: int,
                 say: Progress) -> Spilled:
     """Read every file once, in order, into `spill`; refuse a basket whose lines are in two files."""
-    out = Spilled(spill, [], [Vocab() for _ in range(1 + len(lgsr.HIERARCHY))])
+    out = Spilled(spill, [], [Vocab() for _ in range(1 + len(lgsr.HIERARCHY))], ledger=KeyLedger(spill.directory))
     started, last = time.monotonic(), 0.0
     for n, read in enumerate(ordered_map(lambda p: _read(p, until_week), files, threads), 1):
         out.files.append(str(read.path))
         if read.baskets is not None:
-            _record(out, read, files)
+            _record(out, read)
         if time.monotonic() - last > 5 or n == len(files):
             last = time.monotonic()
             say(f"read {n}/{len(files)} files, {out.n_lines:,} lines, {out.n_baskets:,} baskets "
                 f"in {last - started:.1f}s")
     if not out.n_lines:
         raise DataError(", ".join(out.files), "the files hold no transaction lines")
+    _check_one_file_each(out)
     return out
 
 
-def _record(out: Spilled, read: _Read, files: list[Path]) -> None:
+def _record(out: Spilled, read: _Read) -> None:
     baskets, lines = read.baskets, read.baskets.lines  # type: ignore[union-attr]
     assert baskets is not None and baskets.week is not None and baskets.label is not None
-    _check_one_file(out, read, files)
+    assert out.ledger is not None
+    out.ledger.add(read.keys, len(out.files) - 1)
     line_week = baskets.week[lines.basket]
     rows = np.stack([vocab.ids(codes, line_week) for vocab, codes in
                      zip(out.vocabs, [lines.product, *_hierarchy(baskets)], strict=True)])
@@ -158,7 +159,6 @@ def _record(out: Spilled, read: _Read, files: list[Path]) -> None:
         out.spill.write(Chunk(rows=rows[:, on], basket=number[lines.basket[on]], spend=lines.spend[on],
                               quantity=lines.quantity[on], label=label[keep],
                               week=baskets.week[keep].astype(np.int32), key=read.keys[keep]))
-        out.chunk_file.append(len(out.files) - 1)
     out.weeks.update(np.unique(baskets.week).tolist())
     out.labels.update(np.unique(label).tolist())
     out.n_lines += lines.n_lines
@@ -182,27 +182,18 @@ def _product_sums(out: Spilled, rows: np.ndarray, spend: np.ndarray, quantity: n
     out.product_lines += np.bincount(product[known], minlength=n_products)
 
 
-def _check_one_file(out: Spilled, read: _Read, files: list[Path]) -> None:
-    """A basket's lines must all be in one file (chunks hold whole baskets): its key must be new here."""
-    keys = np.sort(read.keys)
-    seen = out.seen_keys
-    if seen.size:
-        pos = np.minimum(np.searchsorted(seen, keys), seen.size - 1)
-        for key in keys[seen[pos] == keys].tolist():
-            _refuse_if_really_seen(out, read, files, key)
-    merged = np.concatenate([seen, keys])
-    merged.sort(kind="stable")  # two sorted runs: a linear merge
-    out.seen_keys = merged
+def _check_one_file_each(out: Spilled) -> None:
+    """A basket's lines must all be in one file (chunks hold whole baskets): refuse a basket id found in two.
+    Keys (64-bit hashes of the ids) found in two files are checked against the ids themselves."""
+    assert out.ledger is not None
+    for key, earlier, later in out.ledger.repeated():
+        ids = [_ids_with_key(out.files[f], key) for f in (earlier, later)]
+        shared = sorted(ids[0] & ids[1])
+        if shared:
+            raise DataError(out.files[later], f"basket {shared[0]} also has lines in {out.files[earlier]}: a "
+                                              "basket's lines must all be in one file", column=lgsr.BASKET_ID)
 
 
-def _refuse_if_really_seen(out: Spilled, read: _Read, files: list[Path], key: int) -> None:
-    """The 64-bit hashes of two ids matched: find the earlier file and compare the ids themselves."""
-    assert read.baskets is not None
-    here = read.baskets.basket_ids[np.flatnonzero(read.keys == np.uint64(key))[0]]
-    for i in range(out.spill.n_chunks):
-        if (out.spill.array(i, "key") == np.uint64(key)).any():
-            other = files[out.chunk_file[i]]
-            earlier = table_to_baskets(read_transactions([other], columns=TRAIN_COLUMNS)).basket_ids
-            if here in set(earlier.tolist()):
-                raise DataError(read.path, f"basket {here} also has lines in {other}: a basket's lines must all "
-                                           "be in one file", column=lgsr.BASKET_ID)
+def _ids_with_key(path: str, key: int) -> set[str]:
+    ids = table_to_baskets(read_transactions([path], columns=TRAIN_COLUMNS)).basket_ids
+    return set(ids[basket_keys(ids) == np.uint64(key)].tolist())
