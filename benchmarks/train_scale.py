@@ -6,8 +6,8 @@
 
 `run` trains on DATA with `/usr/bin/time -v` (the given interpreter: another clone's venv measures the code
 before), prints one line of figures and appends it as JSON to the results file. With `--until-week W` it trains
-on the weeks up to W and scores the next `--evaluate-weeks` weeks of DATA with `evaluate` (accuracy on later
-weeks, as a user would check it); `plot` draws wall time and peak
+on the files of the weeks up to W (DATA a folder of weekly files) and scores the next `--evaluate-weeks` weeks'
+files with `evaluate` (accuracy on later weeks, as a user would check it); `plot` draws wall time and peak
 RSS against lines for each label. Extra arguments after `--` go to `train` (e.g. `-- --memory-budget 4`).
 """
 
@@ -46,17 +46,17 @@ def _metadata(model: Path) -> dict[str, Any]:
         return json.loads(data.read())
 
 
-def _later_weeks(data: str, after: int, n: int) -> list[int]:
-    """The first n shop weeks after `after` among DATA's transaction files (a local folder)."""
-    weeks = sorted(int(m.group(1)) for p in Path(data).iterdir() if (m := re.match(r"transactions_(\d{6})\.", p.name)))
-    return [w for w in weeks if w > after][:n]
+def _week_files(data: str) -> list[tuple[int, str]]:
+    """DATA's transaction files (a local folder) with their shop weeks, in week order."""
+    found = ((re.match(r"transactions_(\d{6})\.", p.name), p) for p in Path(data).iterdir())
+    return sorted((int(m.group(1)), str(p)) for m, p in found if m)
 
 
-def _evaluate(python: str, data: str, model: Path, weeks: list[int], tmp: str) -> dict[str, Any]:
-    out = Path(tmp) / "eval.json"
+def _evaluate(python: str, files: list[tuple[int, str]], model: Path, tmp: str) -> dict[str, Any]:
+    out, weeks = Path(tmp) / "eval.json", [w for w, _ in files]
     proc = subprocess.run(["/usr/bin/time", "-v", python, "-m", "retail_prediction.cli", "evaluate",
-                           "--model", str(model), "--data", data, "--from-week", str(weeks[0]),
-                           "--until-week", str(weeks[-1]), "--json", str(out)], capture_output=True, text=True)
+                           "--model", str(model), "--data", *[f for _, f in files], "--json", str(out)],
+                          capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"evaluate failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     result = json.loads(out.read_text())
@@ -67,16 +67,23 @@ def _evaluate(python: str, data: str, model: Path, weeks: list[int], tmp: str) -
 
 def run(data: str, label: str, python: str, results: Path, extra: list[str], until_week: int | None = None,
         evaluate_weeks: int = 4) -> dict[str, Any]:
-    later = _later_weeks(data, until_week, evaluate_weeks) if until_week else []
+    # With a cut, the files are listed: train reads only the weeks up to it, evaluate only the next ones.
+    weeks = _week_files(data) if until_week else []
+    train_data = [f for w, f in weeks if w <= until_week] if until_week else [data]  # type: ignore[operator]
+    later = [(w, f) for w, f in weeks if w > until_week][:evaluate_weeks]  # type: ignore[operator]
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model.tar.gz"
-        cut = ["--until-week", str(until_week)] if until_week else []
-        proc = subprocess.run(["/usr/bin/time", "-v", python, "-m", "retail_prediction.cli", "train", "--data", data,
-                               "--out", str(model), *cut, *extra], capture_output=True, text=True)
+        proc = subprocess.run(["/usr/bin/time", "-v", python, "-m", "retail_prediction.cli", "train", "--data",
+                               *train_data, "--out", str(model), *extra], capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"train failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         meta = _metadata(model)
-        held_out = _evaluate(python, data, model, later, tmp) if later else {}
+        print(proc.stderr[-3000:], flush=True)  # train's progress: where the time went
+        try:
+            held_out = _evaluate(python, later, model, tmp) if later else {}
+        except SystemExit as exc:  # the training figures stand on their own
+            print(exc, flush=True)
+            held_out = {"eval_error": str(exc)[:200]}
     wall = _seconds(_time_v(proc.stderr, "Elapsed (wall clock) time (h:mm:ss or m:ss)"))
     chosen = next(c for c in meta["candidates"] if c["name"] == meta["chosen_model"])
     row = {
@@ -94,7 +101,7 @@ def run(data: str, label: str, python: str, results: Path, extra: list[str], unt
           f"{row['user_s']:.0f} s user + {row['sys_s']:.0f} s sys), peak RSS {row['peak_rss_gb']:.2f} GB, "
           f"{row['chosen']} accuracy {row['accuracy']:.4f} macro-F1 {row['macro_f1']:.4f}"
           + (f"; weeks {row['eval_weeks']} ({row['eval_baskets']:,} baskets): accuracy {row['eval_accuracy']:.4f} "
-             f"macro-F1 {row['eval_macro_f1']:.4f}" if held_out else ""), flush=True)
+             f"macro-F1 {row['eval_macro_f1']:.4f}" if "eval_weeks" in held_out else ""), flush=True)
     with results.open("a") as out:
         out.write(json.dumps(row) + "\n")
     return row
