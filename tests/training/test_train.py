@@ -95,6 +95,22 @@ def test_evaluate_writes_json_png_and_report(trained_model: Path, weeks: Weeks, 
     assert "| all baskets |" in out.with_suffix(".md").read_text()
 
 
+def test_evaluate_streams_chunk_by_chunk_with_the_same_report(trained_model: Path, weeks: Weeks,
+                                                              tmp_path: Path) -> None:
+    from retail_prediction.training.scoring import evaluate
+
+    files = weeks.later[:3]
+    assert len(files) == 3
+    whole = evaluate(trained_model, files, tmp_path / "whole.json", chunk_bytes=1 << 40)  # one chunk
+    by_file = evaluate(trained_model, files, tmp_path / "by_file.json", chunk_bytes=1)  # a chunk per file
+    assert by_file == whole and whole["n_baskets"] > 0
+    middle = int(files[1].name[13:19])
+    alone = evaluate(trained_model, [files[1]], tmp_path / "alone.json")
+    chosen = evaluate(trained_model, files, tmp_path / "chosen.json", first_week=middle, last_week=middle,
+                      chunk_bytes=1)  # the other files' lines are dropped chunk by chunk
+    assert chosen == alone and chosen["weeks"] == [middle, middle]
+
+
 @pytest.mark.real_data
 def test_accuracy_on_a_later_real_week(real_model: Path, real_weeks: Weeks, tmp_path: Path) -> None:
     report = _evaluate(real_model, real_weeks.later[0], tmp_path / "eval.json")

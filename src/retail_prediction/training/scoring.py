@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 from ..artifact.members import ArtifactLimits
 from ..data import lgsr
 from ..data.chunks import CHUNK_BYTES, file_chunks
-from ..data.reading import DataError, Progress, filter_weeks, read_transactions, table_to_baskets
+from ..data.reading import DataError, Progress, filter_weeks, table_to_baskets
 from ..serving.model_manager import LoadedModel
 from ..serving.service import PredictionService
 from .evaluation import confusion_png, evaluation_report, markdown_report
@@ -29,25 +29,43 @@ DataSpec = str | Path | Sequence[str | Path]
 
 def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = None, markdown: Path | None = None,
              first_week: int | None = None, last_week: int | None = None,
-             progress: Progress | None = None, limits: ArtifactLimits | None = None) -> dict[str, Any]:
+             progress: Progress | None = None, limits: ArtifactLimits | None = None,
+             chunk_bytes: int = CHUNK_BYTES) -> dict[str, Any]:
+    """Score labelled files and write the report (JSON, confusion matrix PNG, Markdown).
+
+    Streams like `predict_files`: a chunk of whole files at a time, only its lines in the chosen weeks kept;
+    what is held across chunks is a few numbers per basket (label, probabilities, unseen products), not lines.
+    """
     service, served = PredictionService.for_file(model, limits=limits)
     predictor = served.predictor
-    table = read_transactions(data, columns=(*SCORING_COLUMNS, lgsr.LABEL), progress=progress)
-    table = filter_weeks(table, first_week, last_week)
-    if table.num_rows == 0:
-        raise DataError(str(data), "no lines left in the chosen weeks")
-    baskets = table_to_baskets(table)
     classes = list(predictor.classes)
-    unknown_labels = sorted(set(np.unique(baskets.label).tolist()) - set(classes))
-    if unknown_labels:
-        raise DataError(str(data), f"labels {unknown_labels} were not among the model's classes {classes}",
-                        column=lgsr.LABEL)
-    y = np.searchsorted(np.asarray(classes), baskets.label)
-    proba = service.score_lines(served, baskets.lines)
-    unseen = predictor.unknown_products(baskets.lines) > 0
-    report = evaluation_report(y, proba, classes, unseen)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    weeks: list[int] = []
+    for chunk in file_chunks(data, columns=(*SCORING_COLUMNS, lgsr.LABEL), required=lgsr.REQUIRED_FOR_TRAINING,
+                             chunk_bytes=chunk_bytes):
+        table = filter_weeks(chunk.table, first_week, last_week)
+        del chunk
+        if table.num_rows == 0:
+            continue
+        baskets = table_to_baskets(table)
+        del table
+        unknown_labels = sorted(set(np.unique(baskets.label).tolist()) - set(classes))
+        if unknown_labels:
+            raise DataError(str(data), f"labels {unknown_labels} were not among the model's classes {classes}",
+                            column=lgsr.LABEL)
+        y = np.searchsorted(np.asarray(classes), baskets.label).astype(np.int8)
+        proba = service.score_lines(served, baskets.lines)
+        parts.append((y, proba, predictor.unknown_products(baskets.lines) > 0))
+        if baskets.week is not None:
+            weeks += [int(baskets.week.min()), int(baskets.week.max())]
+        if progress is not None:
+            progress(f"scored {sum(p[0].size for p in parts):,} baskets")
+    if not parts:
+        raise DataError(str(data), "no lines left in the chosen weeks")
+    y, proba, unseen = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    report = evaluation_report(y.astype(np.int64), proba, classes, unseen)
     report["model_version"] = predictor.version
-    report["weeks"] = [int(baskets.week.min()), int(baskets.week.max())] if baskets.week is not None else None
+    report["weeks"] = [min(weeks), max(weeks)] if weeks else None
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(report, indent=2))
     title = f"{predictor.version} on weeks {report['weeks']}"
