@@ -22,10 +22,12 @@ import pyarrow.compute as pc
 from . import lgsr
 from .errors import DataError
 from .reading import _combined, read_transactions, resolve_files
+from .week_span import outside_weeks
 
 CHUNK_BYTES = 48 << 20  # ~4 M lines of gzip CSV; the real 94 weeks (32 MB) are one chunk
 _READ_THREADS = 4  # as reading.py: Arrow's parsing releases the GIL
 _NO_LINES = "hold no transaction lines"  # read_transactions' message for a file without lines
+Weeks = tuple[int | None, int | None]  # first and last shop week to read (None: open)
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,9 @@ def _groups(files: list[Path], chunk_bytes: int) -> list[list[Path]]:
     return groups
 
 
-def _read_one(path: Path, columns: Sequence[str], required: Sequence[str]) -> pa.Table | None:
+def _read_one(path: Path, columns: Sequence[str], required: Sequence[str], weeks: Weeks) -> pa.Table | None:
+    if outside_weeks(path, *weeks):
+        return None
     try:
         return read_transactions([path], columns=columns, required=required)
     except DataError as exc:
@@ -105,12 +109,13 @@ def _read_one(path: Path, columns: Sequence[str], required: Sequence[str]) -> pa
 
 
 def _read_group(group: list[Path], columns: Sequence[str], required: Sequence[str],
-                ranges: _BasketIdRanges) -> Chunk | None:  # fmt: skip
+                ranges: _BasketIdRanges, weeks: Weeks) -> Chunk | None:  # fmt: skip
     """A group's files read up to _READ_THREADS at a time (small weekly files parse on one thread each), checked
     in order, combined into one table."""
     with ThreadPoolExecutor(min(_READ_THREADS, len(group))) as pool:
         tables = []
-        for path, table in zip(group, pool.map(lambda p: _read_one(p, columns, required), group), strict=True):
+        read = pool.map(lambda p: _read_one(p, columns, required, weeks), group)
+        for path, table in zip(group, read, strict=True):
             if table is not None:
                 ranges.check(path, table)
                 tables.append(table)
@@ -118,21 +123,24 @@ def _read_group(group: list[Path], columns: Sequence[str], required: Sequence[st
 
 
 def file_chunks(spec: str | Path | Sequence[str | Path], *, columns: Iterable[str], required: Iterable[str],
-                chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:  # fmt: skip
+                chunk_bytes: int = CHUNK_BYTES, weeks: Weeks = (None, None)) -> Iterator[Chunk]:  # fmt: skip
     """The files of `spec` in order, a chunk at a time; the next chunk is read in a thread while the caller
-    works on this one (Arrow's reading releases the GIL), so at most two chunks are held."""
+    works on this one (Arrow's reading releases the GIL), so at most two chunks are held. Parquet files whose
+    footer shows no line in `weeks` (first, last; either None) are skipped unread; the caller still filters
+    the lines of the others."""
     groups = _groups(resolve_files(spec), chunk_bytes)
     columns, required = tuple(columns), tuple(required)
     ranges = _BasketIdRanges()
     found = False
     with ThreadPoolExecutor(1) as pool:
-        pending: Future[Chunk | None] = pool.submit(_read_group, groups[0], columns, required, ranges)
+        pending: Future[Chunk | None] = pool.submit(_read_group, groups[0], columns, required, ranges, weeks)
         for following in [*groups[1:], None]:
             chunk = pending.result()
             if following is not None:
-                pending = pool.submit(_read_group, following, columns, required, ranges)
+                pending = pool.submit(_read_group, following, columns, required, ranges, weeks)
             if chunk is not None:
                 found = True
                 yield chunk
     if not found:
-        raise DataError(", ".join(str(p) for g in groups for p in g), f"the files {_NO_LINES}")
+        where = "" if weeks == (None, None) else f" in weeks {weeks[0] or 'any'}..{weeks[1] or 'any'}"
+        raise DataError(", ".join(str(p) for g in groups for p in g), f"the files {_NO_LINES}{where}")

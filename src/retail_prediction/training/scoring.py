@@ -42,7 +42,7 @@ def evaluate(model: Path, data: DataSpec, json_out: Path, *, png: Path | None = 
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     weeks: list[int] = []
     for chunk in file_chunks(data, columns=(*SCORING_COLUMNS, lgsr.LABEL), required=lgsr.REQUIRED_FOR_TRAINING,
-                             chunk_bytes=chunk_bytes):
+                             chunk_bytes=chunk_bytes, weeks=(first_week, last_week)):
         table = filter_weeks(chunk.table, first_week, last_week)
         del chunk
         if table.num_rows == 0:

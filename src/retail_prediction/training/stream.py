@@ -21,6 +21,7 @@ import numpy as np
 from ..contract import LABELS
 from ..data import lgsr
 from ..data.reading import Baskets, DataError, Progress, filter_weeks, read_transactions, table_to_baskets
+from ..data.week_span import outside_weeks
 from ..features import kernel
 from .spill import Chunk, KeyLedger, PriceCounts, Spill, Vocab, basket_keys
 
@@ -105,6 +106,8 @@ class _Read:
 
 
 def _read(path: Path, until_week: int | None) -> _Read:
+    if outside_weeks(path, None, until_week):  # a Parquet file all of whose weeks are later: not read
+        return _Read(path, None, np.zeros(0, np.uint64), np.zeros(0))
     table = filter_weeks(read_transactions([path], columns=TRAIN_COLUMNS), None, until_week)
     if not table.num_rows:
         return _Read(path, None, np.zeros(0, np.uint64), np.zeros(0))
