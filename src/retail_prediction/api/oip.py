@@ -11,6 +11,7 @@ baskets are checked with /predict/batch's limits and wording and scored by the s
 from __future__ import annotations
 
 from array import array
+from collections.abc import Set as AbstractSet
 from itertools import repeat
 from typing import Any
 
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from .. import __version__
 from ..contract import HIERARCHY_FIELDS, MAX_AMOUNT, Basket, BasketLine
 from ..serving.model_manager import LoadedModel
-from ..serving.service import ModelNotReady, PredictionService
+from ..serving.service import Answer, ModelNotReady, PredictionService
 from ..serving.settings import Settings
 from .body import read_body
 from .decoding import looks_mangled, plain
@@ -156,11 +157,15 @@ def _check_amounts(name: str, values: list[float]) -> None:
     raise bad(f"input '{name}' element {i}: {plain(rule)}")
 
 
-def _binary_outputs(request: InferRequest) -> tuple[list[str], set[str]]:
+_NO_BINARY: frozenset[str] = frozenset()
+_ALL_BINARY = frozenset(OUTPUTS)
+
+
+def _binary_outputs(request: InferRequest) -> tuple[tuple[str, ...], AbstractSet[str]]:
     """The outputs to send (all, or those requested) and which of them go as binary data."""
     every = bool(request.parameters and request.parameters.get("binary_data_output"))
     if request.outputs is None:
-        return list(OUTPUTS), set(OUTPUTS) if every else set()
+        return OUTPUTS, _ALL_BINARY if every else _NO_BINARY
     names, binary = [], set()
     for output in request.outputs:
         if output.name not in OUTPUTS:
@@ -168,7 +173,25 @@ def _binary_outputs(request: InferRequest) -> tuple[list[str], set[str]]:
         names.append(output.name)
         if (output.parameters or {}).get("binary_data", every):
             binary.add(output.name)
-    return names, binary
+    return tuple(names), binary
+
+
+def _outputs(names: tuple[str, ...], ids: list[str], answers: list[Answer],
+             classes: tuple[str, ...]) -> list[tuple[str, str, list[int], Any]]:
+    """The outputs asked for, as `encode_outputs` takes them; probabilities row-major in `classes` order."""
+    n = len(ids)
+    outputs = []
+    for name in names:
+        if name == "basket_id":
+            outputs.append((name, "BYTES", [n], ids))
+        elif name == "label":
+            outputs.append((name, "BYTES", [n], [a["label"] for a in answers]))
+        else:
+            probabilities = array("f")
+            for answer in answers:
+                probabilities.extend(map(answer["probabilities"].__getitem__, classes))
+            outputs.append((name, "FP32", [n, len(classes)], probabilities))
+    return outputs
 
 
 def register_oip(app: FastAPI, service: PredictionService, settings: Settings, limits: Limits) -> None:
@@ -252,18 +275,9 @@ def register_oip(app: FastAPI, service: PredictionService, settings: Settings, l
         # One basket is what /predict scores: micro-batched with its neighbours under load.
         answers = [await service.predict(model, baskets[0])] if len(baskets) == 1 else \
             await service.predict_batch(model, baskets)
-        classes = model.predictor.classes
         request.scope["model_version"] = version = model.predictor.version
-        columns = {
-            "basket_id": ("BYTES", [len(ids)], ids),
-            "label": ("BYTES", [len(ids)], [a["label"] for a in answers]),
-            "probabilities": ("FP32", [len(ids), len(classes)],
-                              array("f", [a["probabilities"][c] for a in answers for c in classes])),
-        }
-        head: dict[str, Any] = {"model_name": name, "model_version": version}
-        if parsed.id is not None:
-            head["id"] = parsed.id
-        body, json_size = encode_outputs([(n, *columns[n]) for n in names], binary, head)
+        body, json_size = encode_outputs(_outputs(names, ids, answers, model.predictor.classes), binary, name,
+                                         version, parsed.id)
         if json_size is None:
             return Response(body, media_type="application/json")
         return Response(body, media_type="application/octet-stream",

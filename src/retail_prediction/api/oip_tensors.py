@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import msgspec
@@ -209,22 +210,48 @@ def little_endian(values: array) -> bytes:
     return swapped.tobytes()
 
 
-def encode_outputs(outputs: list[tuple[str, str, list[int], Any]], binary: set[str],
-                   head: dict[str, Any]) -> tuple[bytes, int | None]:
+class _DataOutput(msgspec.Struct, gc=False):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any]
+
+
+class _BinaryOutput(msgspec.Struct, gc=False):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, int]
+
+
+class _Answer(msgspec.Struct, gc=False, omit_defaults=True):
+    """The response's JSON, keys in the protocol's order (`id` only when the request had one): a struct
+    encodes in one call without building a dict per output."""
+
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[_DataOutput | _BinaryOutput] = []
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode_outputs(outputs: list[tuple[str, str, list[int], Any]], binary: AbstractSet[str], model_name: str,
+                   model_version: str, request_id: str | None) -> tuple[bytes, int | None]:
     """The response body from (name, datatype, shape, values) outputs, values a list of str for BYTES and a
     flat `array.array` (row-major) for numbers; those named in `binary` go as binary data after the JSON.
     Returns the body and the JSON part's length when there is binary data."""
-    described, blobs = [], []
+    described: list[_DataOutput | _BinaryOutput] = []
+    blobs = []
     for name, datatype, shape, values in outputs:
         if name in binary:
             blob = bytes_binary(values) if datatype == "BYTES" else little_endian(values)
             blobs.append(blob)
-            described.append({"name": name, "datatype": datatype, "shape": shape,
-                              "parameters": {"binary_data_size": len(blob)}})
+            described.append(_BinaryOutput(name, datatype, shape, {"binary_data_size": len(blob)}))
         else:
-            data = values if datatype == "BYTES" else values.tolist()
-            described.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
-    header = msgspec.json.encode({**head, "outputs": described})
+            described.append(_DataOutput(name, datatype, shape, values if datatype == "BYTES" else values.tolist()))
+    header = _ENCODER.encode(_Answer(model_name, model_version, request_id, described))
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
