@@ -1,4 +1,4 @@
-"""The OIP's compiled path from tensors to baskets (`wire.group_lines`) against its checked twin: the same
+"""The OIP's compiled path from tensors to baskets (`wire.TensorBaskets`) against its checked twin: the same
 baskets for every valid batch, and a refusal (None) for every broken rule, which the checked path names."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from retail_prediction.api import oip
 from retail_prediction.api.errors import ApiError
-from retail_prediction.api.oip_tensors import known_columns, parse_request
+from retail_prediction.api.oip_tensors import parse_request
 from retail_prediction.api.schemas import Limits
 
 LIMITS = Limits(max_string_length=8, max_basket_lines=5, max_batch_size=4)
@@ -45,10 +45,8 @@ def _body(rows: list[tuple[Any, ...]], binary: bool) -> tuple[bytes, bytes | Non
     return head + b"".join(blobs), str(len(head)).encode() if binary else None
 
 
-def _columns(request: Any, raw: Any) -> dict[str, list[Any]]:
-    columns = known_columns(request, raw, oip._INPUT_TEXT, oip.REQUIRED)
-    assert columns is not None  # well-formed tensors: only their elements break rules here
-    return columns
+def _compiled(request: Any, raw: Any) -> Any:
+    return oip.tensor_baskets(LIMITS)(request.inputs, raw)
 
 
 @settings(max_examples=300, deadline=None)
@@ -56,7 +54,7 @@ def _columns(request: Any, raw: Any) -> dict[str, list[Any]]:
 def test_the_compiled_path_answers_as_the_checked_one(rows: list[tuple[Any, ...]], binary: bool) -> None:
     body, header = _body(rows, binary)
     request, raw = parse_request(body, header)
-    fast = oip.compiled_baskets(_columns(request, raw), LIMITS)
+    fast = _compiled(request, raw)
     try:
         checked = oip._checked_baskets(request, raw, LIMITS)
     except ApiError as exc:  # a limit, a mangled code: refused by both, named by the checked path
@@ -82,6 +80,39 @@ def test_a_broken_rule_leaves_the_compiled_path_for_the_checked_one(change: Any,
     change(rows)
     body, header = _body(rows, binary)
     request, raw = parse_request(body, header)
-    assert oip.compiled_baskets(_columns(request, raw), LIMITS) is None
+    assert _compiled(request, raw) is None
     with pytest.raises(ApiError, match=re.escape(says)):
         oip.baskets_from(request, raw, LIMITS)
+
+
+def _tensors() -> dict[str, Any]:
+    return json.loads(_body([("a", "P1", 1.5, 2, "x", "y"), ("b", "P2", 2.0, 1, "", "z")], False)[0])
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda r: r["inputs"].append({"name": "colour", "datatype": "BYTES", "shape": [2], "data": ["r", "g"]}),
+     "unexpected inference input 'colour'"),
+    (lambda r: r["inputs"].append(r["inputs"][0]), "input 'basket_id' is given twice"),
+    (lambda r: r["inputs"].pop(2), "missing inference input(s): price"),
+    (lambda r: r["inputs"][2].update(datatype="BYTES"), "input 'price': datatype BYTES must be one of"),
+    (lambda r: r["inputs"][1].update(datatype="FP32"), "input 'product_id': datatype FP32 must be BYTES"),
+    (lambda r: r["inputs"][2].update(shape=[3]), "input 'price': 2 elements for shape [3]"),
+    (lambda r: r["inputs"][2].update(shape=[-2]), "must be a list of non-negative sizes"),
+    (lambda r: r["inputs"][2].pop("data"), "input 'price': no data"),
+    (lambda r: r["inputs"][0].update(data="ab"), "input 'basket_id': data must be a list"),
+])
+def test_unusual_tensors_leave_the_compiled_path_for_the_checked_one(change: Any, says: str) -> None:
+    sent = _tensors()
+    change(sent)
+    request, raw = parse_request(json.dumps(sent).encode(), None)
+    assert _compiled(request, raw) is None
+    with pytest.raises(ApiError, match=re.escape(says)):
+        oip.baskets_from(request, raw, LIMITS)
+
+
+def test_the_nested_form_takes_the_checked_path_to_the_same_baskets() -> None:
+    flat = _tensors()
+    nested = {"inputs": [{**t, "shape": [2, 1], "data": [[v] for v in t["data"]]} for t in flat["inputs"]]}
+    request, raw = parse_request(json.dumps(nested).encode(), None)
+    assert _compiled(request, raw) is None
+    assert oip.baskets_from(request, raw, LIMITS) == _compiled(*parse_request(json.dumps(flat).encode(), None))

@@ -29,10 +29,11 @@ from .errors import ApiError
 from .oip_tensors import (
     EXTENSIONS,
     HEADER_LENGTH,
+    NUMERIC,
     InferRequest,
     bad,
+    binary_numbers,
     encode_outputs,
-    known_columns,
     numbers,
     parse_request,
     strings,
@@ -40,7 +41,7 @@ from .oip_tensors import (
 from .routes import json_response
 from .routing import Declare
 from .schemas import Limits
-from .wire import group_lines
+from .wire import TensorBaskets
 
 REQUIRED = ("basket_id", "product_id", "quantity", "price")
 TAGS = ["open inference protocol"]
@@ -55,8 +56,10 @@ _INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}}
 OPTIONAL = ("category", *HIERARCHY_FIELDS)
 OUTPUTS = ("basket_id", "label", "probabilities")
-# Each input the model takes, and whether it is text (BYTES) or a number.
-_INPUT_TEXT = {**dict.fromkeys(("basket_id", "product_id", *OPTIONAL), True), "quantity": False, "price": False}
+# Each input the model takes, and whether it is text (BYTES) or a number: the required ones first, then the
+# codes in BasketLine's order (as `wire.TensorBaskets` takes them).
+_INPUT_TEXT = {"basket_id": True, "product_id": True, "quantity": False, "price": False,
+               **dict.fromkeys(OPTIONAL, True)}
 _CONTENT_ENCODING = b"content-encoding"
 
 
@@ -79,20 +82,20 @@ def _protocol_errors(endpoint: Any) -> Any:
     return run
 
 
-def baskets_from(request: InferRequest, raw: dict[str, memoryview], limits: Limits) -> tuple[list[str], list[Basket]]:
+def tensor_baskets(limits: Limits) -> TensorBaskets:
+    """The compiled pass from the inputs to baskets (`wire.TensorBaskets`) with /predict/batch's limits."""
+    return TensorBaskets(tuple(_INPUT_TEXT), tuple(_INPUT_TEXT.values()), NUMERIC, binary_numbers, BasketLine,
+                         Basket, looks_mangled, limits.max_string_length, limits.max_batch_size,
+                         limits.max_basket_lines, MAX_AMOUNT)
+
+
+def baskets_from(request: InferRequest, raw: dict[str, memoryview], limits: Limits,
+                 compiled: TensorBaskets | None = None) -> tuple[list[str], list[Basket]]:
     """The inputs as baskets (first-appearance order) and their ids, checked as /predict/batch checks them:
-    in one compiled pass (`wire.group_lines`) when every input is well-formed, else by `_checked_baskets`,
-    which names what is wrong."""
-    columns = known_columns(request, raw, _INPUT_TEXT, REQUIRED)
-    grouped = None if columns is None else compiled_baskets(columns, limits)
+    in one compiled pass (`compiled`, else `tensor_baskets(limits)`) when every input is well-formed and
+    every rule holds, else by `_checked_baskets`, which names what is wrong."""
+    grouped = (tensor_baskets(limits) if compiled is None else compiled)(request.inputs, raw)
     return _checked_baskets(request, raw, limits) if grouped is None else grouped
-
-
-def compiled_baskets(columns: dict[str, list[Any]], limits: Limits) -> tuple[list[str], list[Basket]] | None:
-    """`wire.group_lines` on the inputs' columns: the baskets, or None if any element breaks a rule."""
-    return group_lines(columns["basket_id"], columns["product_id"], columns["quantity"], columns["price"],
-                       [columns.get(name) for name in OPTIONAL], BasketLine, Basket, looks_mangled,
-                       limits.max_string_length, limits.max_batch_size, limits.max_basket_lines, MAX_AMOUNT)
 
 
 def _checked_baskets(request: InferRequest, raw: dict[str, memoryview],
@@ -199,6 +202,7 @@ def register_oip(app: FastAPI, service: PredictionService, settings: Settings, l
     index); any other name reaches the templated ones and gets a 404."""
     api = Declare(app)
     name = settings.oip_model_name
+    compiled = tensor_baskets(limits)
 
     def model_for(request: Request) -> LoadedModel:
         params = request.path_params
@@ -271,7 +275,7 @@ def register_oip(app: FastAPI, service: PredictionService, settings: Settings, l
         parsed, raw = parse_request(await read_body(request, settings.max_body_bytes, require_json=False),
                                     header_length)
         names, binary = _binary_outputs(parsed)
-        ids, baskets = baskets_from(parsed, raw, limits)
+        ids, baskets = baskets_from(parsed, raw, limits, compiled)
         # One basket is what /predict scores: micro-batched with its neighbours under load.
         answers = [await service.predict(model, baskets[0])] if len(baskets) == 1 else \
             await service.predict_batch(model, baskets)

@@ -18,7 +18,7 @@ import msgspec
 import numpy as np
 
 from .errors import ApiError
-from .wire import WireError, columns_of, split_bytes
+from .wire import WireError, split_bytes
 
 HEADER_LENGTH = b"inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data"]
@@ -103,15 +103,6 @@ def binary_numbers(data: memoryview, datatype: str, n: int) -> list[float] | Non
     if native is not None:
         return data.cast(native).tolist()
     return np.frombuffer(data, dtype=NUMERIC[datatype]).astype(np.float64).tolist()
-
-
-def known_columns(request: InferRequest, raw: dict[str, memoryview], text_inputs: dict[str, bool],
-                  required: tuple[str, ...]) -> dict[str, list[Any]] | None:
-    """Each input's elements (`text_inputs`: the inputs taken, and whether each is BYTES), or None if any input
-    is unusual in any way: unknown, repeated, of another datatype or shape, with data that does not fit, or a
-    required one missing (`wire.columns_of`, compiled). The caller's checked path then says how."""
-    columns = columns_of(request.inputs, raw, text_inputs, NUMERIC, binary_numbers)
-    return columns if columns is not None and all(name in columns for name in required) else None
 
 
 def element_count(tensor: Tensor) -> int:
