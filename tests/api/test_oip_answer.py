@@ -42,3 +42,9 @@ def test_binary_outputs_follow_the_json_part() -> None:
     blob = body[json_size:]
     assert blob[:12] == struct.pack("<I", 2) + b"MM" + struct.pack("<I", 2) + b"LA"
     assert array("f", blob[12:]).tolist() == array("f", [0.1, 0.6, 0.2, 0.1, 0.8, 0.1, 0.05, 0.05]).tolist()
+
+
+def test_no_outputs_asked_is_an_empty_list_and_binary_for_absent_outputs_is_json() -> None:
+    assert json.loads(encode_outputs([], frozenset(), "m", "v1", None)[0])["outputs"] == []
+    body, json_size = encode_outputs(_outputs(("label",), IDS, ANSWERS, CLASSES), {"probabilities"}, "m", "v1", None)
+    assert json_size is None and json.loads(body)["outputs"][0]["data"] == ["MM", "LA"]

@@ -31,6 +31,7 @@ from .oip_tensors import (
     HEADER_LENGTH,
     NUMERIC,
     InferRequest,
+    Output,
     bad,
     binary_numbers,
     encode_outputs,
@@ -179,21 +180,18 @@ def _binary_outputs(request: InferRequest) -> tuple[tuple[str, ...], AbstractSet
     return tuple(names), binary
 
 
-def _outputs(names: tuple[str, ...], ids: list[str], answers: list[Answer],
-             classes: tuple[str, ...]) -> list[tuple[str, str, list[int], Any]]:
-    """The outputs asked for, as `encode_outputs` takes them; probabilities row-major in `classes` order."""
+def _outputs(names: tuple[str, ...], ids: list[str], answers: list[Answer], classes: tuple[str, ...]) -> list[Output]:
+    """The outputs asked for; probabilities row-major in `classes` order, rounded to FP32."""
     n = len(ids)
     outputs = []
     for name in names:
         if name == "basket_id":
-            outputs.append((name, "BYTES", [n], ids))
+            outputs.append(Output(name, "BYTES", [n], ids))
         elif name == "label":
-            outputs.append((name, "BYTES", [n], [a["label"] for a in answers]))
+            outputs.append(Output(name, "BYTES", [n], [a["label"] for a in answers]))
         else:
-            probabilities = array("f")
-            for answer in answers:
-                probabilities.extend(map(answer["probabilities"].__getitem__, classes))
-            outputs.append((name, "FP32", [n, len(classes)], probabilities))
+            probabilities = array("f", [a["probabilities"][c] for a in answers for c in classes]).tolist()
+            outputs.append(Output(name, "FP32", [n, len(classes)], probabilities))
     return outputs
 
 

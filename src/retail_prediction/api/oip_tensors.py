@@ -201,7 +201,10 @@ def little_endian(values: array) -> bytes:
     return swapped.tobytes()
 
 
-class _DataOutput(msgspec.Struct, gc=False):
+class Output(msgspec.Struct, gc=False):
+    """An output tensor as JSON carries it: `data` flat and row-major, str for BYTES, numbers already of the
+    datatype's precision (FP32 rounded), so that binary data, if asked for, carries the same values."""
+
     name: str
     datatype: str
     shape: list[int]
@@ -215,34 +218,41 @@ class _BinaryOutput(msgspec.Struct, gc=False):
     parameters: dict[str, int]
 
 
-class _Answer(msgspec.Struct, gc=False, omit_defaults=True):
+class _Answer(msgspec.Struct, gc=False, omit_defaults=True, kw_only=True):
     """The response's JSON, keys in the protocol's order (`id` only when the request had one): a struct
     encodes in one call without building a dict per output."""
 
     model_name: str
     model_version: str
     id: str | None = None
-    outputs: list[_DataOutput | _BinaryOutput] = []
+    outputs: list[Output | _BinaryOutput]
 
 
 _ENCODER = msgspec.json.Encoder()
+_TYPECODES = {"FP64": "d", "FP32": "f", "INT64": "q", "INT32": "i"}  # the outputs' numeric datatypes
 
 
-def encode_outputs(outputs: list[tuple[str, str, list[int], Any]], binary: AbstractSet[str], model_name: str,
-                   model_version: str, request_id: str | None) -> tuple[bytes, int | None]:
-    """The response body from (name, datatype, shape, values) outputs, values a list of str for BYTES and a
-    flat `array.array` (row-major) for numbers; those named in `binary` go as binary data after the JSON.
-    Returns the body and the JSON part's length when there is binary data."""
-    described: list[_DataOutput | _BinaryOutput] = []
+def encode_outputs(outputs: list[Output], binary: AbstractSet[str], model_name: str, model_version: str,
+                   request_id: str | None) -> tuple[bytes, int | None]:
+    """The response body; the outputs named in `binary` go as binary data after the JSON. Returns the body
+    and the JSON part's length when there is binary data."""
+    if not binary:  # the JSON answer: one encode, nothing else
+        return _ENCODER.encode(_Answer(model_name=model_name, model_version=model_version, id=request_id,
+                                                outputs=outputs)), None
+    described: list[Output | _BinaryOutput] = []
     blobs = []
-    for name, datatype, shape, values in outputs:
-        if name in binary:
-            blob = bytes_binary(values) if datatype == "BYTES" else little_endian(values)
+    for output in outputs:
+        if output.name in binary:
+            data = output.data
+            blob = bytes_binary(data) if output.datatype == "BYTES" else little_endian(
+                array(_TYPECODES[output.datatype], data))
             blobs.append(blob)
-            described.append(_BinaryOutput(name, datatype, shape, {"binary_data_size": len(blob)}))
+            described.append(_BinaryOutput(output.name, output.datatype, output.shape,
+                                           {"binary_data_size": len(blob)}))
         else:
-            described.append(_DataOutput(name, datatype, shape, values if datatype == "BYTES" else values.tolist()))
-    header = _ENCODER.encode(_Answer(model_name, model_version, request_id, described))
-    if not blobs:
+            described.append(output)
+    header = _ENCODER.encode(_Answer(model_name=model_name, model_version=model_version, id=request_id,
+                                     outputs=described))
+    if not blobs:  # binary data asked for outputs not sent
         return header, None
     return b"".join([header, *blobs]), len(header)
