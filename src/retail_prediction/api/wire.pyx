@@ -1,10 +1,9 @@
 # cython: boundscheck=False, wraparound=False
-"""The inference protocol's BYTES tensors in binary form, split in one compiled pass: each element is a
-4-byte little-endian length and its bytes, decoded as UTF-8. In Python the loop costs ~0.35 µs an element,
-which made binary requests slower than JSON ones (docs/benchmarks.md)."""
+"""The inference protocol's compiled loops: BYTES tensors in binary form split (each element a 4-byte
+little-endian length and its UTF-8 bytes), and a request's input tensors turned into baskets in one pass
+(`TensorBaskets`). Per element and per line, Python loops cost more than the rest of a request's parsing
+(docs/benchmarks.md)."""
 
-from cpython.ref cimport Py_INCREF
-from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport Py_UNICODE_ISSPACE, PyUnicode_DecodeUTF8
 
 
@@ -39,11 +38,6 @@ def split_bytes(const unsigned char[::1] raw, Py_ssize_t n):
     return out
 
 
-cdef inline void _put(tuple items, Py_ssize_t i, object value):
-    Py_INCREF(value)  # PyTuple_SET_ITEM steals a reference
-    PyTuple_SET_ITEM(items, i, value)
-
-
 cdef inline bint _text_ok(object value, Py_ssize_t limit, bint allow_empty):
     cdef Py_ssize_t size
     if type(value) is not str:
@@ -64,14 +58,27 @@ cdef inline object _amount(object value, double most):
     return <double> value
 
 
+_BAD = object()  # a code that breaks a rule
+
+
+cdef inline object _code(object column, Py_ssize_t i, Py_ssize_t limit):
+    """Line i's code in a code column (None if the column is absent or the code is ""), or _BAD."""
+    if column is None:
+        return None
+    code = (<list> column)[i]
+    if not _text_ok(code, limit, True):
+        return _BAD
+    return code if len(<str> code) else None
+
+
 cdef class TensorBaskets:
     """Input tensors -> (basket ids, baskets) in first-appearance order, in one compiled pass; calling it
     gives None if anything is unusual or breaks a rule, so that the caller's checked path can name it.
 
     Unusual: an input unknown, repeated, of another datatype or shape, with data that does not fit, or a
     required one missing. A rule: a string's type or length, an amount, a mangled product code, a limit.
-    `names`: the inputs taken, in the order basket_id, product_id, quantity, price, then the optional code
-    columns ("" = no code); `text[i]`: whether input i is BYTES. JSON data is used as decoded, binary BYTES
+    `names`: the inputs taken, in the order basket_id, product_id, quantity, price, then the five optional
+    code columns ("" = no code) in `line`'s order; `text[i]`: whether input i is BYTES. JSON data is used as decoded, binary BYTES
     split here, binary numbers read by `binary_numbers(data, datatype, n)` (None if they do not fit).
     `line(product, quantity, price, *codes)` builds a line and `basket(lines)` a basket; `mangled(code)`
     says whether a code that starts with a digit or a space is a spreadsheet-mangled number."""
@@ -85,8 +92,8 @@ cdef class TensorBaskets:
     def __init__(self, tuple names, tuple text, object numeric, object binary_numbers, object line,
                  object basket, object mangled, Py_ssize_t limit, Py_ssize_t max_baskets, Py_ssize_t max_lines,
                  double most):
-        if len(names) < 4 or len(text) != len(names):
-            raise ValueError("basket_id, product_id, quantity and price come first, each with its type")
+        if len(names) != 9 or len(text) != 9:
+            raise ValueError("basket_id, product_id, quantity, price and five code columns, each with its type")
         self.slots = {name: i for i, name in enumerate(names)}
         self.text, self.n_inputs = text, len(names)
         self.numeric, self.binary_numbers = numeric, binary_numbers
@@ -140,17 +147,16 @@ cdef class TensorBaskets:
 
     cdef object _group(self, list ids, list products, list quantity, list price, list codes):
         """The columns grouped into baskets, or None if any element breaks a rule."""
-        cdef Py_ssize_t n = len(ids), i, j, k = len(codes)
+        cdef Py_ssize_t n = len(ids), i, j
         cdef Py_ssize_t limit = self.limit, max_baskets = self.max_baskets, max_lines = self.max_lines
         cdef double most = self.most
         cdef dict where = {}
         cdef list groups = [], order = [], group, column
-        cdef object key, product, q, p, code, found, made, line = self.line, basket = self.basket
-        cdef tuple line_args
+        cdef object key, product, q, p, c0, c1, c2, c3, c4, found, made, line = self.line, basket = self.basket
         cdef Py_UCS4 c
         if n == 0 or n > max_baskets * max_lines or len(products) != n or len(quantity) != n or len(price) != n:
             return None
-        for j in range(k):
+        for j in range(5):
             if codes[j] is not None and len(<list> codes[j]) != n:
                 return None
         for i in range(n):
@@ -163,21 +169,11 @@ cdef class TensorBaskets:
             q, p = _amount(quantity[i], most), _amount(price[i], most)
             if q is None or p is None:
                 return None
-            line_args = PyTuple_New(3 + k)
-            _put(line_args, 0, product)
-            _put(line_args, 1, q)
-            _put(line_args, 2, p)
-            for j in range(k):
-                column = codes[j]
-                code = None
-                if column is not None:
-                    code = column[i]
-                    if not _text_ok(code, limit, True):
-                        return None
-                    if len(<str> code) == 0:
-                        code = None
-                _put(line_args, 3 + j, code)
-            made = line(*line_args)  # a typed tuple: one PyObject_Call, no copy
+            c0, c1, c2 = _code(codes[0], i, limit), _code(codes[1], i, limit), _code(codes[2], i, limit)
+            c3, c4 = _code(codes[3], i, limit), _code(codes[4], i, limit)
+            if c0 is _BAD or c1 is _BAD or c2 is _BAD or c3 is _BAD or c4 is _BAD:
+                return None
+            made = line(product, q, p, c0, c1, c2, c3, c4)  # a vectorcall: no argument tuple
             found = where.get(key)
             if found is None:
                 if len(groups) == max_baskets:
