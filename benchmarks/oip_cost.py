@@ -4,8 +4,9 @@
 
 For one basket per request (real baskets, JSON bodies): each stage of the OIP path and /predict's decode,
 timed alone in a loop over the bodies (best of several repeats, µs per request), then both routes through
-the whole ASGI app (no sockets) one at a time and 32 in flight, interleaved, best of the rounds. Best-of
-figures suit a shared machine: other work only ever adds time.
+the whole ASGI app (no sockets) one at a time and 32 in flight (CPU time), and each endpoint alone with the
+scoring replaced by a constant answer (what the route itself costs), interleaved, best of the rounds.
+Best-of figures suit a shared machine: other work only ever adds time.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import orjson
 from api_load import DEFAULT_DATA, sample_baskets  # benchmarks/ is on the path when run as a script
-from app_cost import call
+from app_cost import call, scope
 from oip_load import INFER, oip_json
 
 
@@ -79,8 +80,9 @@ async def app_figures(bodies: list[bytes], oip: list[bytes], rounds: int, n: int
         while app.state.service.manager.current is None:
             await asyncio.sleep(0.01)
         best: dict[str, float] = {}
+        routes = (("/predict", "/predict", bodies), ("OIP", INFER, oip))
         for _ in range(rounds):
-            for label, path, sent in (("/predict", "/predict", bodies), ("OIP", INFER, oip)):
+            for label, path, sent in routes:
                 for k in (1, 32):
                     started = time.process_time()
                     for i in range(0, n, k):
@@ -91,9 +93,49 @@ async def app_figures(bodies: list[bytes], oip: list[bytes], rounds: int, n: int
                     cost = (time.process_time() - started) / n * 1e6
                     key = f"{label}, {k} in flight"
                     best[key] = min(best.get(key, cost), cost)
-        print(f"whole app, best of {rounds} interleaved rounds (CPU µs per request):")
+        # The endpoints alone, scoring replaced by a constant answer: what the routes themselves cost.
+        service = app.state.service
+        answer = (await service.predict(service.model(), decode_basket(bodies[0])))
+        service.predict = constant_answer(answer)  # type: ignore[method-assign]
+        for _ in range(rounds):
+            for label, path, sent in routes:
+                endpoint = app.router.lean_route("POST", path).endpoint
+                requests = [request_of(path, sent[i % len(sent)]) for i in range(n)]
+                started = time.perf_counter()
+                for request in requests:
+                    await endpoint(request)
+                cost = (time.perf_counter() - started) / n * 1e6
+                key = f"{label} endpoint, scoring stubbed"
+                best[key] = min(best.get(key, cost), cost)
+        print(f"whole app and endpoints alone, best of {rounds} interleaved rounds (µs per request):")
         for key, cost in best.items():
             print(f"  {key:42s} {cost:6.1f}")
+
+
+def decode_basket(body: bytes) -> Any:
+    from retail_prediction.api.decoding import decode_predict
+    from retail_prediction.api.schemas import Limits, request_types
+
+    return decode_predict(body, request_types(Limits()))
+
+
+def constant_answer(answer: dict[str, Any]) -> Callable[..., Any]:
+    async def predict(model: Any, basket: Any) -> dict[str, Any]:
+        return answer
+
+    return predict
+
+
+def request_of(path: str, body: bytes) -> Any:
+    """A Request as the route gets it, its body ready to read."""
+    from starlette.requests import Request
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    asgi = scope("POST", path, body)
+    asgi["request_id"] = "0123456789abcdef0123456789abcdef"
+    return Request(asgi, receive)
 
 
 def main() -> None:
