@@ -116,3 +116,26 @@ def test_the_nested_form_takes_the_checked_path_to_the_same_baskets() -> None:
     request, raw = parse_request(json.dumps(nested).encode(), None)
     assert _compiled(request, raw) is None
     assert oip.baskets_from(request, raw, LIMITS) == _compiled(*parse_request(json.dumps(flat).encode(), None))
+
+
+@pytest.mark.parametrize(("size", "tail", "says"), [
+    (5, b"ab", "input 'price': binary_data_size 5 does not fit the 2 bytes of binary data left in the body"),
+    (-1, b"", "input 'price': binary_data_size -1 does not fit the 0 bytes"),
+    ("3", b"abc", "input 'price': binary_data_size '3' does not fit the 3 bytes"),
+    (True, b"a", "input 'price': binary_data_size True does not fit the 1 bytes"),
+    (10**30, b"a", "binary_data_size 1000000000000000000000000000000 does not fit"),
+    (2, b"abcd", "2 bytes of binary data after the inputs that declare binary_data_size"),
+])
+def test_binary_sizes_that_do_not_fit_are_named(size: Any, tail: bytes, says: str) -> None:
+    head = json.dumps({"inputs": [{"name": "price", "datatype": "FP64", "shape": [1],
+                                   "parameters": {"binary_data_size": size}}]}).encode()
+    with pytest.raises(ApiError, match=re.escape(says)):
+        parse_request(head + tail, str(len(head)).encode())
+
+
+def test_binary_parts_are_views_of_the_body_in_input_order() -> None:
+    inputs = [{"name": n, "datatype": "FP64", "shape": [1], "parameters": {"binary_data_size": size}}
+              for n, size in (("price", 2), ("quantity", 0), ("basket_id", 3))]
+    head = json.dumps({"inputs": [*inputs, {"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}).encode()
+    _, raw = parse_request(head + b"abcde", str(len(head)).encode())
+    assert {k: bytes(v) for k, v in raw.items()} == {"price": b"ab", "quantity": b"", "basket_id": b"cde"}

@@ -18,7 +18,7 @@ import msgspec
 import numpy as np
 
 from .errors import ApiError
-from .wire import WireError, split_bytes
+from .wire import WireError, binary_parts, split_bytes
 
 HEADER_LENGTH = b"inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data"]
@@ -56,6 +56,7 @@ class InferRequest(msgspec.Struct, forbid_unknown_fields=False, gc=False):
 
 
 _DECODER = msgspec.json.Decoder(InferRequest)
+_NO_BINARY = memoryview(b"")
 
 
 def bad(message: str) -> ApiError:
@@ -65,7 +66,7 @@ def bad(message: str) -> ApiError:
 
 def parse_request(body: bytes, header_length: bytes | None) -> tuple[InferRequest, dict[str, memoryview]]:
     """The request and, per input sent as binary data, its bytes (views into the body, not copies)."""
-    json_part, binary = body, memoryview(b"")
+    json_part, binary = body, _NO_BINARY
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
             raise bad(f"Inference-Header-Content-Length {header_length.decode('latin-1')[:20]!r} is not a "
@@ -78,20 +79,10 @@ def parse_request(body: bytes, header_length: bytes | None) -> tuple[InferReques
         raise bad(f"malformed inference request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise bad(f"the inference request is not valid JSON: {exc}") from None
-    raw: dict[str, memoryview] = {}
-    offset = 0
-    for tensor in request.inputs:
-        size = None if tensor.parameters is None else tensor.parameters.get("binary_data_size")
-        if size is None:
-            continue
-        if type(size) is not int or size < 0 or offset + size > len(binary):
-            raise bad(f"input '{tensor.name}': binary_data_size {size!r} does not fit the "
-                      f"{len(binary) - offset} bytes of binary data left in the body")
-        raw[tensor.name] = binary[offset:offset + size]
-        offset += size
-    if offset != len(binary):
-        raise bad(f"{len(binary) - offset} bytes of binary data after the inputs that declare binary_data_size")
-    return request, raw
+    try:
+        return request, binary_parts(request.inputs, binary)
+    except WireError as exc:
+        raise bad(str(exc)) from None
 
 
 def binary_numbers(data: memoryview, datatype: str, n: int) -> list[float] | None:

@@ -58,6 +58,29 @@ cdef inline object _amount(object value, double most):
     return <double> value
 
 
+def binary_parts(list inputs, object binary):
+    """Per input that declares `parameters.binary_data_size`, its bytes: views into `binary` (a memoryview),
+    in input order; WireError (its message names the input) if a size does not fit or bytes are left over."""
+    cdef dict raw = {}
+    cdef Py_ssize_t offset = 0, end = len(binary), i
+    cdef object parameters, size
+    for i, tensor in enumerate(inputs):
+        parameters = tensor.parameters
+        if parameters is None:
+            continue
+        size = parameters.get("binary_data_size")
+        if size is None:
+            continue
+        if type(size) is not int or not 0 <= size <= end - offset:
+            raise WireError(i, f"input '{tensor.name}': binary_data_size {size!r} does not fit the "
+                               f"{end - offset} bytes of binary data left in the body")
+        raw[tensor.name] = binary[offset:offset + <Py_ssize_t> size]
+        offset += <Py_ssize_t> size
+    if offset != end:
+        raise WireError(len(inputs), f"{end - offset} bytes of binary data after the inputs that declare binary_data_size")
+    return raw
+
+
 _BAD = object()  # a code that breaks a rule
 
 
