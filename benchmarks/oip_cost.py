@@ -99,6 +99,12 @@ async def app_figures(bodies: list[bytes], oip: list[bytes], rounds: int, n: int
         service.predict = constant_answer(answer)  # type: ignore[method-assign]
         for _ in range(rounds):
             for label, path, sent in routes:
+                started = time.process_time()
+                for i in range(n):
+                    await call(app, "POST", path, sent[i % len(sent)])
+                cost = (time.process_time() - started) / n * 1e6
+                key = f"{label} whole app, scoring stubbed"
+                best[key] = min(best.get(key, cost), cost)
                 endpoint = app.router.lean_route("POST", path).endpoint
                 requests = [request_of(path, sent[i % len(sent)]) for i in range(n)]
                 started = time.perf_counter()
