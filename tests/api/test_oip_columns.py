@@ -1,4 +1,4 @@
-"""The OIP's compiled path from tensors to baskets (`wire.group_lines`) against its checked twin: the same
+"""The OIP's compiled path from tensors to baskets (`wire.TensorBaskets`) against its checked twin: the same
 baskets for every valid batch, and a refusal (None) for every broken rule, which the checked path names."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from retail_prediction.api import oip
 from retail_prediction.api.errors import ApiError
-from retail_prediction.api.oip_tensors import known_columns, parse_request
+from retail_prediction.api.oip_tensors import parse_request
 from retail_prediction.api.schemas import Limits
 
 LIMITS = Limits(max_string_length=8, max_basket_lines=5, max_batch_size=4)
@@ -45,10 +45,8 @@ def _body(rows: list[tuple[Any, ...]], binary: bool) -> tuple[bytes, bytes | Non
     return head + b"".join(blobs), str(len(head)).encode() if binary else None
 
 
-def _columns(request: Any, raw: Any) -> dict[str, list[Any]]:
-    columns = known_columns(request, raw, oip._INPUT_TEXT, oip.REQUIRED)
-    assert columns is not None  # well-formed tensors: only their elements break rules here
-    return columns
+def _compiled(request: Any, raw: Any) -> Any:
+    return oip.tensor_baskets(LIMITS)(request.inputs, raw)
 
 
 @settings(max_examples=300, deadline=None)
@@ -56,7 +54,7 @@ def _columns(request: Any, raw: Any) -> dict[str, list[Any]]:
 def test_the_compiled_path_answers_as_the_checked_one(rows: list[tuple[Any, ...]], binary: bool) -> None:
     body, header = _body(rows, binary)
     request, raw = parse_request(body, header)
-    fast = oip.compiled_baskets(_columns(request, raw), LIMITS)
+    fast = _compiled(request, raw)
     try:
         checked = oip._checked_baskets(request, raw, LIMITS)
     except ApiError as exc:  # a limit, a mangled code: refused by both, named by the checked path
@@ -82,6 +80,62 @@ def test_a_broken_rule_leaves_the_compiled_path_for_the_checked_one(change: Any,
     change(rows)
     body, header = _body(rows, binary)
     request, raw = parse_request(body, header)
-    assert oip.compiled_baskets(_columns(request, raw), LIMITS) is None
+    assert _compiled(request, raw) is None
     with pytest.raises(ApiError, match=re.escape(says)):
         oip.baskets_from(request, raw, LIMITS)
+
+
+def _tensors() -> dict[str, Any]:
+    return json.loads(_body([("a", "P1", 1.5, 2, "x", "y"), ("b", "P2", 2.0, 1, "", "z")], False)[0])
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda r: r["inputs"].append({"name": "colour", "datatype": "BYTES", "shape": [2], "data": ["r", "g"]}),
+     "unexpected inference input 'colour'"),
+    (lambda r: r["inputs"].append(r["inputs"][0]), "input 'basket_id' is given twice"),
+    (lambda r: r["inputs"].pop(2), "missing inference input(s): price"),
+    (lambda r: r["inputs"][2].update(datatype="BYTES"), "input 'price': datatype BYTES must be one of"),
+    (lambda r: r["inputs"][1].update(datatype="FP32"), "input 'product_id': datatype FP32 must be BYTES"),
+    (lambda r: r["inputs"][2].update(shape=[3]), "input 'price': 2 elements for shape [3]"),
+    (lambda r: r["inputs"][2].update(shape=[-2]), "must be a list of non-negative sizes"),
+    (lambda r: r["inputs"][2].pop("data"), "input 'price': no data"),
+    (lambda r: r["inputs"][0].update(data="ab"), "input 'basket_id': data must be a list"),
+])
+def test_unusual_tensors_leave_the_compiled_path_for_the_checked_one(change: Any, says: str) -> None:
+    sent = _tensors()
+    change(sent)
+    request, raw = parse_request(json.dumps(sent).encode(), None)
+    assert _compiled(request, raw) is None
+    with pytest.raises(ApiError, match=re.escape(says)):
+        oip.baskets_from(request, raw, LIMITS)
+
+
+def test_the_nested_form_takes_the_checked_path_to_the_same_baskets() -> None:
+    flat = _tensors()
+    nested = {"inputs": [{**t, "shape": [2, 1], "data": [[v] for v in t["data"]]} for t in flat["inputs"]]}
+    request, raw = parse_request(json.dumps(nested).encode(), None)
+    assert _compiled(request, raw) is None
+    assert oip.baskets_from(request, raw, LIMITS) == _compiled(*parse_request(json.dumps(flat).encode(), None))
+
+
+@pytest.mark.parametrize(("size", "tail", "says"), [
+    (5, b"ab", "input 'price': binary_data_size 5 does not fit the 2 bytes of binary data left in the body"),
+    (-1, b"", "input 'price': binary_data_size -1 does not fit the 0 bytes"),
+    ("3", b"abc", "input 'price': binary_data_size '3' does not fit the 3 bytes"),
+    (True, b"a", "input 'price': binary_data_size True does not fit the 1 bytes"),
+    (10**30, b"a", "binary_data_size 1000000000000000000000000000000 does not fit"),
+    (2, b"abcd", "2 bytes of binary data after the inputs that declare binary_data_size"),
+])
+def test_binary_sizes_that_do_not_fit_are_named(size: Any, tail: bytes, says: str) -> None:
+    head = json.dumps({"inputs": [{"name": "price", "datatype": "FP64", "shape": [1],
+                                   "parameters": {"binary_data_size": size}}]}).encode()
+    with pytest.raises(ApiError, match=re.escape(says)):
+        parse_request(head + tail, str(len(head)).encode())
+
+
+def test_binary_parts_are_views_of_the_body_in_input_order() -> None:
+    inputs = [{"name": n, "datatype": "FP64", "shape": [1], "parameters": {"binary_data_size": size}}
+              for n, size in (("price", 2), ("quantity", 0), ("basket_id", 3))]
+    head = json.dumps({"inputs": [*inputs, {"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}).encode()
+    _, raw = parse_request(head + b"abcde", str(len(head)).encode())
+    assert {k: bytes(v) for k, v in raw.items()} == {"price": b"ab", "quantity": b"", "basket_id": b"cde"}

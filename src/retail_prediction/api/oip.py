@@ -11,6 +11,7 @@ baskets are checked with /predict/batch's limits and wording and scored by the s
 from __future__ import annotations
 
 from array import array
+from collections.abc import Set as AbstractSet
 from itertools import repeat
 from typing import Any
 
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from .. import __version__
 from ..contract import HIERARCHY_FIELDS, MAX_AMOUNT, Basket, BasketLine
 from ..serving.model_manager import LoadedModel
-from ..serving.service import ModelNotReady, PredictionService
+from ..serving.service import Answer, ModelNotReady, PredictionService
 from ..serving.settings import Settings
 from .body import read_body
 from .decoding import looks_mangled, plain
@@ -28,10 +29,12 @@ from .errors import ApiError
 from .oip_tensors import (
     EXTENSIONS,
     HEADER_LENGTH,
+    NUMERIC,
     InferRequest,
+    Output,
     bad,
+    binary_numbers,
     encode_outputs,
-    known_columns,
     numbers,
     parse_request,
     strings,
@@ -39,7 +42,7 @@ from .oip_tensors import (
 from .routes import json_response
 from .routing import Declare
 from .schemas import Limits
-from .wire import group_lines
+from .wire import TensorBaskets
 
 REQUIRED = ("basket_id", "product_id", "quantity", "price")
 TAGS = ["open inference protocol"]
@@ -54,8 +57,10 @@ _INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}}}
 OPTIONAL = ("category", *HIERARCHY_FIELDS)
 OUTPUTS = ("basket_id", "label", "probabilities")
-# Each input the model takes, and whether it is text (BYTES) or a number.
-_INPUT_TEXT = {**dict.fromkeys(("basket_id", "product_id", *OPTIONAL), True), "quantity": False, "price": False}
+# Each input the model takes, and whether it is text (BYTES) or a number: the required ones first, then the
+# codes in BasketLine's order (as `wire.TensorBaskets` takes them).
+_INPUT_TEXT = {"basket_id": True, "product_id": True, "quantity": False, "price": False,
+               **dict.fromkeys(OPTIONAL, True)}
 _CONTENT_ENCODING = b"content-encoding"
 
 
@@ -78,20 +83,20 @@ def _protocol_errors(endpoint: Any) -> Any:
     return run
 
 
-def baskets_from(request: InferRequest, raw: dict[str, memoryview], limits: Limits) -> tuple[list[str], list[Basket]]:
+def tensor_baskets(limits: Limits) -> TensorBaskets:
+    """The compiled pass from the inputs to baskets (`wire.TensorBaskets`) with /predict/batch's limits."""
+    return TensorBaskets(tuple(_INPUT_TEXT), tuple(_INPUT_TEXT.values()), NUMERIC, binary_numbers, BasketLine,
+                         Basket, looks_mangled, limits.max_string_length, limits.max_batch_size,
+                         limits.max_basket_lines, MAX_AMOUNT)
+
+
+def baskets_from(request: InferRequest, raw: dict[str, memoryview], limits: Limits,
+                 compiled: TensorBaskets | None = None) -> tuple[list[str], list[Basket]]:
     """The inputs as baskets (first-appearance order) and their ids, checked as /predict/batch checks them:
-    in one compiled pass (`wire.group_lines`) when every input is well-formed, else by `_checked_baskets`,
-    which names what is wrong."""
-    columns = known_columns(request, raw, _INPUT_TEXT, REQUIRED)
-    grouped = None if columns is None else compiled_baskets(columns, limits)
+    in one compiled pass (`compiled`, else `tensor_baskets(limits)`) when every input is well-formed and
+    every rule holds, else by `_checked_baskets`, which names what is wrong."""
+    grouped = (tensor_baskets(limits) if compiled is None else compiled)(request.inputs, raw)
     return _checked_baskets(request, raw, limits) if grouped is None else grouped
-
-
-def compiled_baskets(columns: dict[str, list[Any]], limits: Limits) -> tuple[list[str], list[Basket]] | None:
-    """`wire.group_lines` on the inputs' columns: the baskets, or None if any element breaks a rule."""
-    return group_lines(columns["basket_id"], columns["product_id"], columns["quantity"], columns["price"],
-                       [columns.get(name) for name in OPTIONAL], BasketLine, Basket, looks_mangled,
-                       limits.max_string_length, limits.max_batch_size, limits.max_basket_lines, MAX_AMOUNT)
 
 
 def _checked_baskets(request: InferRequest, raw: dict[str, memoryview],
@@ -156,11 +161,15 @@ def _check_amounts(name: str, values: list[float]) -> None:
     raise bad(f"input '{name}' element {i}: {plain(rule)}")
 
 
-def _binary_outputs(request: InferRequest) -> tuple[list[str], set[str]]:
+_NO_BINARY: frozenset[str] = frozenset()
+_ALL_BINARY = frozenset(OUTPUTS)
+
+
+def _binary_outputs(request: InferRequest) -> tuple[tuple[str, ...], AbstractSet[str]]:
     """The outputs to send (all, or those requested) and which of them go as binary data."""
     every = bool(request.parameters and request.parameters.get("binary_data_output"))
     if request.outputs is None:
-        return list(OUTPUTS), set(OUTPUTS) if every else set()
+        return OUTPUTS, _ALL_BINARY if every else _NO_BINARY
     names, binary = [], set()
     for output in request.outputs:
         if output.name not in OUTPUTS:
@@ -168,7 +177,22 @@ def _binary_outputs(request: InferRequest) -> tuple[list[str], set[str]]:
         names.append(output.name)
         if (output.parameters or {}).get("binary_data", every):
             binary.add(output.name)
-    return names, binary
+    return tuple(names), binary
+
+
+def _outputs(names: tuple[str, ...], ids: list[str], answers: list[Answer], classes: tuple[str, ...]) -> list[Output]:
+    """The outputs asked for; probabilities row-major in `classes` order, rounded to FP32."""
+    n = len(ids)
+    outputs = []
+    for name in names:
+        if name == "basket_id":
+            outputs.append(Output(name, "BYTES", [n], ids))
+        elif name == "label":
+            outputs.append(Output(name, "BYTES", [n], [a["label"] for a in answers]))
+        else:
+            probabilities = array("f", [a["probabilities"][c] for a in answers for c in classes]).tolist()
+            outputs.append(Output(name, "FP32", [n, len(classes)], probabilities))
+    return outputs
 
 
 def register_oip(app: FastAPI, service: PredictionService, settings: Settings, limits: Limits) -> None:
@@ -176,6 +200,7 @@ def register_oip(app: FastAPI, service: PredictionService, settings: Settings, l
     index); any other name reaches the templated ones and gets a 404."""
     api = Declare(app)
     name = settings.oip_model_name
+    compiled = tensor_baskets(limits)
 
     def model_for(request: Request) -> LoadedModel:
         params = request.path_params
@@ -248,22 +273,13 @@ def register_oip(app: FastAPI, service: PredictionService, settings: Settings, l
         parsed, raw = parse_request(await read_body(request, settings.max_body_bytes, require_json=False),
                                     header_length)
         names, binary = _binary_outputs(parsed)
-        ids, baskets = baskets_from(parsed, raw, limits)
+        ids, baskets = baskets_from(parsed, raw, limits, compiled)
         # One basket is what /predict scores: micro-batched with its neighbours under load.
         answers = [await service.predict(model, baskets[0])] if len(baskets) == 1 else \
             await service.predict_batch(model, baskets)
-        classes = model.predictor.classes
         request.scope["model_version"] = version = model.predictor.version
-        columns = {
-            "basket_id": ("BYTES", [len(ids)], ids),
-            "label": ("BYTES", [len(ids)], [a["label"] for a in answers]),
-            "probabilities": ("FP32", [len(ids), len(classes)],
-                              array("f", [a["probabilities"][c] for a in answers for c in classes])),
-        }
-        head: dict[str, Any] = {"model_name": name, "model_version": version}
-        if parsed.id is not None:
-            head["id"] = parsed.id
-        body, json_size = encode_outputs([(n, *columns[n]) for n in names], binary, head)
+        body, json_size = encode_outputs(_outputs(names, ids, answers, model.predictor.classes), binary, name,
+                                         version, parsed.id)
         if json_size is None:
             return Response(body, media_type="application/json")
         return Response(body, media_type="application/octet-stream",

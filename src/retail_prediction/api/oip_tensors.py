@@ -11,13 +11,14 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import msgspec
 import numpy as np
 
 from .errors import ApiError
-from .wire import WireError, columns_of, split_bytes
+from .wire import WireError, binary_parts, split_bytes
 
 HEADER_LENGTH = b"inference-header-content-length"
 EXTENSIONS = ["binary_tensor_data"]
@@ -55,6 +56,7 @@ class InferRequest(msgspec.Struct, forbid_unknown_fields=False, gc=False):
 
 
 _DECODER = msgspec.json.Decoder(InferRequest)
+_NO_BINARY = memoryview(b"")
 
 
 def bad(message: str) -> ApiError:
@@ -64,7 +66,7 @@ def bad(message: str) -> ApiError:
 
 def parse_request(body: bytes, header_length: bytes | None) -> tuple[InferRequest, dict[str, memoryview]]:
     """The request and, per input sent as binary data, its bytes (views into the body, not copies)."""
-    json_part, binary = body, memoryview(b"")
+    json_part, binary = body, _NO_BINARY
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
             raise bad(f"Inference-Header-Content-Length {header_length.decode('latin-1')[:20]!r} is not a "
@@ -77,20 +79,10 @@ def parse_request(body: bytes, header_length: bytes | None) -> tuple[InferReques
         raise bad(f"malformed inference request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise bad(f"the inference request is not valid JSON: {exc}") from None
-    raw: dict[str, memoryview] = {}
-    offset = 0
-    for tensor in request.inputs:
-        size = None if tensor.parameters is None else tensor.parameters.get("binary_data_size")
-        if size is None:
-            continue
-        if type(size) is not int or size < 0 or offset + size > len(binary):
-            raise bad(f"input '{tensor.name}': binary_data_size {size!r} does not fit the "
-                      f"{len(binary) - offset} bytes of binary data left in the body")
-        raw[tensor.name] = binary[offset:offset + size]
-        offset += size
-    if offset != len(binary):
-        raise bad(f"{len(binary) - offset} bytes of binary data after the inputs that declare binary_data_size")
-    return request, raw
+    try:
+        return request, binary_parts(request.inputs, binary)
+    except WireError as exc:
+        raise bad(str(exc)) from None
 
 
 def binary_numbers(data: memoryview, datatype: str, n: int) -> list[float] | None:
@@ -102,15 +94,6 @@ def binary_numbers(data: memoryview, datatype: str, n: int) -> list[float] | Non
     if native is not None:
         return data.cast(native).tolist()
     return np.frombuffer(data, dtype=NUMERIC[datatype]).astype(np.float64).tolist()
-
-
-def known_columns(request: InferRequest, raw: dict[str, memoryview], text_inputs: dict[str, bool],
-                  required: tuple[str, ...]) -> dict[str, list[Any]] | None:
-    """Each input's elements (`text_inputs`: the inputs taken, and whether each is BYTES), or None if any input
-    is unusual in any way: unknown, repeated, of another datatype or shape, with data that does not fit, or a
-    required one missing (`wire.columns_of`, compiled). The caller's checked path then says how."""
-    columns = columns_of(request.inputs, raw, text_inputs, NUMERIC, binary_numbers)
-    return columns if columns is not None and all(name in columns for name in required) else None
 
 
 def element_count(tensor: Tensor) -> int:
@@ -209,22 +192,58 @@ def little_endian(values: array) -> bytes:
     return swapped.tobytes()
 
 
-def encode_outputs(outputs: list[tuple[str, str, list[int], Any]], binary: set[str],
-                   head: dict[str, Any]) -> tuple[bytes, int | None]:
-    """The response body from (name, datatype, shape, values) outputs, values a list of str for BYTES and a
-    flat `array.array` (row-major) for numbers; those named in `binary` go as binary data after the JSON.
-    Returns the body and the JSON part's length when there is binary data."""
-    described, blobs = [], []
-    for name, datatype, shape, values in outputs:
-        if name in binary:
-            blob = bytes_binary(values) if datatype == "BYTES" else little_endian(values)
+class Output(msgspec.Struct, gc=False):
+    """An output tensor as JSON carries it: `data` flat and row-major, str for BYTES, numbers already of the
+    datatype's precision (FP32 rounded), so that binary data, if asked for, carries the same values."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any]
+
+
+class _BinaryOutput(msgspec.Struct, gc=False):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, int]
+
+
+class _Answer(msgspec.Struct, gc=False, omit_defaults=True, kw_only=True):
+    """The response's JSON, keys in the protocol's order (`id` only when the request had one): a struct
+    encodes in one call without building a dict per output."""
+
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[Output | _BinaryOutput]
+
+
+_ENCODER = msgspec.json.Encoder()
+_TYPECODES = {"FP64": "d", "FP32": "f", "INT64": "q", "INT32": "i"}  # the outputs' numeric datatypes
+
+
+def encode_outputs(outputs: list[Output], binary: AbstractSet[str], model_name: str, model_version: str,
+                   request_id: str | None) -> tuple[bytes, int | None]:
+    """The response body; the outputs named in `binary` go as binary data after the JSON. Returns the body
+    and the JSON part's length when there is binary data."""
+    if not binary:  # the JSON answer: one encode, nothing else
+        return _ENCODER.encode(_Answer(model_name=model_name, model_version=model_version, id=request_id,
+                                                outputs=outputs)), None
+    described: list[Output | _BinaryOutput] = []
+    blobs = []
+    for output in outputs:
+        if output.name in binary:
+            data = output.data
+            blob = bytes_binary(data) if output.datatype == "BYTES" else little_endian(
+                array(_TYPECODES[output.datatype], data))
             blobs.append(blob)
-            described.append({"name": name, "datatype": datatype, "shape": shape,
-                              "parameters": {"binary_data_size": len(blob)}})
+            described.append(_BinaryOutput(output.name, output.datatype, output.shape,
+                                           {"binary_data_size": len(blob)}))
         else:
-            data = values if datatype == "BYTES" else values.tolist()
-            described.append({"name": name, "datatype": datatype, "shape": shape, "data": data})
-    header = msgspec.json.encode({**head, "outputs": described})
-    if not blobs:
+            described.append(output)
+    header = _ENCODER.encode(_Answer(model_name=model_name, model_version=model_version, id=request_id,
+                                     outputs=described))
+    if not blobs:  # binary data asked for outputs not sent
         return header, None
     return b"".join([header, *blobs]), len(header)
