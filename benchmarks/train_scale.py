@@ -78,7 +78,8 @@ def run(data: str, label: str, python: str, results: Path, extra: list[str], unt
         if proc.returncode:
             raise SystemExit(f"train failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         meta = _metadata(model)
-        print(proc.stderr[-3000:], flush=True)  # train's progress: where the time went
+        progress = [line for line in proc.stderr.splitlines() if line.startswith("[")]
+        print("\n".join(progress), flush=True)  # train's progress lines: where the time went
         try:
             held_out = _evaluate(python, later, model, tmp) if later else {}
         except SystemExit as exc:  # the training figures stand on their own
