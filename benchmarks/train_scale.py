@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -66,7 +67,7 @@ def _evaluate(python: str, files: list[tuple[int, str]], model: Path, tmp: str) 
 
 
 def run(data: str, label: str, python: str, results: Path, extra: list[str], until_week: int | None = None,
-        evaluate_weeks: int = 4) -> dict[str, Any]:
+        evaluate_weeks: int = 4, keep_model: Path | None = None) -> dict[str, Any]:
     # With a cut, the files are listed: train reads only the weeks up to it, evaluate only the next ones.
     weeks = _week_files(data) if until_week else []
     train_data = [f for w, f in weeks if w <= until_week] if until_week else [data]  # type: ignore[operator]
@@ -78,6 +79,8 @@ def run(data: str, label: str, python: str, results: Path, extra: list[str], unt
         if proc.returncode:
             raise SystemExit(f"train failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         meta = _metadata(model)
+        if keep_model is not None:
+            shutil.copyfile(model, keep_model)
         progress = [line for line in proc.stderr.splitlines() if line.startswith("[")]
         print("\n".join(progress), flush=True)  # train's progress lines: where the time went
         try:
@@ -146,12 +149,14 @@ def main() -> None:
     r.add_argument("--results", type=Path, default=RESULTS)
     r.add_argument("--until-week", type=int, help="train on the weeks up to this one, score the next ones")
     r.add_argument("--evaluate-weeks", type=int, default=4)
+    r.add_argument("--keep-model", type=Path, help="copy the trained model.tar.gz here")
     p = sub.add_parser("plot")
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--png", type=Path, default=Path("docs/img/train_scale.png"))
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.data, args.label, args.python, args.results, extra, args.until_week, args.evaluate_weeks)
+        run(args.data, args.label, args.python, args.results, extra, args.until_week, args.evaluate_weeks,
+            args.keep_model)
     else:
         plot(args.results, args.png)
 
