@@ -24,7 +24,9 @@ from .errors import DataError
 from .reading import _combined, read_transactions, resolve_files
 from .week_span import outside_weeks
 
-CHUNK_BYTES = 48 << 20  # ~4 M lines of gzip CSV; the real 94 weeks (32 MB) are one chunk
+# ~2.5 M lines of gzip CSV, or one full-scale Parquet week (two weeks in one table cost a dictionary unification
+# and twice the memory for no speed); the real 94 weeks (32 MB) are one chunk
+CHUNK_BYTES = 30 << 20
 _READ_THREADS = 4  # as reading.py: Arrow's parsing releases the GIL
 _NO_LINES = "hold no transaction lines"  # read_transactions' message for a file without lines
 Weeks = tuple[int | None, int | None]  # first and last shop week to read (None: open)

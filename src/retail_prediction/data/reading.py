@@ -224,7 +224,8 @@ def _read_parquet(path: Source, wanted: set[str], required: tuple[str, ...]) -> 
         keep_raw = [raw for raw, new in zip(raw_names, names, strict=True) if new in wanted]
         # Codes straight from the file's dictionary pages: casting plain strings to a dictionary costs ~10x more.
         text = [raw for raw, new, kind in zip(raw_names, names, file.schema_arrow.types, strict=True)
-                if raw in keep_raw and new in lgsr.STRING_COLUMNS and pa.types.is_string(kind)]
+                if raw in keep_raw and new in lgsr.STRING_COLUMNS
+                and (pa.types.is_string(kind) or pa.types.is_large_string(kind))]
         if text:
             file = pq.ParquetFile(source, metadata=file.metadata, read_dictionary=text)
     except DataError:
@@ -428,8 +429,10 @@ def table_to_baskets(table: pa.Table, *, with_label: bool = True) -> Baskets:
     basket = number[id_index]
     del id_index
     n_baskets = int(used.size)
-    order = np.argsort(basket, kind="stable")
-    first = order[np.flatnonzero(np.diff(basket[order], prepend=-1))]
+    grouped = not (np.diff(basket) < 0).any()  # a file's lines usually come basket by basket: no sort then
+    order = None if grouped else np.argsort(basket, kind="stable")
+    first = np.flatnonzero(np.diff(basket if order is None else basket[order], prepend=-1))
+    first = first if order is None else order[first]
     product = Codes(*string_column_codes(table, lgsr.PROD_CODE))
     hierarchy = tuple(
         Codes(*string_column_codes(table, name)) if name in table.column_names else None
@@ -439,7 +442,7 @@ def table_to_baskets(table: pa.Table, *, with_label: bool = True) -> Baskets:
         basket=basket, n_baskets=n_baskets, product=product,
         quantity=_numeric(table, lgsr.QUANTITY), spend=_numeric(table, lgsr.SPEND), hierarchy=hierarchy,
     )
-    if (np.diff(basket) < 0).any():
+    if order is not None:
         # Grouped by basket, the featurization sums baskets as contiguous runs (no gather, no sort).
         lines = lines.take(order)
     del order

@@ -67,7 +67,9 @@ class LevelTable:
             return lookup(self.vocab, codes, n_lines)
         get = self.row_of.get
         found = [get(str(v), -1) for v in codes.values.tolist()]
-        return np.array([found[i] if i >= 0 else -1 for i in codes.index.tolist()], dtype=np.int32)
+        if codes.index.size <= _DICT_LOOKUP_MAX:  # a request's few lines: lists beat NumPy's call overheads
+            return np.array([found[i] if i >= 0 else -1 for i in codes.index.tolist()], dtype=np.int32)
+        return np.array([*found, -1], dtype=np.int32)[codes.index]  # index -1 (missing) picks the final -1
 
 
 @dataclass(frozen=True)

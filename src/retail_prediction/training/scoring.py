@@ -6,6 +6,7 @@ import contextlib
 import json
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -96,17 +97,23 @@ def predict_files(model: Path, data: DataSpec, out: Path, *, progress: Progress 
     why_partial = None if why is None else why.with_name(why.name + ".partial")
     n = 0
     try:
-        with pacsv.CSVWriter(partial, schema) as writer, \
+        with pacsv.CSVWriter(partial, schema) as writer, ThreadPoolExecutor(1) as background, \
                 (why_partial.open("wb") if why_partial else contextlib.nullcontext()) as explained:
+            written: Future[None] | None = None  # the previous chunk's rows, written while this one is scored
             for chunk in file_chunks(data, columns=SCORING_COLUMNS, required=lgsr.REQUIRED_FOR_SCORING,
                                      chunk_bytes=chunk_bytes):
-                scored = _score_chunk(service, served, chunk.table, writer, schema, explained)
+                rows, scored = _score_chunk(service, served, chunk.table, schema, explained)
+                if written is not None:
+                    written.result()
+                written = background.submit(writer.write_table, rows)  # Arrow's CSV writer releases the GIL
                 n += scored
                 if progress is not None:
                     elapsed = time.monotonic() - started
                     progress(f"scored {_span(chunk.files)}: {scored:,} baskets; {n:,} in {elapsed:.1f}s "
                              f"({n / max(elapsed, 1e-9):,.0f} baskets/s)")
-                del chunk  # before the next one is asked for (and the one after starts being read)
+                del chunk, rows  # before the next one is asked for (and the one after starts being read)
+            if written is not None:
+                written.result()
         if why is not None and why_partial is not None:
             why_partial.replace(why)
         partial.replace(out)
@@ -117,17 +124,16 @@ def predict_files(model: Path, data: DataSpec, out: Path, *, progress: Progress 
     return n, time.monotonic() - started
 
 
-def _score_chunk(service: PredictionService, served: LoadedModel, table: pa.Table, writer: pacsv.CSVWriter,
-                 schema: pa.Schema, explained: IO[bytes] | None) -> int:
-    """Score one chunk's baskets and append their rows (and explanations); its arrays are freed on return."""
+def _score_chunk(service: PredictionService, served: LoadedModel, table: pa.Table, schema: pa.Schema,
+                 explained: IO[bytes] | None) -> tuple[pa.Table, int]:
+    """One chunk's baskets scored: their rows (written by the caller) and how many; explanations appended."""
     baskets = table_to_baskets(table, with_label=False)
     proba = service.score_lines(served, baskets.lines)
     classes = served.predictor.classes
     columns = [baskets.basket_ids, np.asarray(classes)[proba.argmax(axis=1)], *np.round(proba, 6).T]
-    writer.write_table(pa.table(columns, schema=schema))
     if explained is not None:
         write_explanations(explained, served.predictor, baskets.lines, baskets.basket_ids, proba)
-    return baskets.lines.n_baskets
+    return pa.table(columns, schema=schema), baskets.lines.n_baskets
 
 
 def _span(files: list[Path]) -> str:
