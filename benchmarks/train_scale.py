@@ -127,9 +127,10 @@ def plot(results: Path, png: Path) -> None:
     left.set(xlabel="lines (millions)", ylabel="wall time (min)", title="train: wall time")
     right.set(xlabel="lines (millions)", ylabel="peak RSS (GB)", title="train: peak memory")
     right.axhline(8, color="grey", linestyle=":", label="8 GB pod")
-    for ax in (left, right):
+    for ax, where in ((left, "upper left"), (right, "center right")):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7, loc=where)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
