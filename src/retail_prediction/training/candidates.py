@@ -73,7 +73,7 @@ class LogisticCandidate:
             options={id(clf): {"zipmap": False}},
             target_opset={"": ONNX_OPSET, "ai.onnx.ml": ONNX_ML_OPSET},
         )
-        return onx.SerializeToString()
+        return _serialized(onx)
 
 
 class LightGBMCandidate:
@@ -135,7 +135,18 @@ class LightGBMCandidate:
             zipmap=False,
             target_opset=LIGHTGBM_OPSET,
         )
-        return onx.SerializeToString()
+        return _serialized(onx)
+
+
+def _serialized(onx: Any) -> bytes:
+    """The model's bytes, reproducible: the converters list the opset imports in a set's order (it varies with
+    the process's string hashing) and may name the graph at random, so the same trees would give different
+    bytes and archive hashes. Imports in domain order, one fixed graph name."""
+    onx.graph.name = "retail-prediction"
+    imports = sorted(onx.opset_import, key=lambda o: o.domain)
+    del onx.opset_import[:]
+    onx.opset_import.extend(imports)
+    return onx.SerializeToString()
 
 
 def float32_exact_booster(booster: Any) -> Any:
