@@ -155,8 +155,8 @@ def estimate_chunks(chunks: Chunks, start: np.ndarray, prior: np.ndarray, *, ite
         def evidence_of(load: Callable[[], EMChunk], q: np.ndarray = q, log_q: np.ndarray = log_q,
                         coef: np.ndarray = coef, intercept: np.ndarray = intercept) -> np.ndarray:
             chunk, out = load(), np.zeros((n_products, k))
-            latent_em.evidence(chunk.product, chunk.basket, chunk.label, q, log_q, *_sums(chunk, q, log_q),
-                               np.ascontiguousarray(coef), np.ascontiguousarray(intercept), EPS, out)
+            latent_em.evidence(chunk.product, chunk.basket, chunk.label, q, log_q, *_sums(chunk, q, log_q), coef,
+                               intercept, EPS, out)
             return out
 
         evidence = log_prior.copy()

@@ -94,7 +94,10 @@ class Spilled:
     product_lines: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n_lines: int = 0
     n_baskets: int = 0
-    ledger: KeyLedger | None = None  # every basket key and its file, on disk (see `_check_one_file_each`)
+    ledger: KeyLedger = field(init=False)  # every basket key and its file, in the spill folder
+
+    def __post_init__(self) -> None:
+        self.ledger = KeyLedger(self.spill.directory)
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def _read(path: Path, until_week: int | None) -> _Read:
 def spill_files(files: list[Path], spill: Spill, until_week: int | None, threads: int,
                 say: Progress) -> Spilled:
     """Read every file once, in order, into `spill`; refuse a basket whose lines are in two files."""
-    out = Spilled(spill, [], [Vocab() for _ in range(1 + len(lgsr.HIERARCHY))], ledger=KeyLedger(spill.directory))
+    out = Spilled(spill, [], [Vocab() for _ in range(1 + len(lgsr.HIERARCHY))])
     started, last = time.monotonic(), 0.0
     for n, read in enumerate(ordered_map(lambda p: _read(p, until_week), files, threads), 1):
         out.files.append(str(read.path))
@@ -144,7 +147,6 @@ def spill_files(files: list[Path], spill: Spill, until_week: int | None, threads
 def _record(out: Spilled, read: _Read) -> None:
     baskets, lines = read.baskets, read.baskets.lines  # type: ignore[union-attr]
     assert baskets is not None and baskets.week is not None and baskets.label is not None
-    assert out.ledger is not None
     out.ledger.add(read.keys, len(out.files) - 1)
     line_week = baskets.week[lines.basket]
     rows = np.stack([vocab.ids(codes, line_week) for vocab, codes in
@@ -188,7 +190,6 @@ def _product_sums(out: Spilled, rows: np.ndarray, spend: np.ndarray, quantity: n
 def _check_one_file_each(out: Spilled) -> None:
     """A basket's lines must all be in one file (chunks hold whole baskets): refuse a basket id found in two.
     Keys (64-bit hashes of the ids) found in two files are checked against the ids themselves."""
-    assert out.ledger is not None
     for key, earlier, later in out.ledger.repeated():
         ids = [_ids_with_key(out.files[f], key) for f in (earlier, later)]
         shared = sorted(ids[0] & ids[1])
