@@ -16,6 +16,7 @@ Linters that are missing are skipped locally but fail under CI (CI=true): .ci/ru
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
 import shutil
@@ -442,6 +443,20 @@ def test_workflows_use_oidc_not_keys() -> None:
     assert "id-token: write" in text
     assert "aws-access-key-id" not in text and "AWS_SECRET_ACCESS_KEY" not in text
     assert "trivy" in text.lower()
+
+
+def test_ci_pushes_both_images_and_its_role_may_push_only_those() -> None:
+    """The workflow builds the serving and the training image; the push role names exactly their repositories."""
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    pushed = {workflow["env"]["IMAGE_NAME"], workflow["env"]["TRAIN_IMAGE_NAME"]}
+    assert pushed == {"retail-prediction-api", "retail-prediction-train"}
+    steps = [step.get("run", "") for step in workflow["jobs"]["training-image"]["steps"]]
+    assert any("build-push.sh --target train" in run and "--no-push" not in run for run in steps)
+    policy = json.loads((ROOT / "deploy" / "iam" / "github-actions-ecr-push-policy.json").read_text())
+    push = [st for st in policy["Statement"] if "ecr:PutImage" in st["Action"]]
+    assert len(push) == 1
+    resources = push[0]["Resource"]
+    assert {r.rsplit("/", 1)[1] for r in resources} == pushed, resources
 
 
 # --------------------------------------------------------------------------------- the lock --
