@@ -199,7 +199,8 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Cases, dict[str, Any]
 
 
 def training_features(data: Path, predictor: Any, weeks: str) -> tuple[np.ndarray, np.ndarray]:
-    from retail_prediction.data.reading import read_transactions, resolve_files, table_to_baskets
+    from retail_prediction.data.baskets import table_to_baskets
+    from retail_prediction.data.reading import read_transactions, resolve_files
 
     first, last = (int(w) for w in weeks.split("-"))
     files = [f for f in resolve_files(data) if first <= int(re.findall(r"(\d{6})", Path(f).name)[-1]) <= last]

@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from retail_prediction.api.decoding import decode_predict
 from retail_prediction.api.schemas import Limits, request_types
 from retail_prediction.data import lgsr
-from retail_prediction.data.reading import read_transactions, table_to_baskets
+from retail_prediction.data.baskets import table_to_baskets
+from retail_prediction.data.reading import read_transactions
 from retail_prediction.features.client import client_features, encode_clients
 from retail_prediction.features.tables import basket_features, encoded_features
 from retail_prediction.serving.predictor import Predictor

@@ -15,7 +15,8 @@ import pytest
 from conftest import LGSR_VARIANTS, Weeks
 from retail_prediction.contract import LABELS
 from retail_prediction.data import lgsr
-from retail_prediction.data.reading import DataError, read_transactions, resolve_files, table_to_baskets
+from retail_prediction.data.baskets import table_to_baskets
+from retail_prediction.data.reading import DataError, read_transactions, resolve_files
 
 
 def _lines(path: Path) -> list[str]:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from retail_prediction.contract import BasketLine
-from retail_prediction.data.reading import read_transactions, table_to_baskets
+from retail_prediction.data.baskets import table_to_baskets
+from retail_prediction.data.reading import read_transactions
 from retail_prediction.features import kernel
 from retail_prediction.features.client import client_features
 from retail_prediction.features.explain import explain_clients, explain_encoded

@@ -13,7 +13,8 @@ from conftest import Weeks
 from retail_prediction.artifact.archive import ArtifactError, pack_artifact, read_artifact
 from retail_prediction.contract import BasketLine, Codes, Lines
 from retail_prediction.data import lgsr
-from retail_prediction.data.reading import read_transactions, table_to_baskets
+from retail_prediction.data.baskets import table_to_baskets
+from retail_prediction.data.reading import read_transactions
 from retail_prediction.features import kernel as featurize_kernel
 from retail_prediction.features import latent
 from retail_prediction.features.client import ClientLines, client_features, encode_clients

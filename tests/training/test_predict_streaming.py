@@ -16,8 +16,9 @@ import pytest
 
 from conftest import Weeks
 from retail_prediction.data import lgsr
+from retail_prediction.data.baskets import table_to_baskets
 from retail_prediction.data.chunks import CHUNK_BYTES
-from retail_prediction.data.reading import read_transactions, table_to_baskets
+from retail_prediction.data.reading import read_transactions
 from retail_prediction.data.synthetic import generate
 from retail_prediction.serving.service import PredictionService
 from retail_prediction.training.scoring import SCORING_COLUMNS, predict_files

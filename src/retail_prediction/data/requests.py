@@ -9,7 +9,8 @@ import numpy as np
 
 from ..contract import HIERARCHY_FIELDS
 from . import lgsr
-from .reading import Baskets, read_transactions, resolve_files, table_to_baskets
+from .baskets import Baskets, table_to_baskets
+from .reading import read_transactions, resolve_files
 
 
 def sample_baskets(data: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:

@@ -16,8 +16,9 @@ import pyarrow.csv as pacsv
 
 from ..artifact.members import ArtifactLimits
 from ..data import lgsr
+from ..data.baskets import filter_weeks, table_to_baskets
 from ..data.chunks import CHUNK_BYTES, file_chunks
-from ..data.reading import DataError, Progress, filter_weeks, table_to_baskets
+from ..data.reading import DataError, Progress
 from ..serving.model_manager import LoadedModel
 from ..serving.service import PredictionService
 from .evaluation import confusion_png, evaluation_report, markdown_report
@@ -129,8 +130,9 @@ def _score_chunk(service: PredictionService, served: LoadedModel, table: pa.Tabl
     """One chunk's baskets scored: their rows (written by the caller) and how many; explanations appended."""
     baskets = table_to_baskets(table, with_label=False)
     proba = service.score_lines(served, baskets.lines)
-    classes = served.predictor.classes
-    columns = [baskets.basket_ids, np.asarray(classes)[proba.argmax(axis=1)], *np.round(proba, 6).T]
+    # IDs and labels stay Arrow strings (a take from the class names): no NumPy str array in between
+    labels = pa.array(served.predictor.classes, pa.string()).take(pa.array(proba.argmax(axis=1)))
+    columns = [baskets.ids.cast(pa.string()), labels, *np.round(proba, 6).T]
     if explained is not None:
         write_explanations(explained, served.predictor, baskets.lines, baskets.basket_ids, proba)
     return pa.table(columns, schema=schema), baskets.lines.n_baskets

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..contract import LABELS
 from ..data import lgsr
-from ..data.reading import Baskets, DataError, Progress, filter_weeks, read_transactions, table_to_baskets
+from ..data.baskets import Baskets, filter_weeks, table_to_baskets
+from ..data.reading import DataError, Progress, read_transactions
 from ..data.week_span import outside_weeks
 from ..features import kernel
 from .spill import Chunk, KeyLedger, PriceCounts, Spill, Vocab, basket_keys
