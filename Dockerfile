@@ -57,7 +57,8 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
     && /opt/venv/bin/pip check \
     && /opt/venv/bin/python -m pip uninstall --yes pip setuptools wheel cython \
     && find /opt/venv -depth -type d -name tests -path '*/site-packages/*/tests' -prune -exec rm -rf {} + \
-    && /opt/venv/bin/python -c "import retail_prediction.healthcheck, retail_prediction.features.kernel, retail_prediction.api.wire"
+    && /opt/venv/bin/python -c "import retail_prediction.healthcheck, retail_prediction.api.wire, \
+        retail_prediction.features.kernel, retail_prediction.features.explain_kernel"
 
 # ---------------------------------------------------------------------------------------------
 # The training stack: train.lock is the runtime lock plus the `train` extra (pip-compile'd against runtime.lock,

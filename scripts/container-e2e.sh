@@ -418,7 +418,7 @@ for m in ("numpy", "onnxruntime", "fastapi", "uvicorn", "pydantic_settings", "bo
     if not u.find_spec(m):
         bad.append("missing module " + m)
 try:  # the compiled featurization loops, built by the builder stage for this Python
-    import retail_prediction.features.kernel
+    import retail_prediction.features.kernel, retail_prediction.features.explain_kernel
 except ImportError as exc:
     bad.append(f"compiled module: {exc}")
 import glob

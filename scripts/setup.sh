@@ -13,7 +13,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 # The compiled featurization loops are built at install: a change to them (or to the build) reinstalls too.
-stamp="$VENV/.installed-$(cat pyproject.toml setup.py src/retail_prediction/*/*.pyx | sha256sum | cut -c1-16)"
+stamp="$VENV/.installed-$(cat pyproject.toml setup.py src/retail_prediction/*/*.pyx src/retail_prediction/*/*.pxd \
+  | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   say "installing retail-prediction and its pinned dependencies into $VENV (1-3 minutes the first time;" \
       "the featurization loops are compiled)"

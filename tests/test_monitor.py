@@ -159,7 +159,7 @@ def test_without_matplotlib_the_command_says_what_to_install(trained_model: Path
 
 def test_a_store_error_is_named(trained_model: Path, tmp_path: Path, s3_use_identity: Callable[..., None],
                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from retail_prediction.artifact.store import reset_s3_client
+    from retail_prediction.artifact.s3 import reset_s3_client
 
     s3_use_identity()
     reset_s3_client()

@@ -240,7 +240,7 @@ COMMANDS = {"generate": _generate, "train": _train, "evaluate": _evaluate, "pred
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .artifact.archive import ArtifactError
-    from .artifact.store import StoreError
+    from .artifact.s3 import StoreError
     from .data.errors import DataError
 
     started = time.monotonic()

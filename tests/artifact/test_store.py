@@ -1,4 +1,4 @@
-"""store.py against a real S3 server (SeaweedFS) with enforced credentials, and local files."""
+"""store.py and s3.py against a real S3 server (SeaweedFS) with enforced credentials, and local files."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from retail_prediction.artifact import store
+from retail_prediction.artifact import s3
 from retail_prediction.artifact.archive import pack_artifact, read_artifact, sha256_file
-from retail_prediction.artifact.store import FetchedArtifact, ModelSource, StoreError, fetch, probe_version, publish
+from retail_prediction.artifact.s3 import StoreError
+from retail_prediction.artifact.store import FetchedArtifact, ModelSource, fetch, probe_version, publish
 from s3server import MODELS_BUCKET, S3Server, free_ports, new_signing_key
 
 UseIdentity = Callable[..., None]
@@ -24,10 +25,10 @@ UseIdentity = Callable[..., None]
 
 @pytest.fixture(autouse=True)
 def fresh_client() -> Iterator[None]:
-    """Each test builds its client from the environment it set up (store caches one per process)."""
-    store.reset_s3_client()
+    """Each test builds its client from the environment it set up (s3 caches one per process)."""
+    s3.reset_s3_client()
     yield
-    store.reset_s3_client()
+    s3.reset_s3_client()
 
 
 @pytest.fixture
@@ -247,7 +248,7 @@ def test_unreachable_when_stopped(s3_running: S3Server, archive: Path, tmp_path:
     key = new_key()
     publish(archive, MODELS_BUCKET, key)
     source = ModelSource.from_bucket_key(MODELS_BUCKET, key)
-    quick = store.make_s3_client(connect_timeout=0.5, read_timeout=1, max_attempts=1)
+    quick = s3.make_s3_client(connect_timeout=0.5, read_timeout=1, max_attempts=1)
     s3_running.stop()
     started = time.monotonic()
     fails("unreachable", lambda: probe_version(source, client=quick), source.uri)
@@ -292,7 +293,7 @@ def test_web_identity_refused_tokens(s3_server: S3Server, s3_use_web_identity: C
     }
     for why, token in refused.items():
         s3_use_web_identity(token)
-        store.reset_s3_client()
+        s3.reset_s3_client()
         fails("bad_credentials", lambda: probe_version(source), "AssumeRoleWithWebIdentity", why)
 
 
@@ -302,23 +303,23 @@ def test_web_identity_refused_tokens(s3_server: S3Server, s3_use_web_identity: C
 
 def test_addressing_style(monkeypatch: pytest.MonkeyPatch, s3_use_identity: UseIdentity) -> None:
     s3_use_identity()
-    assert store.make_s3_client().meta.config.s3 == {"addressing_style": "path"}
+    assert s3.make_s3_client().meta.config.s3 == {"addressing_style": "path"}
     monkeypatch.setenv("AWS_S3_ADDRESSING_STYLE", "virtual")
-    assert store.make_s3_client().meta.config.s3 == {"addressing_style": "virtual"}
+    assert s3.make_s3_client().meta.config.s3 == {"addressing_style": "virtual"}
     monkeypatch.delenv("AWS_S3_ADDRESSING_STYLE")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
-    assert not (store.make_s3_client().meta.config.s3 or {}).get("addressing_style")
+    assert not (s3.make_s3_client().meta.config.s3 or {}).get("addressing_style")
     monkeypatch.setenv("AWS_S3_ADDRESSING_STYLE", "sideways")
-    fails("invalid", store.make_s3_client, "AWS_S3_ADDRESSING_STYLE")
+    fails("invalid", s3.make_s3_client, "AWS_S3_ADDRESSING_STYLE")
 
 
 @pytest.mark.usefixtures("as_admin")
 def test_client_is_created_once_across_threads() -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
-        clients = list(pool.map(lambda _: store.s3_client(), range(16)))
+        clients = list(pool.map(lambda _: s3.s3_client(), range(16)))
     assert all(client is clients[0] for client in clients)
-    store.reset_s3_client()
-    assert store.s3_client() is not clients[0]
+    s3.reset_s3_client()
+    assert s3.s3_client() is not clients[0]
 
 
 def test_subprocess_env_reaches_the_server(

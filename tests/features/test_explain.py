@@ -11,7 +11,7 @@ import pytest
 from retail_prediction.contract import BasketLine
 from retail_prediction.data.baskets import table_to_baskets
 from retail_prediction.data.reading import read_transactions
-from retail_prediction.features import kernel
+from retail_prediction.features import explain_kernel
 from retail_prediction.features.client import client_features
 from retail_prediction.features.explain import explain_clients, explain_encoded
 from retail_prediction.features.tables import encode
@@ -80,6 +80,6 @@ def test_the_compiled_calls_refuse_what_they_cannot_explain(scored) -> None:
     assert explain_clients([], [], tables) == []
     shuffled = np.array([1, 0], dtype=np.int32)
     with pytest.raises(ValueError, match="grouped by basket"):
-        kernel.explain_lines(np.zeros((len(tables.levels), 2), dtype=np.int32), np.ones(2), np.ones(2), shuffled,
-                             np.zeros(2, dtype=np.int32), tables.kernel, ["a", "b"], tables.classes,
-                             tables.source_names, 3)
+        explain_kernel.explain_lines(np.zeros((len(tables.levels), 2), dtype=np.int32), np.ones(2), np.ones(2),
+                                     shuffled, np.zeros(2, dtype=np.int32), tables.kernel, ["a", "b"], tables.classes,
+                                     tables.source_names, 3)

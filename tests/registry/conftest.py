@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from archives import edit_json, replace_members
-from retail_prediction.artifact.store import reset_s3_client
+from retail_prediction.artifact.s3 import reset_s3_client
 from retail_prediction.registry.root import LocalRoot, Root, S3Root
 from s3server import MODELS_BUCKET, S3Server
 

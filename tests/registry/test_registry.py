@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from retail_prediction.artifact.archive import ArtifactError, sha256_file
-from retail_prediction.artifact.store import StoreError
+from retail_prediction.artifact.s3 import StoreError
 from retail_prediction.registry import operations as ops
 from retail_prediction.registry.root import LocalRoot, Root, S3Root
 from s3server import S3Server

@@ -9,8 +9,8 @@ For the predicted class c of a basket of n lines, line i's contribution is
 its part of how far the basket's mean evidence for c stands above (or below) the class prior: positive
 lines drive the prediction, negative lines pull against it. This explains the evidence, not the trees (the
 model also reads the latent classes, spend, size...): docs/api.md says what it does and does not tell.
-Computed only when asked, in one compiled call over the lines (`kernel.client_explain`, `kernel.explain_lines`:
-the answer's dicts too, which in Python cost as much as the scoring), no ONNX run.
+Computed only when asked, in one compiled call over the lines (`explain_kernel.client_explain`,
+`explain_kernel.explain_lines`: the answer's dicts too, which in Python cost as much as the scoring), no ONNX run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..contract import hierarchy_fields
-from . import kernel
+from . import explain_kernel
 from .latent import as_f64
 from .tables import Encoded, FeatureTables
 
@@ -34,15 +34,16 @@ def explain_clients(baskets: Sequence[Mapping[str, Any] | Sequence[Any]], predic
     baskets = baskets if isinstance(baskets, list) else list(baskets)
     products = [code for items in baskets for code in
                 (items if type(items) is dict else [line.product_id for line in items])]
-    return kernel.client_explain(baskets, hierarchy_fields(tables.hierarchy_names), tables.row_tables, tables.kernel,
-                                 [int(c) for c in predicted], products, tables.classes, tables.source_names, top)
+    return explain_kernel.client_explain(baskets, hierarchy_fields(tables.hierarchy_names), tables.row_tables,
+                                         tables.kernel, [int(c) for c in predicted], products, tables.classes,
+                                         tables.source_names, top)
 
 
 def explain_encoded(enc: Encoded, spend: np.ndarray, quantity: np.ndarray, basket: np.ndarray,
                     predicted: np.ndarray, products: Sequence[str], tables: FeatureTables,
                     top: int = TOP_DRIVERS) -> list[dict[str, Any]]:
     """The same for lines already looked up in the tables (files: `encode`), grouped by basket in order."""
-    return kernel.explain_lines(enc.level_rows, as_f64(spend), as_f64(quantity),
-                                np.ascontiguousarray(basket, dtype=np.int32),
-                                np.ascontiguousarray(predicted, dtype=np.int32), tables.kernel, list(products),
-                                tables.classes, tables.source_names, top)
+    return explain_kernel.explain_lines(enc.level_rows, as_f64(spend), as_f64(quantity),
+                                        np.ascontiguousarray(basket, dtype=np.int32),
+                                        np.ascontiguousarray(predicted, dtype=np.int32), tables.kernel, list(products),
+                                        tables.classes, tables.source_names, top)

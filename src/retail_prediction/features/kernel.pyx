@@ -5,7 +5,8 @@ Why compiled: one API request is a basket of a few lines, where NumPy spends its
 overheads (about a hundred calls on arrays of a few elements), not in arithmetic. These loops make one
 pass over the lines and one over the baskets, with no temporaries, so the same code is cheap for one
 basket and for ten million, and training and serving still share every line of it. The GIL is released
-while they run.
+while they run. The per-line pieces (log price, price band, a line's class and latent class distributions)
+are inline functions in `kernel.pxd`, shared with the explanations' loops (`explain_kernel.pyx`).
 
 Layout of the per-basket sums (`sums`, one row per basket): SUMMED_PER_CLASS blocks of K columns (line
 probability, by spend, votes, votes by spend; latent class probability, its log, latent votes), then
@@ -36,40 +37,6 @@ OUT_PER_CLASS = _OUT_PER_CLASS
 cdef double SPEND_FLOOR = 1e-9  # spend weights get a floor so a basket of zero-spend lines falls back to line weights
 
 
-cdef inline void _pull(double* p, const double* counts, double total, double strength, Py_ssize_t k) noexcept nogil:
-    """One Bayesian update of the distribution `p` by a code's class counts: p <- (c + m p) / (t + m)."""
-    cdef double denom = total + strength
-    cdef Py_ssize_t c
-    for c in range(k):
-        p[c] = (counts[c] + strength * p[c]) / denom
-
-
-cdef inline Py_ssize_t _argmax(const double* p, Py_ssize_t k) noexcept nogil:
-    """The first largest entry, as NumPy's argmax."""
-    cdef Py_ssize_t c, best = 0
-    for c in range(1, k):
-        if p[c] > p[best]:
-            best = c
-    return best
-
-
-cdef inline double _log_price(double spend, double quantity) noexcept nogil:
-    """The log unit price: what a line's price band and the basket's price level are computed from."""
-    return log1p(spend / quantity)
-
-
-cdef inline Py_ssize_t _band(double log_price, const double* edges, Py_ssize_t n_edges) noexcept nogil:
-    """The price band: how many band edges lie below the price (NumPy's searchsorted, NaN in the last band)."""
-    cdef Py_ssize_t lo = 0, hi = n_edges, mid
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if not edges[mid] >= log_price:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
 def log_prices(const double[:] spend, const double[:] quantity, double[::1] out):
     """Every line's log unit price (`out`)."""
     cdef Py_ssize_t i
@@ -84,51 +51,6 @@ def price_bands(const double[::1] log_price, const double[::1] edges, int[::1] o
     with nogil:
         for i in range(out.shape[0]):
             out[i] = _band(log_price[i], &edges[0] if n_edges else NULL, n_edges)
-
-
-cdef inline double _line_p(Py_ssize_t i, const int* rows, Py_ssize_t n, Py_ssize_t levels, Py_ssize_t band,
-                           const double* counts, const double* totals, const long long* offsets,
-                           const double* prior, double strength, Py_ssize_t k, double* p) noexcept nogil:
-    """Line i's class distribution into `p`: the prior pulled by its price band, then by every level it has a
-    known code at, coarsest first and the product last. Returns the product's evidence (0 if unknown).
-
-    `rows` is (levels, n), products first; table j of the stacked `counts` starts at row offsets[j]: the
-    price bands, then the levels coarsest first."""
-    cdef Py_ssize_t c, j, row
-    cdef int r
-    cdef double evidence = 0.0
-    for c in range(k):
-        p[c] = prior[c]
-    row = offsets[0] + band
-    _pull(p, counts + row * k, totals[row], strength, k)
-    for j in range(1, levels + 1):
-        r = rows[(levels - j) * n + i]
-        if r >= 0:
-            row = offsets[j] + r
-            _pull(p, counts + row * k, totals[row], strength, k)
-            if j == levels:
-                evidence = totals[row]
-    return evidence
-
-
-cdef inline const double* _line_q(Py_ssize_t i, const int* rows, Py_ssize_t n, Py_ssize_t levels,
-                                  const double* posterior, const double* product_lines, const double* lat_counts,
-                                  const double* lat_totals, const long long* lat_offsets, const double* lat_mean,
-                                  double strength, Py_ssize_t k, double* fallback) noexcept nogil:
-    """Line i's latent class distribution: its product's posterior if the product was seen in training, else
-    the mean posterior pulled by the hierarchy codes it has, coarsest first (written into `fallback`)."""
-    cdef Py_ssize_t c, j, row
-    cdef int r = rows[i]
-    if r >= 0 and product_lines[r] > 0:
-        return posterior + r * k
-    for c in range(k):
-        fallback[c] = lat_mean[c]
-    for j in range(levels - 1):
-        r = rows[(levels - 1 - j) * n + i]
-        if r >= 0:
-            row = lat_offsets[j] + r
-            _pull(fallback, lat_counts + row * k, lat_totals[row], strength, k)
-    return fallback
 
 
 def line_distributions(const int[:, ::1] level_rows, const double[:] spend, const double[:] quantity,
@@ -148,38 +70,9 @@ def line_distributions(const int[:, ::1] level_rows, const double[:] spend, cons
                                       &offsets[0], &prior[0], strength, k, &p_out[i, 0])
 
 
-cdef struct _Tables:
-    # Pointers into KernelTables' arrays (valid while it lives): what the nogil loops read.
-    const double* edges
-    Py_ssize_t n_edges, k
-    const double* counts
-    const double* totals
-    const long long* offsets
-    const double* prior
-    const double* posterior
-    const double* product_lines
-    const double* lat_counts
-    const double* lat_totals
-    const long long* lat_offsets
-    const double* lat_mean
-    double strength, eps
-
-
 cdef class KernelTables:
     """What the per-line loop reads of the learned tables (the smoothing chain's counts, the latent classes),
     checked once when built (a model keeps one for its lifetime) rather than on every call."""
-    cdef const double[::1] edges
-    cdef const double[:, ::1] counts
-    cdef const double[::1] totals
-    cdef const long long[::1] offsets
-    cdef const double[::1] prior
-    cdef const double[:, ::1] posterior
-    cdef const double[::1] product_lines
-    cdef const double[:, ::1] lat_counts
-    cdef const double[::1] lat_totals
-    cdef const long long[::1] lat_offsets
-    cdef const double[::1] lat_mean
-    cdef _Tables c
 
     def __init__(self, const double[::1] edges, const double[:, ::1] counts, const double[::1] totals,
                  const long long[::1] offsets, const double[::1] prior, const double[:, ::1] posterior,
@@ -376,16 +269,6 @@ cdef inline int _row(dict table, object code):
 
 cdef class _LineSink:
     """Where `client_lines` writes, as raw pointers (the output arrays of the line table)."""
-    cdef int* basket
-    cdef double* quantity
-    cdef double* spend
-    cdef int* rows  # (levels, n) row-major
-    cdef unsigned char* named
-    cdef Py_ssize_t n, i
-    cdef dict products
-    cdef list tables
-    cdef tuple fields
-
     cdef void add(self, Py_ssize_t b, object product, object line) except *:
         cdef Py_ssize_t i = self.i, j
         cdef double q = line.quantity
@@ -499,164 +382,6 @@ def client_features(list baskets, tuple hierarchy_fields, list row_of, KernelTab
             _basket_rows(doubles + 2 * n, doubles + 2 * n + nb * width, nb, k, &coef[0, 0, 0], &intercept[0, 0], NULL,
                          &out[0, 0], doubles + 2 * n + nb * (width + k) + 2 * k)
             _unknown_codes(ints + n, n, levels, ints, named, &unknown[0, 0])
-    finally:
-        free(ints)
-        free(doubles)
-        free(named)
-
-
-
-# ------------------------------------------------------------------------------------------------
-# Explanations (features/explain.py): what each line says of its basket's predicted class
-# ------------------------------------------------------------------------------------------------
-cdef void _explain(const int* rows, Py_ssize_t n, Py_ssize_t levels, const double* spend, const double* quantity,
-                   const int* basket, const int* predicted, const _Tables* t, int* best, double* best_p,
-                   int* source, double* p_pred, double* p) noexcept nogil:
-    """Per line (as `_add_lines` describes it): its likeliest class and that class's probability, the finest level
-    whose code is known (-1: only its price band), and its probability of its basket's `predicted` class."""
-    cdef Py_ssize_t k = t.k, i, j
-    cdef int c
-    for i in range(n):
-        _line_p(i, rows, n, levels, _band(_log_price(spend[i], quantity[i]), t.edges, t.n_edges), t.counts,
-                t.totals, t.offsets, t.prior, t.strength, k, p)
-        c = <int> _argmax(p, k)
-        best[i], best_p[i], p_pred[i], source[i] = c, p[c], p[predicted[basket[i]]], -1
-        for j in range(levels):
-            if rows[j * n + i] >= 0:
-                source[i] = <int> j
-                break
-
-
-cdef enum:
-    MAX_TOP = 16  # most drivers listed each way
-
-
-cdef list _drivers(list lines, const double* a, Py_ssize_t size, Py_ssize_t top, double sign):
-    """Up to `top` lines whose contribution times `sign` is largest and positive, largest first."""
-    cdef list out = []
-    cdef Py_ssize_t picked[MAX_TOP]
-    cdef Py_ssize_t r, i, j, chosen
-    cdef double v, most
-    cdef bint taken
-    for r in range(top):
-        chosen, most = -1, 0.0
-        for i in range(size):
-            v = sign * a[i]
-            if v > most:
-                taken = False
-                for j in range(r):
-                    taken = taken or picked[j] == i
-                if not taken:
-                    chosen, most = i, v
-        if chosen < 0:
-            break
-        picked[r] = chosen
-        line = <dict> lines[chosen]
-        out.append({"line": chosen, "product_id": line["product_id"], "contribution": a[chosen]})
-    return out
-
-
-cdef list _explanations(list products, Py_ssize_t nb, const int* basket, const int* predicted, const int* best,
-                        const double* best_p, const int* source, const double* p_pred, double* a, const _Tables* t,
-                        tuple classes, list names, Py_ssize_t top):
-    """One explanation per basket from the per-line facts of `_explain` (lines grouped by basket, in order):
-    contribution a_i = (p_pred_i - prior_c) / n, the lines, the top drivers each way (features/explain.py)."""
-    cdef list out = [], lines
-    cdef Py_ssize_t n = len(products), start = 0, end, b, i, last = len(names) - 1
-    cdef double base, per, total
-    cdef int c
-    for b in range(nb):
-        end = start
-        while end < n and basket[end] == b:
-            end += 1
-        c = predicted[b]
-        base, per, total = t.prior[c], 1.0 / (end - start if end - start > 1 else 1), 0.0
-        lines = []
-        for i in range(start, end):
-            a[i - start] = (p_pred[i] - base) * per
-            total += a[i - start]
-            lines.append({"product_id": products[i], "points_to": classes[best[i]], "probability": best_p[i],
-                          "source": names[source[i] if source[i] >= 0 else last], "known": source[i] == 0,
-                          "contribution": a[i - start]})
-        out.append({"class": classes[c], "prior": base, "evidence": base + total, "lines": lines,
-                    "drivers_for": _drivers(lines, a, end - start, top, 1.0),
-                    "drivers_against": _drivers(lines, a, end - start, top, -1.0)})
-        start = end
-    if start != n:
-        raise ValueError("the lines must be grouped by basket, in basket order")
-    return out
-
-
-
-def _check_top(Py_ssize_t top):
-    if not 1 <= top <= MAX_TOP:
-        raise ValueError(f"top must be 1..{MAX_TOP}")
-
-
-def explain_lines(const int[:, ::1] level_rows, const double[::1] spend, const double[::1] quantity,
-                  const int[::1] basket, const int[::1] predicted, KernelTables t, list products, tuple classes,
-                  list names, Py_ssize_t top):
-    """One explanation per basket (`_explanations`) of lines already looked up in the tables, grouped by basket
-    in order; `predicted` holds each basket's class, `names` each source level's name (-1 last)."""
-    cdef Py_ssize_t n = level_rows.shape[1], k = t.c.k, i
-    cdef int* ints
-    cdef double* doubles
-    _check_top(top)
-    if spend.shape[0] != n or quantity.shape[0] != n or basket.shape[0] != n or len(products) != n:
-        raise ValueError("one spend, quantity, basket and product per line")
-    for i in range(n):
-        if not 0 <= basket[i] < predicted.shape[0] or not 0 <= predicted[basket[i]] < k:
-            raise ValueError("a line's basket or its predicted class is out of range")
-    ints = <int*> malloc((2 * n + 1) * sizeof(int))
-    doubles = <double*> malloc((3 * n + k + 1) * sizeof(double))
-    try:
-        if ints == NULL or doubles == NULL:
-            raise MemoryError()
-        if n:
-            with nogil:
-                _explain(&level_rows[0, 0], n, level_rows.shape[0], &spend[0], &quantity[0], &basket[0],
-                         &predicted[0], &t.c, ints, doubles, ints + n, doubles + n, doubles + 3 * n)
-        return _explanations(products, predicted.shape[0], &basket[0] if n else NULL,
-                             &predicted[0] if predicted.shape[0] else NULL, ints, doubles, ints + n,
-                             doubles + n, doubles + 2 * n, &t.c, classes, names, top)
-    finally:
-        free(ints)
-        free(doubles)
-
-
-def client_explain(list baskets, tuple hierarchy_fields, list row_of, KernelTables t, list predicted,
-                   list products, tuple classes, list names, Py_ssize_t top):
-    """`explain_lines` of client baskets (as `client_features` takes them; `products`: every line's product code)
-    in one call: a request's explanation costs one call, not a dozen small NumPy arrays."""
-    cdef Py_ssize_t nb = len(baskets), n = 0, levels = len(row_of), k = t.c.k, b
-    cdef int* ints = NULL
-    cdef double* doubles = NULL
-    cdef unsigned char* named = NULL
-    cdef _LineSink sink
-    _check_top(top)
-    if len(predicted) != nb:
-        raise ValueError("one predicted class per basket")
-    for b in range(nb):
-        n += len(baskets[b])
-        if not 0 <= <int> predicted[b] < k:
-            raise ValueError("a predicted class is out of range")
-    if len(products) != n:
-        raise ValueError("one product per line")
-    sink = _sink(hierarchy_fields, row_of, n)
-    ints = <int*> malloc(((3 + levels) * n + nb + 1) * sizeof(int))
-    doubles = <double*> malloc((5 * n + k + 1) * sizeof(double))
-    named = <unsigned char*> malloc(n + 1)
-    try:
-        _fill_into(sink, baskets, ints, doubles, named)
-        for b in range(nb):
-            ints[(3 + levels) * n + b] = <int> predicted[b]
-        if n:
-            with nogil:
-                _explain(ints + n, n, levels, doubles + n, doubles, ints, ints + (3 + levels) * n, &t.c,
-                         ints + (1 + levels) * n, doubles + 2 * n, ints + (2 + levels) * n, doubles + 3 * n,
-                         doubles + 5 * n)
-        return _explanations(products, nb, ints, ints + (3 + levels) * n, ints + (1 + levels) * n, doubles + 2 * n,
-                             ints + (2 + levels) * n, doubles + 3 * n, doubles + 4 * n, &t.c, classes, names, top)
     finally:
         free(ints)
         free(doubles)

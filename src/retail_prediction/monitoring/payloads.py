@@ -21,7 +21,7 @@ from typing import IO, Any
 import msgspec
 from botocore.exceptions import BotoCoreError
 
-from ..artifact.store import StoreError, list_keys, open_object
+from ..artifact.s3 import StoreError, list_keys, open_object
 from ..contract import Basket
 
 log = logging.getLogger("retail_prediction.monitor")

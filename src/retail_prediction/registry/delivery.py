@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifact.store import ModelSource, StoreError, publish
+from ..artifact.s3 import StoreError
+from ..artifact.store import ModelSource, publish
 from ..data.reading import Progress
 from .root import Root, open_root
 

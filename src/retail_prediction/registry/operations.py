@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact.archive import ArtifactError, ArtifactLimits, read_artifact, sha256_file
-from ..artifact.store import StoreError
+from ..artifact.s3 import StoreError
 from ..serving.predictor import Predictor, load_predictor
 from .gate import GateResult, run_gate
 from .root import Root

@@ -5,7 +5,7 @@ store a model archive (create-only or replacing, each atomic), fetch an archive 
 list the keys under a folder. Create-only is ``os.link`` of a finished temp file locally (fails if the
 name exists) and a conditional PutObject (``If-None-Match: *``) on S3; a replacing write is a temp file
 + ``os.replace`` locally and one whole-object PutObject on S3: a reader sees the old or the new object,
-never a mix. S3 errors are `artifact.store`'s StoreError with its reason codes (``conflict`` when a
+never a mix. S3 errors are `artifact.s3`'s StoreError with its reason codes (``conflict`` when a
 create-only write finds the object there).
 """
 
@@ -23,7 +23,8 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 from ..artifact.archive import sha256_file
-from ..artifact.store import ModelSource, StoreError, fetch, publish, s3_client, translated
+from ..artifact.s3 import StoreError, s3_client, translated
+from ..artifact.store import ModelSource, fetch, publish
 
 MAX_JSON_BYTES = 1024 * 1024  # a record is a few hundred bytes: anything bigger is not ours
 
@@ -201,7 +202,7 @@ class LocalRoot(Root):
 
 
 class S3Root(Root):
-    """``s3://bucket/prefix`` through `artifact.store`'s client (default credential chain, IRSA)."""
+    """``s3://bucket/prefix`` through `artifact.s3`'s client (default credential chain, IRSA)."""
 
     def __init__(self, bucket: str, prefix: str, *, client: Any = None) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")

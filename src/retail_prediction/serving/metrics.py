@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from ..artifact.store import REASONS as STORE_REASONS
+from ..artifact.s3 import REASONS as STORE_REASONS
 from .drift import DriftWindow
 
 # Latency buckets around the 10 ms target, with resolution below 1 ms where /predict lives.

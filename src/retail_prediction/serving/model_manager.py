@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..artifact.archive import ArtifactError
-from ..artifact.store import ModelSource, StoreError, fetch, probe_version
+from ..artifact.s3 import StoreError
+from ..artifact.store import ModelSource, fetch, probe_version
 from .drift import DriftWindow
 from .metrics import ModelSeries
 from .predictor import Predictor, load_predictor

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
-from ..artifact.store import StoreError, make_s3_client, put_bytes
+from ..artifact.s3 import StoreError, make_s3_client, put_bytes
 from ..contract import Basket
 from .metrics import Metrics
 from .settings import Settings
